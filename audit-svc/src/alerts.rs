@@ -1,0 +1,350 @@
+//! Alert rules over incoming events, run in the ingest transaction:
+//! - a burst of failed logins for one account, or from one source host;
+//! - every emergency (break-glass) access;
+//! - a burst of denied accesses by one actor (logins excluded, they have their own rules);
+//! - one actor reading many different patients' data in a short window.
+//!
+//! Windows are measured on the events' `recorded_at`. A burst rule raises one alert per subject
+//! per window: while an alert for the same subject covers the window, further matches are quiet.
+//! Alerts carry ids and counts only, never health data.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use caremesh_proto::audit::v1::{self as pb, AlertKind, AlertSeverity, AuditAction, AuditEvent, AuditOutcome};
+use caremesh_runtime::{Error, time};
+use chrono::{DateTime, TimeDelta, Utc};
+use sea_orm::{
+    ActiveValue::NotSet, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Set,
+};
+
+use crate::log::source_host;
+use crate::settings::{AuditSettings, Burst};
+use crate::storage::{alert, event};
+
+/// Rows a burst rule reads at most per subject.
+const SCAN_LIMIT: u64 = 5000;
+/// Event ids an alert lists at most.
+const MAX_EVENT_IDS: usize = 100;
+
+fn is_failed_login(event: &AuditEvent) -> bool {
+    event.outcome == AuditOutcome::Denied as i32 && event.operation.contains("login")
+}
+
+fn actor_id(event: &AuditEvent) -> &str {
+    event.actor.as_ref().map_or("", |actor| actor.user_id.as_str())
+}
+
+/// The subject of a burst rule.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Subject {
+    LoginAccount(String),
+    LoginSource(String),
+    Denials(String),
+    Patients(String),
+}
+
+impl Subject {
+    fn kind(&self) -> AlertKind {
+        match self {
+            Self::LoginAccount(_) => AlertKind::FailedLoginBurstAccount,
+            Self::LoginSource(_) => AlertKind::FailedLoginBurstSource,
+            Self::Denials(_) => AlertKind::DenialBurst,
+            Self::Patients(_) => AlertKind::ManyPatientsAccessed,
+        }
+    }
+
+    fn key(&self) -> String {
+        match self {
+            Self::LoginAccount(id) => format!("login-account:{id}"),
+            Self::LoginSource(host) => format!("login-source:{host}"),
+            Self::Denials(id) => format!("denials:{id}"),
+            Self::Patients(id) => format!("patients:{id}"),
+        }
+    }
+
+    fn burst(&self, settings: &AuditSettings) -> Burst {
+        match self {
+            Self::LoginAccount(_) => settings.failed_login_account,
+            Self::LoginSource(_) => settings.failed_login_source,
+            Self::Denials(_) => settings.denial,
+            Self::Patients(_) => settings.many_patients,
+        }
+    }
+
+    /// The stored events this rule counts.
+    fn condition(&self) -> Condition {
+        let denied = event::Column::Outcome.eq(AuditOutcome::Denied as i32);
+        let login = event::Column::Operation.contains("login");
+        match self {
+            Self::LoginAccount(id) => Condition::all()
+                .add(denied)
+                .add(login)
+                .add(event::Column::ActorUserId.eq(id.as_str())),
+            Self::LoginSource(host) => Condition::all()
+                .add(denied)
+                .add(login)
+                .add(event::Column::SourceAddress.eq(host.as_str())),
+            Self::Denials(id) => Condition::all()
+                .add(denied)
+                .add(event::Column::Operation.not_like("%login%"))
+                .add(event::Column::ActorUserId.eq(id.as_str())),
+            Self::Patients(id) => Condition::all()
+                .add(event::Column::Action.eq(AuditAction::Read as i32))
+                .add(event::Column::Outcome.eq(AuditOutcome::Success as i32))
+                .add(event::Column::ActorUserId.eq(id.as_str()))
+                .add(event::Column::PatientId.ne(""))
+                .add(event::Column::PatientId.ne(id.as_str())),
+        }
+    }
+}
+
+/// Runs the rules over `fresh` (just appended through `txn`); returns how many alerts were raised.
+pub(crate) async fn evaluate<C: ConnectionTrait>(
+    txn: &C,
+    settings: &AuditSettings,
+    fresh: &[&AuditEvent],
+    now: DateTime<Utc>,
+) -> Result<u32, Error> {
+    let mut raised = 0u32;
+    // The latest time each subject was seen in this batch.
+    let mut subjects: BTreeMap<Subject, DateTime<Utc>> = BTreeMap::new();
+    for event in fresh {
+        let at = event.recorded_at.as_ref().and_then(time::from_timestamp).unwrap_or(now);
+        let actor = actor_id(event);
+        let mut touch = |subject: Subject| {
+            let entry = subjects.entry(subject).or_insert(at);
+            *entry = (*entry).max(at);
+        };
+        if is_failed_login(event) {
+            if !actor.is_empty() {
+                touch(Subject::LoginAccount(actor.to_owned()));
+            }
+            let host = source_host(event.actor.as_ref().map_or("", |a| a.source_address.as_str()));
+            if !host.is_empty() {
+                touch(Subject::LoginSource(host));
+            }
+        } else if event.outcome == AuditOutcome::Denied as i32 && !actor.is_empty() {
+            touch(Subject::Denials(actor.to_owned()));
+        }
+        if event.action == AuditAction::Read as i32
+            && event.outcome == AuditOutcome::Success as i32
+            && !actor.is_empty()
+            && !event.patient_id.is_empty()
+            && event.patient_id != actor
+        {
+            touch(Subject::Patients(actor.to_owned()));
+        }
+        if event.emergency {
+            let at_ts = at;
+            store(
+                txn,
+                NewAlert {
+                    kind: AlertKind::EmergencyAccess,
+                    severity: AlertSeverity::High,
+                    summary: format!(
+                        "emergency access ({}) by user {} to patient {}",
+                        event.operation,
+                        if actor.is_empty() { "unknown" } else { actor },
+                        if event.patient_id.is_empty() {
+                            "-"
+                        } else {
+                            &event.patient_id
+                        },
+                    ),
+                    actor_user_id: actor.to_owned(),
+                    source_address: event
+                        .actor
+                        .as_ref()
+                        .map(|a| a.source_address.clone())
+                        .unwrap_or_default(),
+                    patient_id: event.patient_id.clone(),
+                    window: (at_ts, at_ts),
+                    event_ids: vec![event.event_id.clone()],
+                    event_count: 1,
+                    dedupe_key: format!("emergency:{}", event.event_id),
+                },
+                now,
+            )
+            .await?;
+            raised += 1;
+        }
+    }
+    // Which subjects already have an alert covering their window: one query for the batch.
+    let mut covered: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+    let keys: Vec<String> = subjects.keys().map(Subject::key).collect();
+    let earliest = subjects
+        .iter()
+        .map(|(subject, at)| window_start(settings, subject, *at))
+        .min()
+        .unwrap_or(now);
+    for chunk in keys.chunks(500) {
+        let rows: Vec<(String, DateTime<Utc>)> = alert::Entity::find()
+            .select_only()
+            .column(alert::Column::DedupeKey)
+            .column(alert::Column::WindowEnd)
+            .filter(alert::Column::DedupeKey.is_in(chunk.iter().map(String::as_str)))
+            .filter(alert::Column::WindowEnd.gte(earliest))
+            .into_tuple()
+            .all(txn)
+            .await?;
+        for (key, end) in rows {
+            let entry = covered.entry(key).or_insert(end);
+            *entry = (*entry).max(end);
+        }
+    }
+    for (subject, at) in subjects {
+        let start = window_start(settings, &subject, at);
+        if covered.get(&subject.key()).is_some_and(|end| *end >= start) {
+            continue;
+        }
+        if check_burst(txn, settings, &subject, at, now).await? {
+            raised += 1;
+        }
+    }
+    Ok(raised)
+}
+
+fn window_start(settings: &AuditSettings, subject: &Subject, at: DateTime<Utc>) -> DateTime<Utc> {
+    let window = TimeDelta::from_std(subject.burst(settings).window).unwrap_or(TimeDelta::MAX);
+    at.checked_sub_signed(window).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+async fn check_burst<C: ConnectionTrait>(
+    txn: &C,
+    settings: &AuditSettings,
+    subject: &Subject,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<bool, Error> {
+    let burst = subject.burst(settings);
+    let start = window_start(settings, subject, at);
+    let key = subject.key();
+    let rows: Vec<(String, String)> = event::Entity::find()
+        .select_only()
+        .column(event::Column::EventId)
+        .column(event::Column::PatientId)
+        .filter(subject.condition())
+        .filter(event::Column::RecordedAt.gte(start))
+        .filter(event::Column::RecordedAt.lte(at))
+        .order_by_desc(event::Column::LeafIndex)
+        .limit(SCAN_LIMIT)
+        .into_tuple()
+        .all(txn)
+        .await?;
+    let count = match subject {
+        Subject::Patients(_) => rows.iter().map(|(_, patient)| patient).collect::<BTreeSet<_>>().len(),
+        _ => rows.len(),
+    };
+    if u32::try_from(count).unwrap_or(u32::MAX) < burst.threshold {
+        return Ok(false);
+    }
+    let seconds = burst.window.as_secs();
+    let (summary, actor_user_id, source_address, severity) = match subject {
+        Subject::LoginAccount(id) => (
+            format!("{count} failed logins for user {id} in {seconds}s"),
+            id.clone(),
+            String::new(),
+            AlertSeverity::Medium,
+        ),
+        Subject::LoginSource(host) => (
+            format!("{count} failed logins from {host} in {seconds}s"),
+            String::new(),
+            host.clone(),
+            AlertSeverity::High,
+        ),
+        Subject::Denials(id) => (
+            format!("{count} denied accesses by user {id} in {seconds}s"),
+            id.clone(),
+            String::new(),
+            AlertSeverity::Medium,
+        ),
+        Subject::Patients(id) => (
+            format!("user {id} read the data of {count} different patients in {seconds}s"),
+            id.clone(),
+            String::new(),
+            AlertSeverity::High,
+        ),
+    };
+    store(
+        txn,
+        NewAlert {
+            kind: subject.kind(),
+            severity,
+            summary,
+            actor_user_id,
+            source_address,
+            patient_id: String::new(),
+            window: (start, at),
+            event_count: u32::try_from(rows.len()).unwrap_or(u32::MAX),
+            event_ids: rows.into_iter().take(MAX_EVENT_IDS).map(|(id, _)| id).collect(),
+            dedupe_key: key,
+        },
+        now,
+    )
+    .await?;
+    Ok(true)
+}
+
+struct NewAlert {
+    kind: AlertKind,
+    severity: AlertSeverity,
+    summary: String,
+    actor_user_id: String,
+    source_address: String,
+    patient_id: String,
+    window: (DateTime<Utc>, DateTime<Utc>),
+    event_count: u32,
+    event_ids: Vec<String>,
+    dedupe_key: String,
+}
+
+async fn store<C: ConnectionTrait>(txn: &C, new: NewAlert, now: DateTime<Utc>) -> Result<(), Error> {
+    tracing::warn!(
+        kind = new.kind.as_str_name(),
+        events = new.event_count,
+        "audit alert raised"
+    );
+    alert::Entity::insert(alert::ActiveModel {
+        seq: NotSet,
+        alert_id: Set(uuid::Uuid::now_v7().to_string()),
+        kind: Set(new.kind as i32),
+        severity: Set(new.severity as i32),
+        created_at: Set(now),
+        summary: Set(new.summary),
+        actor_user_id: Set(new.actor_user_id),
+        source_address: Set(new.source_address),
+        patient_id: Set(new.patient_id),
+        window_start: Set(new.window.0),
+        window_end: Set(new.window.1),
+        event_count: Set(i32::try_from(new.event_count).unwrap_or(i32::MAX)),
+        event_ids: Set(new.event_ids.join(",")),
+        dedupe_key: Set(new.dedupe_key),
+    })
+    .exec_without_returning(txn)
+    .await?;
+    Ok(())
+}
+
+/// The API form of a stored alert.
+pub(crate) fn to_proto(row: alert::Model) -> pb::Alert {
+    pb::Alert {
+        alert_id: row.alert_id,
+        kind: row.kind,
+        severity: row.severity,
+        create_time: Some(time::to_timestamp(row.created_at)),
+        summary: row.summary,
+        actor_user_id: row.actor_user_id,
+        source_address: row.source_address,
+        patient_id: row.patient_id,
+        window_start_time: Some(time::to_timestamp(row.window_start)),
+        window_end_time: Some(time::to_timestamp(row.window_end)),
+        event_count: u32::try_from(row.event_count).unwrap_or(0),
+        event_ids: row
+            .event_ids
+            .split(',')
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    }
+}

@@ -1,0 +1,219 @@
+//! auth-svc's domain state and the helpers its operations share. The operations themselves live
+//! in `accounts` (registration and administration), `sessions` (login, refresh, logout, tokens)
+//! and `mfa` (TOTP and recovery codes). No tonic types here: the adapter in `grpc` unpacks
+//! requests into these calls and maps [`Error`]s to statuses.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use caremesh_runtime::auth::Principal;
+use caremesh_runtime::clock::SharedClock;
+use caremesh_runtime::kek::Kek;
+pub(crate) use caremesh_runtime::outbox::Audited;
+use caremesh_runtime::outbox::{Actor, Outbox};
+use caremesh_runtime::{Error, ServiceRuntime};
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait};
+use tokio::sync::Semaphore;
+
+use crate::keys::SigningKeys;
+use crate::password::{self, HashCost};
+use crate::settings::AuthSettings;
+use crate::storage::user;
+use crate::throttle::{SourceLimiter, UsernameBackoff};
+
+/// Who is calling, as the audit log records it.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub user_id: String,
+    pub role: String,
+    pub session_id: String,
+    pub source: Option<IpAddr>,
+    pub source_address: String,
+}
+
+impl Caller {
+    /// How the audit log names this caller.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            user_id: self.user_id.clone(),
+            role: self.role.clone(),
+            session_id: self.session_id.clone(),
+            source_address: self.source_address.clone(),
+        }
+    }
+
+    pub fn anonymous(source: Option<std::net::SocketAddr>) -> Self {
+        Self {
+            source: source.map(|addr| addr.ip()),
+            source_address: source.map(|addr| addr.to_string()).unwrap_or_default(),
+            ..Self::default()
+        }
+    }
+
+    pub fn user(principal: &Principal, source: Option<std::net::SocketAddr>) -> Self {
+        Self {
+            user_id: principal.user_id.clone(),
+            role: principal.role.clone(),
+            session_id: principal.session_id.clone(),
+            ..Self::anonymous(source)
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthDomain {
+    pub(crate) db: DatabaseConnection,
+    pub(crate) clock: SharedClock,
+    pub(crate) kek: Arc<Kek>,
+    pub(crate) outbox: Outbox,
+    pub(crate) settings: Arc<AuthSettings>,
+    pub(crate) keys: Arc<SigningKeys>,
+    pub(crate) login_limiter: Arc<SourceLimiter>,
+    pub(crate) register_limiter: Arc<SourceLimiter>,
+    pub(crate) backoff: Arc<UsernameBackoff>,
+    /// Argon2id runs on blocking threads, at most this many at once, so a login flood cannot
+    /// take every core.
+    hashing: Arc<Semaphore>,
+    /// A hash to check passwords of unknown usernames against (same cost as a real check).
+    decoy_hash: Arc<String>,
+    /// Argon2 working memory reused between checks.
+    memory: Arc<password::MemoryPool>,
+}
+
+impl AuthDomain {
+    pub async fn start(runtime: &ServiceRuntime, settings: AuthSettings) -> Result<Self, Error> {
+        let keys = SigningKeys::new();
+        keys.ensure(&runtime.db, &runtime.kek, runtime.clock.now()).await?;
+        let cost = settings.password_cost;
+        let decoy_hash = hash_blocking(String::new(), cost, true).await?;
+        let parallelism = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        Ok(Self {
+            db: runtime.db.clone(),
+            clock: Arc::clone(&runtime.clock),
+            kek: Arc::clone(&runtime.kek),
+            outbox: runtime.outbox.clone(),
+            login_limiter: Arc::new(SourceLimiter::new(settings.login_rate)),
+            register_limiter: Arc::new(SourceLimiter::new(settings.register_rate)),
+            backoff: Arc::new(UsernameBackoff::new(settings.backoff_after)),
+            settings: Arc::new(settings),
+            keys: Arc::new(keys),
+            hashing: Arc::new(Semaphore::new(parallelism)),
+            decoy_hash: Arc::new(decoy_hash),
+            memory: Arc::new(password::MemoryPool::default()),
+        })
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Hashes a password off the async threads.
+    pub(crate) async fn hash_password(&self, password: &str) -> Result<String, Error> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|error| Error::internal("hashing", error))?;
+        hash_blocking(password.to_owned(), self.settings.password_cost, false).await
+    }
+
+    /// Checks a password against `stored` (or against the decoy when there is no account).
+    pub(crate) async fn verify_password(&self, password: &str, stored: Option<&str>) -> Result<bool, Error> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|error| Error::internal("hashing", error))?;
+        let password = zeroize::Zeroizing::new(password.to_owned());
+        let (stored, real) = match stored {
+            Some(stored) => (stored.to_owned(), true),
+            None => (self.decoy_hash.as_ref().clone(), false),
+        };
+        let memory = Arc::clone(&self.memory);
+        let matches = tokio::task::spawn_blocking(move || memory.verify(&password, &stored))
+            .await
+            .map_err(|error| Error::internal("verifying a password", error))?;
+        Ok(matches && real)
+    }
+
+    /// Writes an audit event through `conn` (the transaction of the change it describes).
+    pub(crate) async fn audit<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        caller: &Caller,
+        audited: Audited<'_>,
+    ) -> Result<(), Error> {
+        let audited = Audited {
+            purpose_of_use: "HSYSADMIN",
+            ..audited
+        };
+        self.outbox.record_action(conn, &caller.actor(), audited).await
+    }
+
+    pub(crate) async fn find_user<C: ConnectionTrait>(&self, conn: &C, user_id: &str) -> Result<user::Model, Error> {
+        user::Entity::find_by_id(user_id.to_owned())
+            .one(conn)
+            .await?
+            .ok_or_else(|| Error::not_found("USER_NOT_FOUND", format!("no user with id {user_id}")))
+    }
+}
+
+async fn hash_blocking(password: String, cost: HashCost, decoy: bool) -> Result<String, Error> {
+    let password = zeroize::Zeroizing::new(password);
+    tokio::task::spawn_blocking(move || {
+        if decoy {
+            password::decoy_hash(cost)
+        } else {
+            password::hash(&password, cost)
+        }
+    })
+    .await
+    .map_err(|error| Error::internal("hashing a password", error))?
+}
+
+/// Normalizes a username for storage and lookup.
+pub fn normalize_username(username: &str) -> String {
+    username.trim().to_lowercase()
+}
+
+/// Refuses usernames that are not 3 to 64 of `a-z 0-9 . _ -`.
+pub fn validate_username(username: &str) -> Result<(), Error> {
+    let valid = (3..=64).contains(&username.len())
+        && username
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid_argument(
+            "INVALID_USERNAME",
+            "a username is 3 to 64 characters: lower-case letters, digits, '.', '_' and '-'",
+        ))
+    }
+}
+
+/// The etag of a user row.
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Checks a client's etag against the row's version (an empty etag skips the check).
+pub fn check_etag(given: &str, version: i64, required: bool) -> Result<(), Error> {
+    if given.is_empty() && !required {
+        return Ok(());
+    }
+    if given.is_empty() {
+        return Err(Error::invalid_argument(
+            "ETAG_REQUIRED",
+            "send the user's current etag (from GetUser)",
+        ));
+    }
+    if given != etag(version) {
+        return Err(Error::aborted(
+            "ETAG_MISMATCH",
+            "the user changed since you read it: read it again and retry",
+        ));
+    }
+    Ok(())
+}

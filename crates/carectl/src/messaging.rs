@@ -1,0 +1,284 @@
+//! Messaging commands: `msg send|inbox|read|watch|recall` and `contacts verify`. Messages are
+//! sealed and opened by the SDK on this machine; device keys live next to the profile's session.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use caremesh_sdk::SdkError;
+use caremesh_sdk::auth::Session;
+use caremesh_sdk::messaging::{Messenger, Opened};
+use caremesh_sdk::proto::messaging::v1 as pb;
+use clap::Subcommand;
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::Ctx;
+
+#[derive(Subcommand)]
+pub enum MsgCommand {
+    /// Send a message: the text as an argument, from --file, or from standard input.
+    Send {
+        /// The recipient's username (or user id).
+        user: String,
+        /// The message text (omit to use --file or standard input).
+        text: Option<String>,
+        /// Read the message from this file.
+        #[arg(long, conflicts_with = "text")]
+        file: Option<PathBuf>,
+        /// Purge the message for everyone this many seconds after sending (60 to 31622400).
+        #[arg(long)]
+        lifespan: Option<u64>,
+    },
+    /// Messages addressed to you, newest first.
+    Inbox {
+        /// Only messages you have not read.
+        #[arg(long)]
+        unread: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i32,
+    },
+    /// A conversation, oldest first: a username, user id or conversation id.
+    Read {
+        conversation: String,
+        /// Do not send read receipts.
+        #[arg(long)]
+        no_receipts: bool,
+    },
+    /// Follow new messages as they arrive (Ctrl-C to stop); resumes after --cursor.
+    Watch {
+        #[arg(long, default_value = "")]
+        cursor: String,
+    },
+    /// Recall a message you sent: deleted for everyone.
+    Recall { message_id: String },
+}
+
+#[derive(Subcommand)]
+pub enum ContactsCommand {
+    /// Show the safety number with a contact; compare it with theirs in person.
+    Verify {
+        user: String,
+        /// Accept the contact's current identity key (after it changed).
+        #[arg(long)]
+        accept: bool,
+    },
+}
+
+async fn messenger(ctx: &Ctx, session: &Session) -> Result<Messenger, SdkError> {
+    Messenger::open(ctx.client.clone(), ctx.store.dir(), &ctx.profile, session).await
+}
+
+fn looks_like_id(value: &str) -> bool {
+    value.len() == 36 && value.bytes().filter(|byte| *byte == b'-').count() == 4
+}
+
+async fn resolve(ctx: &Ctx, session: &Session, user: &str) -> Result<String, SdkError> {
+    if looks_like_id(user) {
+        return Ok(user.to_owned());
+    }
+    Ok(ctx.client.lookup_user(session, user).await?.user_id)
+}
+
+fn opened_json(item: &Opened) -> serde_json::Value {
+    let message = &item.message;
+    json!({
+        "message_id": message.message_id,
+        "conversation_id": message.conversation_id,
+        "sender_user_id": message.sender_user_id,
+        "recipient_user_id": message.recipient_user_id,
+        "create_time": message.create_time.map(|t| t.seconds),
+        "expire_time": message.expire_time.map(|t| t.seconds),
+        "state": message.state().as_str_name(),
+        "text": item.content.text(),
+    })
+}
+
+/// Usernames for user ids, looked up once each; an id that cannot be looked up is shown as is.
+#[derive(Default)]
+struct Names(std::collections::HashMap<String, String>);
+
+impl Names {
+    async fn of(&mut self, ctx: &Ctx, session: &Session, user_id: &str) -> String {
+        if let Some(name) = self.0.get(user_id) {
+            return name.clone();
+        }
+        let name = match ctx.client.lookup_user_id(session, user_id).await {
+            Ok(profile) => profile.username,
+            Err(_) => user_id.to_owned(),
+        };
+        self.0.insert(user_id.to_owned(), name.clone());
+        name
+    }
+
+    async fn lines(&mut self, ctx: &Ctx, session: &Session, items: &[Opened]) -> Vec<String> {
+        let mut lines = Vec::with_capacity(items.len());
+        for item in items {
+            let sender = self.of(ctx, session, &item.message.sender_user_id).await;
+            lines.push(opened_line(item, &sender));
+        }
+        lines
+    }
+}
+
+fn opened_line(item: &Opened, sender: &str) -> String {
+    let message = &item.message;
+    let when = message
+        .create_time
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .map(|time| time.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default();
+    format!("{when}  {}  from {sender}: {}", message.message_id, item.content.text())
+}
+
+pub async fn msg(ctx: &Ctx, command: MsgCommand) -> Result<(), SdkError> {
+    let session = ctx.session().await?;
+    let messenger = messenger(ctx, &session).await?;
+    match command {
+        MsgCommand::Send {
+            user,
+            text,
+            file,
+            lifespan,
+        } => {
+            let body = match (text, file) {
+                (Some(text), _) => text.into_bytes(),
+                (None, Some(path)) => std::fs::read(&path)
+                    .map_err(|error| SdkError::Local(format!("cannot read {}: {error}", path.display())))?,
+                (None, None) => {
+                    let mut body = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut body)
+                        .map_err(|error| SdkError::Local(format!("cannot read standard input: {error}")))?;
+                    body
+                }
+            };
+            let recipient = resolve(ctx, &session, &user).await?;
+            let sent = messenger
+                .send(&session, &recipient, &body, lifespan.map(Duration::from_secs))
+                .await?;
+            ctx.print(
+                json!({
+                    "message_id": sent.message_id,
+                    "conversation_id": sent.conversation_id,
+                    "recipient_user_id": sent.recipient_user_id,
+                }),
+                || format!("sent {} to {user}", sent.message_id),
+            );
+        }
+        MsgCommand::Inbox { unread, limit } => {
+            let (items, _) = messenger
+                .inbox(
+                    &session,
+                    pb::ListInboxRequest {
+                        page_size: limit,
+                        page_token: String::new(),
+                        order: pb::SortOrder::NewestFirst.into(),
+                        unread_only: unread,
+                    },
+                )
+                .await?;
+            let ids: Vec<String> = items.iter().map(|item| item.message.message_id.clone()).collect();
+            if !ids.is_empty() {
+                messenger.receipts(&session, ids, false).await?;
+            }
+            let lines = Names::default().lines(ctx, &session, &items).await;
+            ctx.print(json!(items.iter().map(opened_json).collect::<Vec<_>>()), || {
+                if items.is_empty() {
+                    "no messages".to_owned()
+                } else {
+                    lines.join("\n")
+                }
+            });
+        }
+        MsgCommand::Read {
+            conversation,
+            no_receipts,
+        } => {
+            let target = if conversation.starts_with("dm-") {
+                pb::list_conversation_messages_request::Target::ConversationId(conversation)
+            } else {
+                pb::list_conversation_messages_request::Target::PeerUserId(resolve(ctx, &session, &conversation).await?)
+            };
+            let items = messenger.history(&session, target, pb::SortOrder::OldestFirst).await?;
+            let unread: Vec<String> = items
+                .iter()
+                .filter(|item| item.message.recipient_user_id == session.user_id)
+                .map(|item| item.message.message_id.clone())
+                .collect();
+            if !no_receipts {
+                for chunk in unread.chunks(100) {
+                    messenger.receipts(&session, chunk.to_vec(), true).await?;
+                }
+            }
+            let lines = Names::default().lines(ctx, &session, &items).await;
+            ctx.print(json!(items.iter().map(opened_json).collect::<Vec<_>>()), || {
+                lines.join("\n")
+            });
+        }
+        MsgCommand::Watch { cursor } => {
+            let mut names = Names::default();
+            let mut stream = messenger.watch(&session, &cursor).await?;
+            while let Some(item) = stream.next().await {
+                let item = item?;
+                let Some(message) = item.message else { continue };
+                let opened = messenger.open_message(&session, &message).await?;
+                messenger
+                    .receipts(&session, vec![message.message_id.clone()], false)
+                    .await?;
+                if ctx.json {
+                    let mut value = opened_json(&opened);
+                    if let Some(object) = value.as_object_mut() {
+                        object.insert("cursor".to_owned(), json!(item.cursor));
+                    }
+                    println!("{}", serde_json::to_string(&value).unwrap_or_default());
+                } else {
+                    let sender = names.of(ctx, &session, &opened.message.sender_user_id).await;
+                    println!("{}  (cursor {})", opened_line(&opened, &sender), item.cursor);
+                }
+            }
+        }
+        MsgCommand::Recall { message_id } => {
+            let tombstone = messenger.recall(&session, &message_id).await?;
+            ctx.print(
+                json!({"message_id": tombstone.message_id, "state": tombstone.state().as_str_name()}),
+                || format!("recalled {message_id}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn contacts(ctx: &Ctx, command: ContactsCommand) -> Result<(), SdkError> {
+    let session = ctx.session().await?;
+    let messenger = messenger(ctx, &session).await?;
+    match command {
+        ContactsCommand::Verify { user, accept } => {
+            let user_id = resolve(ctx, &session, &user).await?;
+            let contact = if accept {
+                messenger.accept_identity(&session, &user_id).await?
+            } else {
+                messenger.contact(&session, &user_id).await?
+            };
+            ctx.print(
+                json!({
+                    "user_id": contact.user_id,
+                    "identity_key_id": contact.identity_key_id,
+                    "safety_number": contact.safety_number,
+                    "trust": contact.trust,
+                }),
+                || {
+                    let mut text = format!("safety number with {user}:\n{}", contact.safety_number);
+                    if contact.trust == "changed" {
+                        text.push_str(&format!(
+                            "\n\nWARNING: {user}'s identity key changed. Compare the number with them, then run \
+                             `carectl contacts verify {user} --accept`."
+                        ));
+                    }
+                    text
+                },
+            );
+        }
+    }
+    Ok(())
+}

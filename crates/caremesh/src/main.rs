@@ -1,0 +1,430 @@
+//! `caremesh`, the operator binary. Argument parsing and printing only: the work is done by
+//! `caremesh-serve` (running the mesh), `caremesh-pki` and the runtime.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use caremesh_runtime::ServiceName;
+use caremesh_runtime::config::{EnvSource, MapEnv, ProcessEnv, keys};
+use caremesh_serve::{EmbeddedLayout, OPERATOR};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "caremesh", version, about = "Run and operate the caremesh service mesh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run all five services in this process on the embedded default: SQLite files, a dev PKI
+    /// and a key-encryption key under the data directory (created if missing).
+    Up(UpArgs),
+    /// Development PKI.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Bring every service's database schema up to date, then exit.
+    Migrate(DatabaseArgs),
+    /// Key-encryption key.
+    Kek {
+        #[command(subcommand)]
+        command: KekCommand,
+    },
+    /// Check a service's plaintext health endpoint (the ops port); exits non-zero unless SERVING.
+    /// For container health checks: needs no shell and no certificate.
+    Health {
+        #[arg(long, default_value = "127.0.0.1:50151")]
+        addr: SocketAddr,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
+    /// Write an encrypted, signed snapshot of every service's database (services keep running).
+    Backup {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The key-encryption key file (default `<data dir>/kek.key`).
+        #[arg(long, env = keys::KEK_FILE)]
+        kek_file: Option<PathBuf>,
+        /// Where to write the archive.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into empty databases (verifies its signature before writing anything).
+    Restore {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The key-encryption key file the backup was made under (default `<data dir>/kek.key`).
+        #[arg(long, env = keys::KEK_FILE)]
+        kek_file: Option<PathBuf>,
+        /// The archive to restore.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace the contents of non-empty databases.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The tamper-evident audit log (reads audit-svc's database directly).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the Merkle tree from the stored events and check every signed checkpoint;
+    /// exits non-zero at the first inconsistency (edited, deleted, reordered or inserted event).
+    Verify {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The key-encryption key file (default `<data dir>/kek.key`).
+        #[arg(long, env = keys::KEK_FILE)]
+        kek_file: Option<PathBuf>,
+    },
+    /// Write every event with its inclusion proof against the latest checkpoint as JSON Lines.
+    Export {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Where to write (the first line is the checkpoint).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KekCommand {
+    /// Generate a key-encryption key into FILE (mode 0600); an existing file is kept.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct DatabaseArgs {
+    /// Where SQLite files, the dev PKI and the key-encryption key live.
+    #[arg(long, env = keys::DATA_DIR, default_value = "data")]
+    data_dir: PathBuf,
+    /// A postgres:// URL switches every service to PostgreSQL (one schema each).
+    #[arg(long, env = keys::DATABASE_URL)]
+    database_url: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Address every service listens on (its standard ports: 50051-50055, health 50151-50155).
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    bind: IpAddr,
+    /// Extra DNS names for the service certificates (e.g. this host's name).
+    #[arg(long = "dns")]
+    dns_names: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a CA, a certificate per service and an operator certificate (existing files are kept).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Extra DNS names for the service certificates.
+        #[arg(long = "dns")]
+        dns_names: Vec<String>,
+        /// Operator identities to issue certificates for.
+        #[arg(long = "operator", default_value = OPERATOR)]
+        operators: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("caremesh: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("caremesh: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    caremesh_runtime::tls::install_crypto_provider();
+    match cli.command {
+        Command::Up(args) => up(args).await,
+        Command::Pki {
+            command:
+                PkiCommand::Init {
+                    dir,
+                    dns_names,
+                    operators,
+                },
+        } => {
+            let services = ServiceName::ALL.map(ServiceName::as_str);
+            let operators: Vec<&str> = operators.iter().map(String::as_str).collect();
+            let report = caremesh_pki::init(&dir, &services, &operators, &dns_names)?;
+            for path in &report.created {
+                println!("created  {}", path.display());
+            }
+            for path in &report.existing {
+                println!("kept     {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Kek {
+            command: KekCommand::Init { out },
+        } => {
+            let (_, created) = caremesh_runtime::kek::Kek::load_or_generate(&out)?;
+            println!("{}  {}", if created { "created" } else { "kept   " }, out.display());
+            Ok(())
+        }
+        Command::Health { addr, timeout } => {
+            caremesh_serve::wait_ready(ServiceName::Auth, addr, Duration::from_secs(timeout))
+                .await
+                .map_err(|_| anyhow::anyhow!("{addr} is not SERVING"))?;
+            println!("{addr} SERVING");
+            Ok(())
+        }
+        Command::Backup {
+            database,
+            kek_file,
+            out,
+        } => {
+            let configs = EmbeddedLayout::new(&database.data_dir).configs(&database_env(&database))?;
+            let kek_file = kek_file.unwrap_or_else(|| database.data_dir.join("kek.key"));
+            let report = caremesh_backup::backup(&configs, &kek_file, &out).await?;
+            for service in &report.services {
+                println!(
+                    "{:<18} {:>3} tables {:>9} rows",
+                    service.service, service.tables, service.rows
+                );
+            }
+            println!(
+                "wrote    {} ({} bytes, taken {})",
+                report.path.display(),
+                report.bytes,
+                report.created_at
+            );
+            println!("sha256   {}", report.sha256);
+            println!(
+                "keep the key-encryption key ({}) safe: the backup opens only with it",
+                kek_file.display()
+            );
+            Ok(())
+        }
+        Command::Restore {
+            database,
+            kek_file,
+            from,
+            force,
+        } => {
+            let configs = EmbeddedLayout::new(&database.data_dir).configs(&database_env(&database))?;
+            let kek_file = kek_file.unwrap_or_else(|| database.data_dir.join("kek.key"));
+            let report = caremesh_backup::restore(&configs, &kek_file, &from, force).await?;
+            println!("restored {} (taken {})", from.display(), report.created_at);
+            for service in &report.services {
+                println!(
+                    "{:<18} {:>3} tables {:>9} rows",
+                    service.service, service.tables, service.rows
+                );
+            }
+            Ok(())
+        }
+        Command::Audit { command } => audit(command).await,
+        Command::Migrate(args) => {
+            let layout = EmbeddedLayout::new(&args.data_dir);
+            for config in layout.configs(&database_env(&args))? {
+                caremesh_serve::migrate_service(&config)
+                    .await
+                    .with_context(|| format!("migrating {}", config.service))?;
+                println!("{:<18} schema up to date", config.service.as_str());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `caremesh audit verify|export`: the work is in `audit_svc::verify`.
+async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    let (AuditCommand::Verify { database, .. } | AuditCommand::Export { database, .. }) = &command;
+    let configs = EmbeddedLayout::new(&database.data_dir).configs(&database_env(database))?;
+    let config = configs
+        .iter()
+        .find(|config| config.service == ServiceName::Audit)
+        .context("no audit-svc configuration")?;
+    let db = caremesh_runtime::db::connect(&config.database).await?;
+    match command {
+        AuditCommand::Verify { database, kek_file } => {
+            let kek_file = kek_file.unwrap_or_else(|| database.data_dir.join("kek.key"));
+            let kek = caremesh_runtime::kek::Kek::load(&kek_file)?;
+            let report = audit_svc::verify::verify_log(&db, &kek)
+                .await
+                .context("the audit log is NOT intact")?;
+            println!(
+                "audit log intact: {} events, root {}",
+                report.tree_size,
+                hex_root(&report.root)
+            );
+            println!(
+                "checked {} tree nodes and {} signed checkpoints (latest covers {} events)",
+                report.nodes_checked, report.checkpoints_checked, report.latest_checkpoint
+            );
+            Ok(())
+        }
+        AuditCommand::Export { out, .. } => {
+            let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+            let count = audit_svc::verify::export_jsonl(&db, std::io::BufWriter::new(file)).await?;
+            println!("wrote {count} events with inclusion proofs to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn hex_root(root: &[u8]) -> String {
+    root.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The process environment, with the command line's database choice on top.
+fn database_env(args: &DatabaseArgs) -> impl EnvSource + use<> {
+    let mut overrides = MapEnv::default();
+    if let Some(url) = &args.database_url {
+        overrides = overrides.set(keys::DATABASE_URL, url.clone());
+    }
+    Layered(overrides, ProcessEnv)
+}
+
+struct Layered<A, B>(A, B);
+
+impl<A: EnvSource, B: EnvSource> EnvSource for Layered<A, B> {
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.get(key).or_else(|| self.1.get(key))
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let env = ProcessEnv;
+    let provider = caremesh_runtime::telemetry::tracer_provider(env.get(keys::OTLP_ENDPOINT).as_deref())?;
+    let telemetry = caremesh_runtime::telemetry::install(provider, caremesh_runtime::entry::log_format(&env));
+
+    let layout = EmbeddedLayout::new(&args.database.data_dir);
+    let prepared = layout.prepare(&args.dns_names)?;
+    let mut configs = layout.configs(&database_env(&args.database))?;
+    for config in &mut configs {
+        config.listen = SocketAddr::new(args.bind, config.listen.port());
+        config.ops_listen = SocketAddr::new(args.bind, config.ops_listen.port());
+    }
+    let listeners = caremesh_serve::bind_all(&configs).await?;
+    let bound: Vec<(ServiceName, SocketAddr, SocketAddr)> = configs
+        .iter()
+        .zip(&listeners)
+        .filter_map(|(config, listeners)| Some((config.service, listeners.grpc_addr()?, listeners.ops_addr()?)))
+        .collect();
+    let database = configs.first().map(|config| config.database.clone());
+    let shutdown = CancellationToken::new();
+    let services: Vec<_> = configs.into_iter().zip(listeners).collect();
+    let mesh = tokio::spawn({
+        let shutdown = shutdown.clone();
+        let env = database_env(&args.database);
+        async move { caremesh_serve::run_mesh(services, &env, shutdown).await }
+    });
+    let ready = async {
+        for (service, _, ops) in &bound {
+            caremesh_serve::wait_ready(*service, *ops, Duration::from_secs(30)).await?;
+        }
+        Ok::<(), caremesh_serve::MeshError>(())
+    };
+    tokio::select! {
+        ready = ready => ready?,
+        // A service failed to start and stopped the others: report why.
+        () = shutdown.cancelled() => {
+            mesh.await.context("the mesh task failed")??;
+            anyhow::bail!("the mesh stopped during start-up");
+        }
+    }
+
+    let pki = &layout.pki;
+    let host = match args.bind {
+        IpAddr::V4(ip) if ip.is_loopback() || ip.is_unspecified() => "localhost".to_owned(),
+        ip => ip.to_string(),
+    };
+    println!();
+    match database {
+        Some(database) if database.is_postgres() => println!("caremesh is up on PostgreSQL (one schema per service)"),
+        _ => println!(
+            "caremesh is up on the embedded default (SQLite under {})",
+            layout.data_dir.display()
+        ),
+    }
+    if prepared.pki_created {
+        println!("created a dev PKI in {}", pki.dir().display());
+    }
+    if prepared.kek_created {
+        println!("created a key-encryption key at {}", layout.kek_file.display());
+    }
+    println!();
+    for (service, grpc, ops) in &bound {
+        println!(
+            "  {:<18} {host}:{}   (health, plaintext: {host}:{})",
+            service.as_str(),
+            grpc.port(),
+            ops.port()
+        );
+    }
+    let auth_port = bound
+        .iter()
+        .find(|(service, _, _)| *service == ServiceName::Auth)
+        .map_or(ServiceName::Auth.default_port(), |(_, grpc, _)| grpc.port());
+    println!();
+    println!("  CA certificate        {}", pki.ca_cert().display());
+    println!("  operator certificate  {}", pki.operator_cert(OPERATOR).display());
+    println!("  operator key          {}", pki.operator_key(OPERATOR).display());
+    println!();
+    println!("Try:");
+    println!(
+        "  grpcurl -cacert {} -cert {} -key {} {host}:{} list",
+        pki.ca_cert().display(),
+        pki.operator_cert(OPERATOR).display(),
+        pki.operator_key(OPERATOR).display(),
+        auth_port
+    );
+    println!("  carectl --ca {} status", pki.ca_cert().display());
+    if let Some(file) = caremesh_serve::bootstrap_admin_file(&layout.data_dir) {
+        println!();
+        println!("The first administrator's username, password and TOTP secret are in");
+        println!(
+            "  {}   (readable only by you: sign in, store them safely, then delete the file)",
+            file.display()
+        );
+    }
+    println!();
+    println!("Ctrl-C stops the mesh.");
+
+    tokio::select! {
+        () = caremesh_runtime::entry::shutdown_signal() => {
+            println!("stopping: draining in-flight calls...");
+            shutdown.cancel();
+        }
+        // A service failed and stopped the others.
+        () = shutdown.cancelled() => {}
+    }
+    let result = mesh.await;
+    telemetry.shutdown();
+    result.context("the mesh task failed")??;
+    println!("stopped.");
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! The crate's single error type.
+
+/// Everything that can go wrong in this crate. No variant carries secret material.
+///
+/// Opening an envelope reports *why* it failed where that is knowable before decryption (an
+/// unknown key id, a malformed field, a non-contributory key agreement); once decryption is
+/// attempted, every authentication failure is the one [`CryptoError::DecryptionFailed`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CryptoError {
+    /// The operating system's random number generator failed.
+    #[error("the operating system's random number generator is unavailable")]
+    RandomUnavailable,
+
+    /// A key has the wrong length or is not a valid encoding.
+    #[error("invalid {what}: {reason}")]
+    InvalidKey { what: &'static str, reason: &'static str },
+
+    /// An identifier (user, key or message id) is missing or not in the required form.
+    #[error("invalid {what}: {reason}")]
+    InvalidId { what: &'static str, reason: &'static str },
+
+    /// A signature did not verify.
+    #[error("the {what} signature is invalid")]
+    BadSignature { what: &'static str },
+
+    /// An X25519 key agreement produced the all-zero output: the other public key has low order
+    /// (or is a non-canonical encoding of such a point), so the result would not depend on our
+    /// secret key. caremesh refuses it.
+    #[error("refused a non-contributory X25519 key agreement ({what} is a low-order point)")]
+    NonContributory { what: &'static str },
+
+    /// The plaintext is larger than [`crate::MAX_PLAINTEXT_LEN`].
+    #[error("the message is {len} bytes; at most {max} bytes can be sealed")]
+    PlaintextTooLarge { len: usize, max: usize },
+
+    /// An envelope field is missing, has the wrong length or is out of bounds.
+    #[error("malformed envelope: {0}")]
+    MalformedEnvelope(&'static str),
+
+    /// The envelope's format version is not one this code understands.
+    #[error("unsupported envelope version {0} (this code reads version 1)")]
+    UnsupportedVersion(u32),
+
+    /// A key bundle or the key material at hand does not belong to who the caller said.
+    #[error("key mismatch: {0}")]
+    KeyMismatch(&'static str),
+
+    /// The envelope names a key this device does not hold: sealed to another device or user, to a
+    /// signed prekey rotated out, or to a one-time prekey already spent.
+    #[error("this device holds no {what} with id {id}")]
+    UnknownKey { what: &'static str, id: String },
+
+    /// Authenticated decryption failed: the envelope was tampered with, was bound to other
+    /// sender/recipient/message ids, or was not sealed to these keys.
+    #[error("the envelope does not authenticate (tampered, or bound to other ids or keys)")]
+    DecryptionFailed,
+
+    /// A signing domain is empty, too long or not printable ASCII.
+    #[error("invalid signature domain: {0}")]
+    InvalidDomain(&'static str),
+
+    /// A request for more keys than one upload may carry, or another out-of-range count.
+    #[error("{what}: {value} is out of range (at most {max})")]
+    OutOfRange {
+        what: &'static str,
+        value: usize,
+        max: usize,
+    },
+
+    /// A length does not fit the encoding (for example a field longer than 4 GiB), or a primitive
+    /// was asked for an output it cannot produce (HKDF output longer than 255 blocks).
+    #[error("cannot encode: {0}")]
+    Encoding(&'static str),
+
+    /// Persisted device keys are inconsistent (for example a prekey signature that does not match
+    /// the stored identity) or in an unknown format.
+    #[error("invalid stored device keys: {0}")]
+    InvalidStoredKeys(&'static str),
+}

@@ -1,0 +1,298 @@
+//! The gRPC edge of the runtime: the one place where domain [`Error`]s become gRPC statuses, the
+//! per-RPC peer allowlist for internal services, and helpers for reading who called.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use caremesh_tls::{PeerIdentity, SpiffeId};
+use futures::future::{Either, Ready, ready};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::error::{Error, ErrorCode};
+
+/// The `ErrorInfo.domain` of every caremesh error.
+pub const ERROR_DOMAIN: &str = "caremesh.local";
+
+/// Maps a domain error to a gRPC status with a `google.rpc.ErrorInfo` (and `RetryInfo` when the
+/// caller should wait). Internal errors are logged with their cause under a reference id; the
+/// caller gets the reference, never the cause.
+pub fn to_status(error: Error) -> tonic::Status {
+    let code = match error.code() {
+        ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+        ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
+        ErrorCode::NotFound => tonic::Code::NotFound,
+        ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
+        ErrorCode::Aborted => tonic::Code::Aborted,
+        ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+        ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorCode::Unavailable => tonic::Code::Unavailable,
+        ErrorCode::Unimplemented => tonic::Code::Unimplemented,
+        ErrorCode::Internal => tonic::Code::Internal,
+    };
+    let message = match error.code() {
+        ErrorCode::Internal => {
+            let reference = uuid::Uuid::now_v7();
+            tracing::error!(%reference, %error, "internal error");
+            format!("internal error (reference {reference}); the service log has the details")
+        }
+        ErrorCode::Unavailable => {
+            tracing::warn!(%error, "dependency unavailable");
+            error.message().to_owned()
+        }
+        _ => error.message().to_owned(),
+    };
+    let metadata: HashMap<String, String> = error.metadata().iter().cloned().collect();
+    let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
+    if let Some(delay) = error.retry_after() {
+        details.set_retry_info(Some(delay));
+    }
+    tonic::Status::with_error_details(code, message, details)
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        to_status(error)
+    }
+}
+
+/// The answer of an RPC whose behaviour belongs to a later piece of work: UNIMPLEMENTED, with a
+/// message naming the RPC and what is missing.
+pub fn not_yet<T>(rpc: &str, missing: &str) -> Result<tonic::Response<T>, tonic::Status> {
+    Err(to_status(Error::unimplemented(format!("{rpc}: {missing}"))))
+}
+
+/// Answers the user-facing RPCs whose behaviour belongs to a later piece of work: the caller is
+/// authenticated first (every service already checks access tokens), then told what is missing.
+#[derive(Clone, Debug)]
+pub struct PendingRpc {
+    tokens: std::sync::Arc<dyn crate::auth::TokenVerifier>,
+    clock: crate::clock::SharedClock,
+}
+
+impl PendingRpc {
+    pub fn new(runtime: &crate::ServiceRuntime) -> Self {
+        Self {
+            tokens: std::sync::Arc::clone(&runtime.tokens),
+            clock: std::sync::Arc::clone(&runtime.clock),
+        }
+    }
+
+    pub async fn answer<T, R>(
+        &self,
+        request: &tonic::Request<T>,
+        rpc: &str,
+        missing: &str,
+    ) -> Result<tonic::Response<R>, tonic::Status> {
+        let token = crate::auth::bearer_token(request.metadata())?;
+        self.tokens.verify(token, self.clock.now()).await?;
+        not_yet(rpc, missing)
+    }
+}
+
+/// The identity of whoever is on the other end of the call's connection.
+pub fn peer_identity<T>(request: &tonic::Request<T>) -> Option<&PeerIdentity> {
+    request.extensions().get::<PeerIdentity>()
+}
+
+/// The SPIFFE id of the calling service (internal RPCs, behind the [`PeerPolicy`]).
+pub fn caller_spiffe_id<T>(request: &tonic::Request<T>) -> Result<SpiffeId, Error> {
+    peer_identity(request)
+        .and_then(|peer| peer.spiffe_id.clone())
+        .ok_or_else(|| {
+            Error::unauthenticated(
+                "MESH_IDENTITY_REQUIRED",
+                "this is an internal RPC: call it over mutual TLS with a caremesh service certificate",
+            )
+        })
+}
+
+/// Which mesh identities may call which internal RPCs.
+///
+/// A gRPC service whose name ends in `InternalService` is closed by default: only the SPIFFE ids
+/// allowed here (per method, or for every method with `"*"`) get through, checked against the
+/// client certificate verified in the TLS handshake. Other services are open at this layer and
+/// authenticate callers by access token.
+#[derive(Clone, Debug, Default)]
+pub struct PeerPolicy {
+    /// `package.Service` -> method (or `*`) -> allowed ids.
+    rules: HashMap<String, HashMap<String, Vec<SpiffeId>>>,
+}
+
+impl PeerPolicy {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Allows `peers` to call `method` (or `"*"`: every method) of `grpc_service`
+    /// (fully qualified, e.g. `caremesh.audit.v1.AuditInternalService`).
+    pub fn allow(mut self, grpc_service: &str, method: &str, peers: impl IntoIterator<Item = SpiffeId>) -> Self {
+        self.rules
+            .entry(grpc_service.to_owned())
+            .or_default()
+            .entry(method.to_owned())
+            .or_default()
+            .extend(peers);
+        self
+    }
+
+    /// Decides a call to `path` (`/package.Service/Method`) from `peer`.
+    pub fn check(&self, path: &str, peer: Option<&SpiffeId>) -> Result<(), Error> {
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let (service, method) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let rules = self.rules.get(service);
+        if rules.is_none() && !service.ends_with("InternalService") {
+            return Ok(());
+        }
+        let allowed: Vec<&SpiffeId> = rules
+            .into_iter()
+            .flat_map(|methods| methods.get(method).into_iter().chain(methods.get("*")).flatten())
+            .collect();
+        let Some(peer) = peer else {
+            return Err(Error::unauthenticated(
+                "MESH_IDENTITY_REQUIRED",
+                format!("{path} is an internal RPC: call it over mutual TLS with a caremesh service certificate"),
+            ));
+        };
+        if allowed.contains(&peer) {
+            Ok(())
+        } else {
+            Err(
+                Error::permission_denied("PEER_NOT_ALLOWED", format!("{peer} may not call {path}"))
+                    .with_metadata("peer", peer.as_str()),
+            )
+        }
+    }
+}
+
+/// Tower layer enforcing a [`PeerPolicy`] before any handler runs.
+#[derive(Clone, Debug)]
+pub struct PeerPolicyLayer(Arc<PeerPolicy>);
+
+impl PeerPolicyLayer {
+    pub fn new(policy: PeerPolicy) -> Self {
+        Self(Arc::new(policy))
+    }
+}
+
+impl<S> tower_layer::Layer<S> for PeerPolicyLayer {
+    type Service = PeerPolicyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PeerPolicyService {
+            inner,
+            policy: Arc::clone(&self.0),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PeerPolicyService<S> {
+    inner: S,
+    policy: Arc<PeerPolicy>,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for PeerPolicyService<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let peer = request
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|identity| identity.spiffe_id.as_ref());
+        match self.policy.check(request.uri().path(), peer) {
+            Ok(()) => Either::Right(self.inner.call(request)),
+            Err(error) => {
+                tracing::info!(path = %request.uri().path(), peer = ?peer.map(SpiffeId::as_str), reason = error.reason(), "internal RPC refused");
+                Either::Left(ready(Ok(to_status(error).into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ServiceName;
+
+    fn policy() -> PeerPolicy {
+        PeerPolicy::new()
+            .allow(
+                "caremesh.auth.v1.AuthInternalService",
+                "GetUserAttributes",
+                [ServiceName::Records.spiffe_id()],
+            )
+            .allow(
+                "caremesh.audit.v1.AuditInternalService",
+                "*",
+                ServiceName::ALL.map(ServiceName::spiffe_id),
+            )
+    }
+
+    #[test]
+    fn internal_services_are_closed_unless_allowed() {
+        let policy = policy();
+        let records = ServiceName::Records.spiffe_id();
+        let messaging = ServiceName::Messaging.spiffe_id();
+        let path = "/caremesh.auth.v1.AuthInternalService/GetUserAttributes";
+        assert!(policy.check(path, Some(&records)).is_ok());
+        assert_eq!(
+            policy.check(path, Some(&messaging)).unwrap_err().code(),
+            ErrorCode::PermissionDenied
+        );
+        assert_eq!(policy.check(path, None).unwrap_err().code(), ErrorCode::Unauthenticated);
+        let unlisted = "/caremesh.auth.v1.AuthInternalService/SomethingNew";
+        assert_eq!(
+            policy.check(unlisted, Some(&records)).unwrap_err().code(),
+            ErrorCode::PermissionDenied
+        );
+        let unknown_internal = "/caremesh.x.v1.XInternalService/Y";
+        assert!(policy.check(unknown_internal, Some(&records)).is_err());
+        assert!(
+            policy
+                .check("/caremesh.audit.v1.AuditInternalService/IngestEvents", Some(&messaging))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn user_facing_services_pass_this_layer() {
+        assert!(policy().check("/caremesh.auth.v1.AuthService/Login", None).is_ok());
+    }
+
+    #[test]
+    fn statuses_carry_error_info_and_hide_internal_causes() {
+        let status =
+            to_status(Error::aborted("ETAG_MISMATCH", "the record changed; re-read it").with_metadata("etag", "7"));
+        assert_eq!(status.code(), tonic::Code::Aborted);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "ETAG_MISMATCH");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.metadata.get("etag").map(String::as_str), Some("7"));
+
+        let status = to_status(Error::internal("x", std::io::Error::other("secret detail")));
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(!status.message().contains("secret detail"));
+        assert!(status.message().contains("reference"));
+
+        let status = to_status(Error::resource_exhausted(
+            "RATE_LIMITED",
+            "too many attempts",
+            std::time::Duration::from_secs(3),
+        ));
+        assert_eq!(
+            status.get_details_retry_info().unwrap().retry_delay,
+            Some(std::time::Duration::from_secs(3))
+        );
+    }
+}

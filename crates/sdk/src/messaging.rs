@@ -1,0 +1,649 @@
+//! End-to-end encrypted direct messages from the client side (DESIGN.md §4). A [`Messenger`]
+//! holds this device's keys ([`DeviceKeys`]), the pinned identities of contacts ([`TrustStore`])
+//! and the messages it has opened, persisted next to the profile's session in one file sealed
+//! with AES-256-GCM under a local key file (both 0600).
+//!
+//! - Keys: generated on first use and published; the one-time prekey stock is topped up when the
+//!   server reports it low, and the signed prekey is rotated weekly ([`Messenger::maintain_keys`]).
+//! - Sending: fetch the recipient's bundle, verify it, check the identity against the pinned one
+//!   (a changed identity is refused until [`Messenger::accept_identity`]), seal to the recipient
+//!   and to ourselves, send with a fresh UUIDv7 message id.
+//! - Reading: envelopes are opened here; since an envelope sealed to a one-time prekey opens
+//!   only once, what was opened is kept locally so history stays readable.
+//!
+//! The server only ever sees ciphertext.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use caremesh_crypto::{
+    DeviceKeys, IdentityPublicKey, MessageContext, TrustCheck, TrustStore, new_id, open, seal, seal_to_self,
+    verify_bundle, verify_identity,
+};
+use caremesh_proto::messaging::v1 as pb;
+use caremesh_proto::messaging::v1::key_directory_service_client::KeyDirectoryServiceClient;
+use caremesh_proto::messaging::v1::messaging_service_client::MessagingServiceClient;
+use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
+use zeroize::Zeroizing;
+
+use crate::auth::Session;
+use crate::{Client, SdkError, ServiceName};
+
+/// One-time prekeys published at first and per top-up.
+pub const PREKEY_BATCH: usize = 100;
+/// How old the signed prekey may get before it is rotated.
+pub const SIGNED_PREKEY_MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::days(7);
+
+/// What the device keeps between runs.
+#[derive(Serialize, Deserialize)]
+struct State {
+    keys: DeviceKeys,
+    trust: TrustStore,
+    /// Plaintexts of the messages opened so far, by message id (hex).
+    opened: BTreeMap<String, String>,
+}
+
+/// A message with its content opened (or why not).
+#[derive(Clone, Debug)]
+pub struct Opened {
+    pub message: pb::Message,
+    pub content: Content,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// The decrypted body.
+    Plain(Vec<u8>),
+    /// The sender recalled it: the ciphertext is gone.
+    Recalled,
+    /// It could not be opened here (reason for a person).
+    Unreadable(String),
+}
+
+impl Content {
+    /// The body as text (lossy), or a marker.
+    pub fn text(&self) -> String {
+        match self {
+            Content::Plain(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            Content::Recalled => "(recalled)".to_owned(),
+            Content::Unreadable(why) => format!("(cannot open: {why})"),
+        }
+    }
+}
+
+/// A contact's identity as this device sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContactIdentity {
+    pub user_id: String,
+    pub identity_key_id: String,
+    /// 60 digits in groups of 5, the same on both sides.
+    pub safety_number: String,
+    /// `first use` (now pinned), `trusted` (matches the pinned one) or `changed`.
+    pub trust: &'static str,
+}
+
+/// This device's messaging state for one signed-in user.
+pub struct Messenger {
+    client: Client,
+    user_id: String,
+    state_path: PathBuf,
+    key_path: PathBuf,
+    state: Mutex<State>,
+    identities: Mutex<HashMap<(String, String), IdentityPublicKey>>,
+}
+
+impl std::fmt::Debug for Messenger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messenger")
+            .field("user_id", &self.user_id)
+            .field("state_path", &self.state_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn local(what: &str, error: impl std::fmt::Display) -> SdkError {
+    SdkError::Local(format!("{what}: {error}"))
+}
+
+fn crypto(what: &str, error: caremesh_crypto::CryptoError) -> SdkError {
+    SdkError::Local(format!("{what}: {error}"))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SdkError> {
+    let fail = |error: std::io::Error| local(&format!("cannot write {}", path.display()), error);
+    if let Some(dir) = path.parent() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(fail)?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp).map_err(fail)?;
+    file.write_all(bytes).map_err(fail)?;
+    // No fsync: the file is replaced atomically, and losing the newest write in a crash loses
+    // nothing that matters (a spent one-time prekey secret is deleted a little later; a message
+    // opened just before is opened again from the server's copy with the still-present secret).
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+impl Messenger {
+    /// Loads this profile's device keys from `dir` (or generates them on first use) and makes
+    /// sure the key directory has them (publishing, topping up, rotating as needed).
+    pub async fn open(client: Client, dir: &Path, profile: &str, session: &Session) -> Result<Self, SdkError> {
+        let state_path = dir.join(format!("{profile}.messaging"));
+        let key_path = dir.join(format!("{profile}.messaging.key"));
+        let state = match Self::load(&state_path, &key_path)? {
+            Some(state) if state.keys.user_id() == session.user_id => state,
+            Some(_) => {
+                return Err(SdkError::Local(format!(
+                    "{} holds another user's device keys: use another profile",
+                    state_path.display()
+                )));
+            }
+            None => State {
+                keys: DeviceKeys::generate(&session.user_id)
+                    .map_err(|error| crypto("generating device keys", error))?,
+                trust: TrustStore::new(),
+                opened: BTreeMap::new(),
+            },
+        };
+        let messenger = Self {
+            client,
+            user_id: session.user_id.clone(),
+            state_path,
+            key_path,
+            state: Mutex::new(state),
+            identities: Mutex::new(HashMap::new()),
+        };
+        messenger.persist()?;
+        messenger.maintain_keys(session).await?;
+        Ok(messenger)
+    }
+
+    fn load(state_path: &Path, key_path: &Path) -> Result<Option<State>, SdkError> {
+        let sealed = match std::fs::read(state_path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(local(&format!("cannot read {}", state_path.display()), error)),
+        };
+        let key = Zeroizing::new(
+            std::fs::read(key_path).map_err(|error| local(&format!("cannot read {}", key_path.display()), error))?,
+        );
+        let key: &[u8; 32] = key
+            .as_slice()
+            .try_into()
+            .map_err(|_| SdkError::Local(format!("{} is not a 32-byte key", key_path.display())))?;
+        let (nonce, ciphertext) = sealed
+            .split_at_checked(12)
+            .ok_or_else(|| SdkError::Local(format!("{} is truncated", state_path.display())))?;
+        let nonce: &[u8; 12] = nonce
+            .try_into()
+            .map_err(|_| SdkError::Local(format!("{} is truncated", state_path.display())))?;
+        let json = Zeroizing::new(
+            caremesh_crypto::primitives::aes256gcm_open(key, nonce, b"caremesh-sdk-device-state-v1", ciphertext)
+                .map_err(|_| {
+                    SdkError::Local(format!(
+                        "{} does not open with {}: the files do not belong together",
+                        state_path.display(),
+                        key_path.display()
+                    ))
+                })?,
+        );
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|error| local(&format!("{} is not device state", state_path.display()), error))
+    }
+
+    /// Writes the state (sealed under the local key, created on first use).
+    fn persist(&self) -> Result<(), SdkError> {
+        let json = {
+            let state = self.lock()?;
+            Zeroizing::new(serde_json::to_vec(&*state).map_err(|error| local("serializing device state", error))?)
+        };
+        let key = match std::fs::read(&self.key_path) {
+            Ok(bytes) => Zeroizing::new(bytes),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let key = caremesh_crypto::primitives::random_array::<32>()
+                    .map_err(|error| crypto("generating a local key", error))?;
+                write_private(&self.key_path, key.as_slice())?;
+                Zeroizing::new(key.to_vec())
+            }
+            Err(error) => return Err(local(&format!("cannot read {}", self.key_path.display()), error)),
+        };
+        let key: &[u8; 32] = key
+            .as_slice()
+            .try_into()
+            .map_err(|_| SdkError::Local(format!("{} is not a 32-byte key", self.key_path.display())))?;
+        let nonce =
+            caremesh_crypto::primitives::random_array::<12>().map_err(|error| crypto("generating a nonce", error))?;
+        let ciphertext =
+            caremesh_crypto::primitives::aes256gcm_seal(key, &nonce, b"caremesh-sdk-device-state-v1", &json)
+                .map_err(|error| crypto("sealing device state", error))?;
+        let mut file = nonce.to_vec();
+        file.extend_from_slice(&ciphertext);
+        write_private(&self.state_path, &file)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, SdkError> {
+        self.state
+            .lock()
+            .map_err(|_| SdkError::Local("device state is unusable after an earlier failure".to_owned()))
+    }
+
+    fn keys_api(&self) -> Result<KeyDirectoryServiceClient<Channel>, SdkError> {
+        Ok(KeyDirectoryServiceClient::new(
+            self.client.require(ServiceName::Messaging)?,
+        ))
+    }
+
+    fn api(&self) -> Result<MessagingServiceClient<Channel>, SdkError> {
+        Ok(MessagingServiceClient::new(
+            self.client.require(ServiceName::Messaging)?,
+        ))
+    }
+
+    /// This user's id.
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    /// Publishes the keys if the directory lacks them (or has another identity), tops up one-time
+    /// prekeys below the server's watermark, rotates the signed prekey after a week.
+    pub async fn maintain_keys(&self, session: &Session) -> Result<(), SdkError> {
+        let stock = self
+            .keys_api()?
+            .get_prekey_stock(session.request(pb::GetPrekeyStockRequest {})?)
+            .await;
+        let own_identity = self.lock()?.keys.identity().key_id().to_owned();
+        let stock = match stock {
+            Ok(stock) => Some(stock.into_inner()),
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => None,
+            Err(status) => return Err(status.into()),
+        };
+        match stock {
+            Some(stock) if stock.identity_key_id == own_identity => {
+                if stock.one_time_prekey_count < stock.low_watermark.max(1) {
+                    let request = self
+                        .lock()?
+                        .keys
+                        .top_up_request(PREKEY_BATCH)
+                        .map_err(|error| crypto("one-time prekeys", error))?;
+                    self.persist()?;
+                    self.keys_api()?
+                        .upload_one_time_prekeys(session.request(request)?)
+                        .await?;
+                }
+                let created = stock
+                    .signed_prekey_create_time
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0));
+                if created.is_some_and(|created| chrono::Utc::now() - created > SIGNED_PREKEY_MAX_AGE) {
+                    let request = {
+                        let mut state = self.lock()?;
+                        state
+                            .keys
+                            .rotate_signed_prekey()
+                            .map_err(|error| crypto("rotating the signed prekey", error))?
+                    };
+                    self.persist()?;
+                    self.keys_api()?.rotate_signed_prekey(session.request(request)?).await?;
+                }
+            }
+            _ => {
+                let request = self
+                    .lock()?
+                    .keys
+                    .publish_request(PREKEY_BATCH)
+                    .map_err(|error| crypto("publishing keys", error))?;
+                self.persist()?;
+                self.keys_api()?.publish_key_bundle(session.request(request)?).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches and verifies `user_id`'s current identity (without pinning it).
+    async fn current_identity(&self, session: &Session, user_id: &str) -> Result<IdentityPublicKey, SdkError> {
+        let response = self
+            .keys_api()?
+            .get_identity_key(session.request(pb::GetIdentityKeyRequest {
+                user_id: user_id.to_owned(),
+                key_id: String::new(),
+            })?)
+            .await?
+            .into_inner();
+        let identity = response
+            .identity_key
+            .ok_or(SdkError::Protocol("no identity key in the answer"))?;
+        verify_identity(&identity, user_id).map_err(|error| crypto("the contact's identity key", error))
+    }
+
+    /// Sends `plaintext` to `recipient_user_id`; refused while the recipient's identity differs
+    /// from the pinned one. Returns the stored message.
+    pub async fn send(
+        &self,
+        session: &Session,
+        recipient_user_id: &str,
+        plaintext: &[u8],
+        lifespan: Option<Duration>,
+    ) -> Result<pb::Message, SdkError> {
+        let bundle = self
+            .keys_api()?
+            .fetch_key_bundle(session.request(pb::FetchKeyBundleRequest {
+                user_id: recipient_user_id.to_owned(),
+            })?)
+            .await?
+            .into_inner()
+            .bundle
+            .ok_or(SdkError::Protocol("no bundle in the answer"))?;
+        let verified =
+            verify_bundle(&bundle, recipient_user_id).map_err(|error| crypto("the recipient's key bundle", error))?;
+        let message_id = new_id();
+        let (envelope, sender_copy, pinned) = {
+            let mut state = self.lock()?;
+            let pinned = match state.trust.check(recipient_user_id, verified.identity()) {
+                TrustCheck::Changed { .. } => return Err(identity_changed(recipient_user_id)),
+                TrustCheck::FirstUse => true,
+                TrustCheck::Trusted => false,
+            };
+            let context = MessageContext {
+                sender_user_id: &self.user_id,
+                recipient_user_id,
+                message_id: &message_id,
+            };
+            let envelope = seal(state.keys.identity(), &context, &verified, plaintext)
+                .map_err(|error| crypto("sealing the message", error))?;
+            // Our own copy opens again whenever needed (no one-time prekey), so it is not stored.
+            let sender_copy =
+                seal_to_self(&state.keys, &context, plaintext).map_err(|error| crypto("sealing your copy", error))?;
+            (envelope, sender_copy, pinned)
+        };
+        if pinned {
+            self.persist()?;
+        }
+        let request = pb::SendMessageRequest {
+            message_id,
+            content: Some(pb::send_message_request::Content::Direct(pb::DirectContent {
+                recipient_user_id: recipient_user_id.to_owned(),
+                envelope: Some(envelope),
+            })),
+            sender_copy: Some(sender_copy),
+            lifespan: lifespan.and_then(|lifespan| prost_types::Duration::try_from(lifespan).ok()),
+        };
+        let mut api = self.api()?;
+        // One retry with the very same request: sending is idempotent by message id.
+        let response = match api.send_message(session.request(request.clone())?).await {
+            Ok(response) => response,
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                api.send_message(session.request(request)?).await?
+            }
+            Err(status) => return Err(status.into()),
+        };
+        response
+            .into_inner()
+            .message
+            .ok_or(SdkError::Protocol("no message in the answer"))
+    }
+
+    /// The sender's identity for an envelope: our own, or fetched by key id, verified and checked
+    /// against the pinned one.
+    async fn sender_identity(
+        &self,
+        session: &Session,
+        sender: &str,
+        key_id: &str,
+    ) -> Result<IdentityPublicKey, SdkError> {
+        if sender == self.user_id {
+            return Ok(self.lock()?.keys.identity().public());
+        }
+        let cached = self
+            .identities
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&(sender.to_owned(), key_id.to_owned())).cloned());
+        let identity = match cached {
+            Some(identity) => identity,
+            None => {
+                let response = self
+                    .keys_api()?
+                    .get_identity_key(session.request(pb::GetIdentityKeyRequest {
+                        user_id: sender.to_owned(),
+                        key_id: key_id.to_owned(),
+                    })?)
+                    .await?
+                    .into_inner();
+                let identity = response
+                    .identity_key
+                    .ok_or(SdkError::Protocol("no identity key in the answer"))?;
+                let identity =
+                    verify_identity(&identity, sender).map_err(|error| crypto("the sender's identity key", error))?;
+                if let Ok(mut cache) = self.identities.lock() {
+                    cache.insert((sender.to_owned(), key_id.to_owned()), identity.clone());
+                }
+                identity
+            }
+        };
+        let check = self.lock()?.trust.check(sender, &identity);
+        match check {
+            TrustCheck::Changed { .. } => Err(identity_changed(sender)),
+            TrustCheck::FirstUse => {
+                self.persist()?;
+                Ok(identity)
+            }
+            TrustCheck::Trusted => Ok(identity),
+        }
+    }
+
+    /// Opens one message (from the local store when it was opened before).
+    pub async fn open_message(&self, session: &Session, message: &pb::Message) -> Result<Opened, SdkError> {
+        let content = self.content(session, message).await?;
+        Ok(Opened {
+            message: message.clone(),
+            content,
+        })
+    }
+
+    async fn content(&self, session: &Session, message: &pb::Message) -> Result<Content, SdkError> {
+        if message.state() == pb::MessageState::Recalled {
+            if self.lock()?.opened.remove(&message.message_id).is_some() {
+                self.persist()?;
+            }
+            return Ok(Content::Recalled);
+        }
+        if let Some(hex_text) = self.lock()?.opened.get(&message.message_id) {
+            return hex::decode(hex_text)
+                .map(Content::Plain)
+                .map_err(|error| local("stored message", error));
+        }
+        let envelope = message
+            .envelope
+            .as_ref()
+            .ok_or(SdkError::Protocol("the message has no envelope for you"))?;
+        let sender = self
+            .sender_identity(session, &message.sender_user_id, &envelope.sender_identity_key_id)
+            .await?;
+        let context = MessageContext {
+            sender_user_id: &message.sender_user_id,
+            recipient_user_id: &message.recipient_user_id,
+            message_id: &message.message_id,
+        };
+        let (plaintext, spent) = {
+            let mut state = self.lock()?;
+            let plaintext = open(&mut state.keys, &sender, &context, envelope)
+                .map_err(|error| crypto("opening the message", error))?;
+            // Envelopes sealed to a one-time prekey open only once: keep those. Our own copies
+            // and envelopes without one open again, so they need not be stored.
+            let spent = !envelope.recipient_one_time_prekey_id.is_empty();
+            if spent {
+                state.opened.insert(message.message_id.clone(), hex::encode(&plaintext));
+            }
+            (plaintext, spent)
+        };
+        if spent {
+            self.persist()?;
+        }
+        Ok(Content::Plain(plaintext))
+    }
+
+    async fn open_all(&self, session: &Session, messages: Vec<pb::Message>) -> Vec<Opened> {
+        let mut opened = Vec::with_capacity(messages.len());
+        for message in messages {
+            let content = match self.content(session, &message).await {
+                Ok(content) => content,
+                Err(error) => Content::Unreadable(error.to_string()),
+            };
+            opened.push(Opened { message, content });
+        }
+        opened
+    }
+
+    /// One page of the inbox, opened.
+    pub async fn inbox(
+        &self,
+        session: &Session,
+        request: pb::ListInboxRequest,
+    ) -> Result<(Vec<Opened>, String), SdkError> {
+        let response = self.api()?.list_inbox(session.request(request)?).await?.into_inner();
+        Ok((
+            self.open_all(session, response.messages).await,
+            response.next_page_token,
+        ))
+    }
+
+    /// A whole conversation (all pages), opened. `target` is a peer's user id or a conversation id.
+    pub async fn history(
+        &self,
+        session: &Session,
+        target: pb::list_conversation_messages_request::Target,
+        order: pb::SortOrder,
+    ) -> Result<Vec<Opened>, SdkError> {
+        let mut messages = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let response = self
+                .api()?
+                .list_conversation_messages(session.request(pb::ListConversationMessagesRequest {
+                    target: Some(target.clone()),
+                    page_size: 500,
+                    page_token,
+                    order: order.into(),
+                })?)
+                .await?
+                .into_inner();
+            messages.extend(response.messages);
+            if response.next_page_token.is_empty() {
+                break;
+            }
+            page_token = response.next_page_token;
+        }
+        Ok(self.open_all(session, messages).await)
+    }
+
+    /// The conversations, most recent first (first page of up to 500).
+    pub async fn conversations(&self, session: &Session) -> Result<Vec<pb::Conversation>, SdkError> {
+        Ok(self
+            .api()?
+            .list_conversations(session.request(pb::ListConversationsRequest {
+                page_size: 500,
+                page_token: String::new(),
+            })?)
+            .await?
+            .into_inner()
+            .conversations)
+    }
+
+    /// Follows live delivery after `cursor` (empty: from now on). Open each item with
+    /// [`Messenger::open_message`] and keep its cursor to resume.
+    pub async fn watch(
+        &self,
+        session: &Session,
+        cursor: &str,
+    ) -> Result<tonic::Streaming<pb::SubscribeResponse>, SdkError> {
+        Ok(self
+            .api()?
+            .subscribe(session.request(pb::SubscribeRequest {
+                cursor: cursor.to_owned(),
+            })?)
+            .await?
+            .into_inner())
+    }
+
+    /// Sends delivered (or read) receipts; returns how many changed.
+    pub async fn receipts(&self, session: &Session, message_ids: Vec<String>, read: bool) -> Result<u32, SdkError> {
+        let kind = if read {
+            pb::ReceiptType::Read
+        } else {
+            pb::ReceiptType::Delivered
+        };
+        Ok(self
+            .api()?
+            .send_receipts(session.request(pb::SendReceiptsRequest {
+                message_ids,
+                r#type: kind.into(),
+            })?)
+            .await?
+            .into_inner()
+            .updated)
+    }
+
+    /// Recalls a message this user sent.
+    pub async fn recall(&self, session: &Session, message_id: &str) -> Result<pb::Message, SdkError> {
+        let message = self
+            .api()?
+            .recall_message(session.request(pb::RecallMessageRequest {
+                message_id: message_id.to_owned(),
+            })?)
+            .await?
+            .into_inner()
+            .message
+            .ok_or(SdkError::Protocol("no message in the answer"))?;
+        if self.lock()?.opened.remove(message_id).is_some() {
+            self.persist()?;
+        }
+        Ok(message)
+    }
+
+    /// The safety number with `user_id` and how their current identity compares with the pinned
+    /// one (pinning it when there was none).
+    pub async fn contact(&self, session: &Session, user_id: &str) -> Result<ContactIdentity, SdkError> {
+        let theirs = self.current_identity(session, user_id).await?;
+        let (check, mine) = {
+            let mut state = self.lock()?;
+            (state.trust.check(user_id, &theirs), state.keys.identity().public())
+        };
+        self.persist()?;
+        Ok(ContactIdentity {
+            user_id: user_id.to_owned(),
+            identity_key_id: theirs.key_id().to_owned(),
+            safety_number: caremesh_crypto::safety_number(&self.user_id, &mine, user_id, &theirs),
+            trust: match check {
+                TrustCheck::FirstUse => "first use",
+                TrustCheck::Trusted => "trusted",
+                TrustCheck::Changed { .. } => "changed",
+            },
+        })
+    }
+
+    /// Accepts `user_id`'s current identity (after comparing safety numbers).
+    pub async fn accept_identity(&self, session: &Session, user_id: &str) -> Result<ContactIdentity, SdkError> {
+        let theirs = self.current_identity(session, user_id).await?;
+        self.lock()?.trust.accept_new(user_id, &theirs);
+        self.persist()?;
+        self.contact(session, user_id).await
+    }
+}
+
+fn identity_changed(user_id: &str) -> SdkError {
+    SdkError::Local(format!(
+        "the identity key of {user_id} changed since you last talked: compare safety numbers \
+         (`carectl contacts verify {user_id}`) and accept the new key (`--accept`) before sending"
+    ))
+}

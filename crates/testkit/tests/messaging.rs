@@ -1,0 +1,607 @@
+//! messaging-svc through the real services and the SDK: end-to-end encrypted exchange and history,
+//! refusals, no plaintext at rest, tampering, one-time prekeys under concurrency, resumable live
+//! delivery (also across two replicas on PostgreSQL), recall, lifespan and identity changes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use caremesh_proto::messaging::v1 as pb;
+use caremesh_proto::messaging::v1::key_directory_service_client::KeyDirectoryServiceClient;
+use caremesh_proto::messaging::v1::messaging_service_client::MessagingServiceClient;
+use caremesh_sdk::auth::Role;
+use caremesh_sdk::messaging::{Content, Messenger};
+use caremesh_testkit::{Backend, Caller, Service, TestMesh, TestUser, backends, eventually};
+use futures::StreamExt;
+use pb::list_conversation_messages_request::Target;
+use sea_orm::{ConnectionTrait, Statement};
+
+async fn messenger(mesh: &TestMesh, user: &TestUser) -> (Messenger, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let messenger = Messenger::open(mesh.sdk(), dir.path(), "default", &user.session)
+        .await
+        .unwrap();
+    (messenger, dir)
+}
+
+fn texts(opened: &[caremesh_sdk::messaging::Opened]) -> Vec<String> {
+    opened.iter().map(|item| item.content.text()).collect()
+}
+
+async fn raw_inbox(mesh: &TestMesh, user: &TestUser) -> Vec<pb::Message> {
+    let mut client = MessagingServiceClient::new(mesh.channel(Service::Messaging, Caller::Anonymous));
+    client
+        .list_inbox(
+            user.session
+                .request(pb::ListInboxRequest {
+                    page_size: 100,
+                    order: pb::SortOrder::OldestFirst.into(),
+                    ..Default::default()
+                })
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .messages
+}
+
+/// Sends every log line of this test process (debug level and up) to a file, for the scan below.
+fn log_to_file() -> Option<std::path::PathBuf> {
+    let path = std::env::temp_dir().join(format!("caremesh-messaging-test-{}.log", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .try_init()
+        .ok()
+        .map(|()| path)
+}
+
+#[tokio::test]
+async fn patient_and_doctor_exchange_and_read_history_others_cannot() {
+    let log_file = log_to_file();
+    let mesh = TestMesh::start().await;
+    let patient = mesh.patient().await;
+    let doctor = mesh.staff(Role::Doctor, &["dept:cardiology"]).await;
+    let other = mesh.staff(Role::Doctor, &["dept:oncology"]).await;
+    let (p, _pd) = messenger(&mesh, &patient).await;
+    let (d, _dd) = messenger(&mesh, &doctor).await;
+    let (o, _od) = messenger(&mesh, &other).await;
+
+    let marker = format!("MARKER-{}", uuid::Uuid::now_v7().simple());
+    p.send(
+        &patient.session,
+        &doctor.user_id,
+        format!("chest pain {marker}").as_bytes(),
+        None,
+    )
+    .await
+    .unwrap();
+    p.send(&patient.session, &doctor.user_id, b"since tuesday", None)
+        .await
+        .unwrap();
+    let reply = d
+        .send(&doctor.session, &patient.user_id, b"come in tomorrow at 9", None)
+        .await
+        .unwrap();
+
+    let expected = vec![
+        format!("chest pain {marker}"),
+        "since tuesday".to_owned(),
+        "come in tomorrow at 9".to_owned(),
+    ];
+    let doctor_view = d
+        .history(
+            &doctor.session,
+            Target::PeerUserId(patient.user_id.clone()),
+            pb::SortOrder::OldestFirst,
+        )
+        .await
+        .unwrap();
+    assert_eq!(texts(&doctor_view), expected);
+    let patient_view = p
+        .history(
+            &patient.session,
+            Target::PeerUserId(doctor.user_id.clone()),
+            pb::SortOrder::OldestFirst,
+        )
+        .await
+        .unwrap();
+    assert_eq!(texts(&patient_view), expected);
+    // Read twice: opened messages stay readable (one-time prekeys are spent after the first open).
+    let again = d
+        .history(
+            &doctor.session,
+            Target::PeerUserId(patient.user_id.clone()),
+            pb::SortOrder::NewestFirst,
+        )
+        .await
+        .unwrap();
+    assert_eq!(texts(&again), expected.iter().rev().cloned().collect::<Vec<_>>());
+
+    // Pagination.
+    let (first, token) = d
+        .inbox(
+            &doctor.session,
+            pb::ListInboxRequest {
+                page_size: 1,
+                order: pb::SortOrder::OldestFirst.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(texts(&first), vec![format!("chest pain {marker}")]);
+    let (second, token) = d
+        .inbox(
+            &doctor.session,
+            pb::ListInboxRequest {
+                page_size: 1,
+                page_token: token,
+                order: pb::SortOrder::OldestFirst.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(texts(&second), vec!["since tuesday".to_owned()]);
+    assert!(token.is_empty(), "two messages in the inbox, two pages");
+    let conversations = d.conversations(&doctor.session).await.unwrap();
+    assert_eq!(conversations.len(), 1);
+    assert_eq!(conversations[0].peer_user_id, patient.user_id);
+    assert_eq!(conversations[0].unread_count, 2);
+
+    // A third user: the server refuses, and the raw envelope does not open on their device.
+    let conversation_id = doctor_view[0].message.conversation_id.clone();
+    let refused = o
+        .history(
+            &other.session,
+            Target::ConversationId(conversation_id),
+            pb::SortOrder::OldestFirst,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(tonic::Code::PermissionDenied), "{refused}");
+    let mut client = MessagingServiceClient::new(mesh.channel(Service::Messaging, Caller::Anonymous));
+    let denied = client
+        .get_message(
+            other
+                .session
+                .request(pb::GetMessageRequest {
+                    message_id: reply.message_id.clone(),
+                })
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let mut stolen = doctor_view[0].message.clone();
+    assert!(stolen.envelope.is_some());
+    stolen.recipient_user_id = other.user_id.clone();
+    assert!(o.open_message(&other.session, &stolen).await.is_err());
+    stolen.recipient_user_id = doctor.user_id.clone();
+    assert!(o.open_message(&other.session, &stolen).await.is_err());
+
+    // Patient to patient is refused.
+    let patient2 = mesh.patient().await;
+    let (_p2, _p2d) = messenger(&mesh, &patient2).await;
+    let refused = p
+        .send(&patient.session, &patient2.user_id, b"hello", None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(tonic::Code::PermissionDenied), "{refused}");
+
+    // Receipts move forward only.
+    let ids: Vec<String> = doctor_view
+        .iter()
+        .filter(|item| item.message.recipient_user_id == doctor.user_id)
+        .map(|item| item.message.message_id.clone())
+        .collect();
+    assert_eq!(d.receipts(&doctor.session, ids.clone(), true).await.unwrap(), 2);
+    assert_eq!(d.receipts(&doctor.session, ids.clone(), false).await.unwrap(), 0);
+    let conversations = d.conversations(&doctor.session).await.unwrap();
+    assert_eq!(conversations[0].unread_count, 0);
+
+    // Audit: sends and reads are recorded, with metadata only.
+    let log = mesh.audit_log().await;
+    let found = eventually(Duration::from_secs(10), || {
+        let log = log.clone();
+        async move {
+            let events = log.events().await.ok()?;
+            let sends = events.iter().filter(|event| event.operation == "SendMessage").count();
+            let reads = events
+                .iter()
+                .filter(|event| event.operation == "ListConversationMessages")
+                .count();
+            (sends >= 3 && reads >= 3).then_some(events)
+        }
+    })
+    .await
+    .expect("send and read events reach the audit log");
+    assert!(found.iter().all(|event| !format!("{event:?}").contains(&marker)));
+
+    // No plaintext at rest or in logs: the marker is in no file of the mesh (databases, WAL)
+    // and in no log line of this process.
+    let mut files = walk(&mesh.dir());
+    if let Some(log_file) = &log_file {
+        assert!(std::fs::metadata(log_file).unwrap().len() > 0, "logs were captured");
+        files.push(log_file.clone());
+    } else {
+        eprintln!("note: a tracing subscriber was already installed; logs not scanned");
+    }
+    let mut scanned = 0;
+    for entry in files {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        scanned += 1;
+        assert!(
+            !bytes.windows(marker.len()).any(|window| window == marker.as_bytes()),
+            "{} contains message text",
+            entry.display()
+        );
+    }
+    assert!(scanned > 0);
+    if let Some(log_file) = &log_file {
+        let _ = std::fs::remove_file(log_file);
+    }
+    mesh.shutdown().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn a_tampered_envelope_does_not_open() {
+    let mesh = TestMesh::start().await;
+    let patient = mesh.patient().await;
+    let doctor = mesh.staff(Role::Doctor, &[]).await;
+    let (p, _pd) = messenger(&mesh, &patient).await;
+    let (d, _dd) = messenger(&mesh, &doctor).await;
+    p.send(&patient.session, &doctor.user_id, b"lab results attached", None)
+        .await
+        .unwrap();
+    let message = raw_inbox(&mesh, &doctor).await.remove(0);
+    let envelope = message.envelope.clone().unwrap();
+    let mut variants: Vec<pb::Envelope> = Vec::new();
+    for index in [0, 31] {
+        let mut e = envelope.clone();
+        e.ephemeral_public_key[index] ^= 1;
+        variants.push(e);
+    }
+    for index in [0, 11] {
+        let mut e = envelope.clone();
+        e.nonce[index] ^= 0x80;
+        variants.push(e);
+    }
+    let len = envelope.ciphertext.len();
+    for index in [0, len / 2, len - 1] {
+        let mut e = envelope.clone();
+        e.ciphertext[index] ^= 1;
+        variants.push(e);
+    }
+    let mut e = envelope.clone();
+    e.version = 2;
+    variants.push(e);
+    let mut e = envelope.clone();
+    e.recipient_one_time_prekey_id = String::new();
+    variants.push(e);
+    let mut e = envelope.clone();
+    e.ciphertext.truncate(len - 1);
+    variants.push(e);
+    for (index, variant) in variants.into_iter().enumerate() {
+        let mut tampered = message.clone();
+        tampered.envelope = Some(variant);
+        assert!(
+            d.open_message(&doctor.session, &tampered).await.is_err(),
+            "variant {index} opened"
+        );
+    }
+    // Other ids bound in the associated data.
+    let mut swapped = message.clone();
+    swapped.message_id = uuid::Uuid::now_v7().to_string();
+    assert!(d.open_message(&doctor.session, &swapped).await.is_err());
+    // The genuine one still opens (failed attempts burn nothing).
+    let opened = d.open_message(&doctor.session, &message).await.unwrap();
+    assert_eq!(opened.content, Content::Plain(b"lab results attached".to_vec()));
+    mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_one_time_prekey_is_never_handed_out_twice() {
+    for backend in backends() {
+        let mesh = TestMesh::builder().backend(backend.clone()).start().await;
+        let patient = mesh.patient().await;
+        let doctor = mesh.staff(Role::Doctor, &[]).await;
+        let (_p, _pd) = messenger(&mesh, &patient).await; // publishes 100 one-time prekeys
+        let fetches = (0..130).map(|_| {
+            let mut client = KeyDirectoryServiceClient::new(mesh.channel(Service::Messaging, Caller::Anonymous));
+            let request = doctor
+                .session
+                .request(pb::FetchKeyBundleRequest {
+                    user_id: patient.user_id.clone(),
+                })
+                .unwrap();
+            async move { client.fetch_key_bundle(request).await }
+        });
+        let results = futures::future::join_all(fetches).await;
+        let mut handed_out = Vec::new();
+        for result in results {
+            let bundle = result.unwrap().into_inner().bundle.unwrap();
+            if let Some(prekey) = bundle.one_time_prekey {
+                handed_out.push(prekey.key_id);
+            }
+        }
+        let unique: HashSet<&String> = handed_out.iter().collect();
+        assert_eq!(
+            unique.len(),
+            handed_out.len(),
+            "{}: a prekey was handed out twice",
+            backend.name()
+        );
+        assert_eq!(
+            handed_out.len(),
+            100,
+            "{}: every prekey handed out once",
+            backend.name()
+        );
+        mesh.shutdown().await;
+    }
+}
+
+async fn next_item(stream: &mut tonic::Streaming<pb::SubscribeResponse>) -> pb::SubscribeResponse {
+    tokio::time::timeout(Duration::from_secs(15), stream.next())
+        .await
+        .expect("an item within 15 s")
+        .expect("stream open")
+        .expect("item")
+}
+
+#[tokio::test]
+async fn a_watcher_that_reconnects_gets_every_message_exactly_once() {
+    for backend in backends() {
+        let mesh = TestMesh::builder().backend(backend.clone()).start().await;
+        let patient = mesh.patient().await;
+        let doctor = mesh.staff(Role::Nurse, &[]).await;
+        let (p, _pd) = messenger(&mesh, &patient).await;
+        let (d, _dd) = messenger(&mesh, &doctor).await;
+
+        let mut stream = d.watch(&doctor.session, "").await.unwrap();
+        for index in 0..5 {
+            p.send(&patient.session, &doctor.user_id, format!("m{index}").as_bytes(), None)
+                .await
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        for _ in 0..2 {
+            let item = next_item(&mut stream).await;
+            let opened = d
+                .open_message(&doctor.session, item.message.as_ref().unwrap())
+                .await
+                .unwrap();
+            seen.push(opened.content.text());
+            cursor = item.cursor;
+        }
+        drop(stream);
+        for index in 5..10 {
+            p.send(&patient.session, &doctor.user_id, format!("m{index}").as_bytes(), None)
+                .await
+                .unwrap();
+        }
+        let mut stream = d.watch(&doctor.session, &cursor).await.unwrap();
+        for _ in 0..8 {
+            let item = next_item(&mut stream).await;
+            let opened = d
+                .open_message(&doctor.session, item.message.as_ref().unwrap())
+                .await
+                .unwrap();
+            seen.push(opened.content.text());
+        }
+        let expected: Vec<String> = (0..10).map(|index| format!("m{index}")).collect();
+        assert_eq!(seen, expected, "{}", backend.name());
+        // Nothing more (no duplicates).
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), stream.next())
+                .await
+                .is_err(),
+            "{}: an extra item arrived",
+            backend.name()
+        );
+        let bad = d.watch(&doctor.session, "c1-999999999").await.unwrap_err();
+        assert_eq!(bad.code(), Some(tonic::Code::InvalidArgument));
+        mesh.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_on_postgresql_deliver_across_each_other() {
+    let Some(url) = std::env::var(caremesh_testkit::TEST_DATABASE_URL_ENV)
+        .ok()
+        .filter(|url| !url.is_empty())
+    else {
+        eprintln!(
+            "note: {} is not set; skipping the two-replica PostgreSQL delivery test",
+            caremesh_testkit::TEST_DATABASE_URL_ENV
+        );
+        return;
+    };
+    let mesh = TestMesh::builder().backend(Backend::Postgres(url)).start().await;
+    let second = mesh.start_second_instance(Service::Messaging).await;
+    let patient = mesh.patient().await;
+    let doctor = mesh.staff(Role::Doctor, &[]).await;
+    let (p, _pd) = messenger(&mesh, &patient).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The doctor is connected to the second replica, the patient to the first.
+    let d = Messenger::open(
+        mesh.sdk_via(Service::Messaging, second.grpc_addr),
+        dir.path(),
+        "default",
+        &doctor.session,
+    )
+    .await
+    .unwrap();
+    let mut doctor_stream = d.watch(&doctor.session, "").await.unwrap();
+    let mut patient_stream = p.watch(&patient.session, "").await.unwrap();
+    p.send(&patient.session, &doctor.user_id, b"via replica one", None)
+        .await
+        .unwrap();
+    let item = next_item(&mut doctor_stream).await;
+    let opened = d
+        .open_message(&doctor.session, item.message.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(opened.content.text(), "via replica one");
+    d.send(&doctor.session, &patient.user_id, b"via replica two", None)
+        .await
+        .unwrap();
+    let item = next_item(&mut patient_stream).await;
+    let opened = p
+        .open_message(&patient.session, item.message.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(opened.content.text(), "via replica two");
+    drop(doctor_stream);
+    drop(patient_stream);
+    second.stop().await;
+    mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn recall_and_lifespan_remove_messages() {
+    let mesh = TestMesh::builder()
+        .setting("CAREMESH_MESSAGING_PURGE_INTERVAL_SECONDS", "1")
+        .start()
+        .await;
+    let patient = mesh.patient().await;
+    let doctor = mesh.staff(Role::Doctor, &[]).await;
+    let (p, _pd) = messenger(&mesh, &patient).await;
+    let (d, _dd) = messenger(&mesh, &doctor).await;
+    let mut stream = d.watch(&doctor.session, "").await.unwrap();
+
+    let sent = p
+        .send(&patient.session, &doctor.user_id, b"please ignore", None)
+        .await
+        .unwrap();
+    let item = next_item(&mut stream).await;
+    assert_eq!(item.message.as_ref().unwrap().message_id, sent.message_id);
+    // Only the sender may recall.
+    assert_eq!(
+        d.recall(&doctor.session, &sent.message_id).await.unwrap_err().code(),
+        Some(tonic::Code::PermissionDenied)
+    );
+    let tombstone = p.recall(&patient.session, &sent.message_id).await.unwrap();
+    assert_eq!(tombstone.state(), pb::MessageState::Recalled);
+    assert!(tombstone.envelope.is_none());
+    let item = next_item(&mut stream).await;
+    assert_eq!(item.message.as_ref().unwrap().state(), pb::MessageState::Recalled);
+    let history = d
+        .history(
+            &doctor.session,
+            Target::PeerUserId(patient.user_id.clone()),
+            pb::SortOrder::OldestFirst,
+        )
+        .await
+        .unwrap();
+    assert_eq!(history[0].content, Content::Recalled);
+    let db = mesh.database(Service::Messaging).await;
+    let ciphertexts = count(
+        &db,
+        "SELECT COUNT(*) AS n FROM messages WHERE recipient_envelope IS NOT NULL OR sender_envelope IS NOT NULL",
+    )
+    .await;
+    assert_eq!(ciphertexts, 0, "the recalled ciphertext is deleted");
+
+    // Lifespan: gone for everyone once it ends.
+    let short = p
+        .send(
+            &patient.session,
+            &doctor.user_id,
+            b"self-destructing",
+            Some(Duration::from_secs(120)),
+        )
+        .await
+        .unwrap();
+    assert!(short.expire_time.is_some());
+    mesh.advance(121);
+    let gone = eventually(Duration::from_secs(10), || {
+        let db = db.clone();
+        async move { (count(&db, "SELECT COUNT(*) AS n FROM messages").await == 1).then_some(()) }
+    })
+    .await;
+    assert!(gone.is_some(), "the expired message was purged");
+    let history = d
+        .history(
+            &doctor.session,
+            Target::PeerUserId(patient.user_id.clone()),
+            pb::SortOrder::OldestFirst,
+        )
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1, "only the recalled tombstone is left");
+    // A lifespan outside 1 minute to 366 days is refused.
+    let refused = p
+        .send(&patient.session, &doctor.user_id, b"x", Some(Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(tonic::Code::InvalidArgument));
+    mesh.shutdown().await;
+}
+
+async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql.to_owned()))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get::<i64>("", "n").unwrap()
+}
+
+#[tokio::test]
+async fn a_changed_identity_key_is_refused_until_accepted() {
+    let mesh = TestMesh::start().await;
+    let patient = mesh.patient().await;
+    let doctor = mesh.staff(Role::Doctor, &[]).await;
+    let (p, _pd) = messenger(&mesh, &patient).await;
+    let (d, _dd) = messenger(&mesh, &doctor).await;
+    d.send(&doctor.session, &patient.user_id, b"first", None).await.unwrap();
+    let before = d.contact(&doctor.session, &patient.user_id).await.unwrap();
+    assert_eq!(before.trust, "trusted");
+    let theirs = p.contact(&patient.session, &doctor.user_id).await.unwrap();
+    assert_eq!(
+        theirs.safety_number, before.safety_number,
+        "both sides see the same number"
+    );
+    drop(p);
+
+    // The patient reinstalls: a new device identity is published.
+    let (p2, _pd2) = messenger(&mesh, &patient).await;
+    let refused = d
+        .send(&doctor.session, &patient.user_id, b"second", None)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("changed"), "{refused}");
+    let changed = d.contact(&doctor.session, &patient.user_id).await.unwrap();
+    assert_eq!(changed.trust, "changed");
+    assert_ne!(changed.safety_number, before.safety_number);
+    let accepted = d.accept_identity(&doctor.session, &patient.user_id).await.unwrap();
+    assert_eq!(accepted.trust, "trusted");
+    d.send(&doctor.session, &patient.user_id, b"second", None)
+        .await
+        .unwrap();
+    let inbox = raw_inbox(&mesh, &patient).await;
+    let newest = inbox.last().unwrap();
+    let opened = p2.open_message(&patient.session, newest).await.unwrap();
+    assert_eq!(opened.content.text(), "second");
+    mesh.shutdown().await;
+}

@@ -1,0 +1,409 @@
+//! The gRPC adapter of messaging-svc: unpack the request, call the domain, map the result.
+//! Every user-facing RPC authenticates its caller by access token first.
+
+use caremesh_proto::messaging::v1 as pb;
+use caremesh_proto::messaging::v1::key_directory_service_server::{KeyDirectoryService, KeyDirectoryServiceServer};
+use caremesh_proto::messaging::v1::messaging_internal_service_server::{
+    MessagingInternalService, MessagingInternalServiceServer,
+};
+use caremesh_proto::messaging::v1::messaging_service_server::{MessagingService, MessagingServiceServer};
+use caremesh_runtime::auth::Principal;
+use caremesh_runtime::grpc::{peer_identity, to_status};
+use caremesh_runtime::time::to_timestamp;
+use caremesh_runtime::{Error, MeshRouter, ServiceRuntime};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tonic::{Request, Response, Status};
+
+use crate::domain::{Caller, MessagingDomain};
+use crate::keys::identity_proto;
+use crate::messages::{ConversationTarget, MessageView, Order, SendContent};
+use crate::storage::{identity_key, one_time_prekey, signed_prekey};
+
+pub fn router(runtime: &ServiceRuntime, domain: MessagingDomain) -> MeshRouter {
+    let api = Api {
+        domain,
+        runtime: runtime.clone(),
+    };
+    MeshRouter::new()
+        .with(KeyDirectoryServiceServer::new(api.clone()))
+        .with(MessagingServiceServer::new(api.clone()))
+        .with(MessagingInternalServiceServer::new(api))
+}
+
+#[derive(Clone, Debug)]
+struct Api {
+    domain: MessagingDomain,
+    runtime: ServiceRuntime,
+}
+
+impl Api {
+    async fn signed_in<T>(&self, request: &Request<T>) -> Result<(Principal, Caller), Error> {
+        let principal = self.runtime.authenticate(request).await?;
+        let source = peer_identity(request).and_then(|peer| peer.remote_addr);
+        let caller = Caller::user(&principal, source);
+        Ok((principal, caller))
+    }
+}
+
+fn identity_message(row: &identity_key::Model) -> pb::IdentityKey {
+    pb::IdentityKey {
+        create_time: Some(to_timestamp(row.created_at)),
+        ..identity_proto(row)
+    }
+}
+
+fn signed_prekey_message(row: &signed_prekey::Model) -> pb::SignedPrekey {
+    pb::SignedPrekey {
+        key_id: row.key_id.clone(),
+        public_key: row.public_key.clone(),
+        signature: row.signature.clone(),
+        create_time: Some(to_timestamp(row.created_at)),
+    }
+}
+
+fn one_time_prekey_message(row: &one_time_prekey::Model) -> pb::OneTimePrekey {
+    pb::OneTimePrekey {
+        key_id: row.key_id.clone(),
+        public_key: row.public_key.clone(),
+    }
+}
+
+fn message_message(view: &MessageView) -> pb::Message {
+    let row = &view.row;
+    let receipt = pb::MessageReceipt {
+        user_id: row.recipient_user_id.clone(),
+        deliver_time: row.delivered_at.map(to_timestamp),
+        read_time: row.read_at.map(to_timestamp),
+    };
+    pb::Message {
+        message_id: row.message_id.clone(),
+        conversation_id: row.conversation_id.clone(),
+        sender_user_id: row.sender_user_id.clone(),
+        kind: pb::MessageKind::Direct.into(),
+        recipient_user_id: row.recipient_user_id.clone(),
+        policy: String::new(),
+        envelope: view.envelope(),
+        group_envelope: None,
+        create_time: Some(to_timestamp(row.created_at)),
+        expire_time: row.expire_at.map(to_timestamp),
+        state: if row.recalled_at.is_some() {
+            pb::MessageState::Recalled
+        } else {
+            pb::MessageState::Active
+        }
+        .into(),
+        recall_time: row.recalled_at.map(to_timestamp),
+        receipts: vec![receipt],
+    }
+}
+
+fn order(value: i32) -> Order {
+    match pb::SortOrder::try_from(value) {
+        Ok(pb::SortOrder::OldestFirst) => Order::OldestFirst,
+        _ => Order::NewestFirst,
+    }
+}
+
+#[tonic::async_trait]
+impl KeyDirectoryService for Api {
+    async fn publish_key_bundle(
+        &self,
+        request: Request<pb::PublishKeyBundleRequest>,
+    ) -> Result<Response<pb::PublishKeyBundleResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let (changed, count) = self
+            .domain
+            .publish_bundle(&principal, body.identity_key, body.signed_prekey, body.one_time_prekeys)
+            .await?;
+        Ok(Response::new(pb::PublishKeyBundleResponse {
+            identity_key_changed: changed,
+            one_time_prekey_count: count,
+        }))
+    }
+
+    async fn rotate_signed_prekey(
+        &self,
+        request: Request<pb::RotateSignedPrekeyRequest>,
+    ) -> Result<Response<pb::RotateSignedPrekeyResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let stored = self
+            .domain
+            .rotate_signed_prekey(&principal, request.into_inner().signed_prekey)
+            .await?;
+        Ok(Response::new(pb::RotateSignedPrekeyResponse {
+            signed_prekey: Some(signed_prekey_message(&stored)),
+        }))
+    }
+
+    async fn upload_one_time_prekeys(
+        &self,
+        request: Request<pb::UploadOneTimePrekeysRequest>,
+    ) -> Result<Response<pb::UploadOneTimePrekeysResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let count = self
+            .domain
+            .upload_prekeys(&principal, request.into_inner().one_time_prekeys)
+            .await?;
+        Ok(Response::new(pb::UploadOneTimePrekeysResponse {
+            one_time_prekey_count: count,
+        }))
+    }
+
+    async fn get_prekey_stock(
+        &self,
+        request: Request<pb::GetPrekeyStockRequest>,
+    ) -> Result<Response<pb::GetPrekeyStockResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let stock = self.domain.prekey_stock(&principal).await?;
+        Ok(Response::new(pb::GetPrekeyStockResponse {
+            one_time_prekey_count: stock.one_time_prekeys,
+            low_watermark: stock.low_watermark,
+            identity_key_id: stock.identity_key_id,
+            signed_prekey_id: stock.signed_prekey.key_id.clone(),
+            signed_prekey_create_time: Some(to_timestamp(stock.signed_prekey.created_at)),
+        }))
+    }
+
+    async fn fetch_key_bundle(
+        &self,
+        request: Request<pb::FetchKeyBundleRequest>,
+    ) -> Result<Response<pb::FetchKeyBundleResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let user_id = request.into_inner().user_id;
+        let bundle = self.domain.fetch_bundle(&principal, &user_id).await?;
+        Ok(Response::new(pb::FetchKeyBundleResponse {
+            bundle: Some(pb::KeyBundle {
+                user_id,
+                identity_key: Some(identity_message(&bundle.identity)),
+                signed_prekey: Some(signed_prekey_message(&bundle.signed_prekey)),
+                one_time_prekey: bundle.one_time_prekey.as_ref().map(one_time_prekey_message),
+            }),
+        }))
+    }
+
+    async fn get_identity_key(
+        &self,
+        request: Request<pb::GetIdentityKeyRequest>,
+    ) -> Result<Response<pb::GetIdentityKeyResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let row = self.domain.identity(&principal, &body.user_id, &body.key_id).await?;
+        Ok(Response::new(pb::GetIdentityKeyResponse {
+            user_id: row.user_id.clone(),
+            identity_key: Some(identity_message(&row)),
+            current: row.current,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MessagingService for Api {
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let content = match body.content {
+            Some(pb::send_message_request::Content::Direct(direct)) => SendContent::Direct {
+                recipient: direct.recipient_user_id,
+                envelope: direct.envelope,
+            },
+            Some(pb::send_message_request::Content::Group(_)) => SendContent::Group,
+            None => SendContent::Missing,
+        };
+        let lifespan = match body.lifespan {
+            None => None,
+            Some(duration) => Some(std::time::Duration::try_from(duration).map_err(|_| {
+                to_status(Error::invalid_argument(
+                    "INVALID_LIFESPAN",
+                    "lifespan must be a positive duration between 1 minute and 366 days",
+                ))
+            })?),
+        };
+        let (view, duplicate) = self
+            .domain
+            .send(
+                &principal,
+                &caller,
+                body.message_id,
+                content,
+                body.sender_copy,
+                lifespan,
+            )
+            .await?;
+        Ok(Response::new(pb::SendMessageResponse {
+            message: Some(message_message(&view)),
+            duplicate,
+        }))
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::GetMessageResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let view = self
+            .domain
+            .get(&principal, &caller, &request.into_inner().message_id)
+            .await?;
+        Ok(Response::new(pb::GetMessageResponse {
+            message: Some(message_message(&view)),
+        }))
+    }
+
+    async fn list_inbox(
+        &self,
+        request: Request<pb::ListInboxRequest>,
+    ) -> Result<Response<pb::ListInboxResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let page = self
+            .domain
+            .inbox(
+                &principal,
+                &caller,
+                body.page_size,
+                &body.page_token,
+                order(body.order),
+                body.unread_only,
+            )
+            .await?;
+        Ok(Response::new(pb::ListInboxResponse {
+            messages: page.items.iter().map(message_message).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<pb::ListConversationsRequest>,
+    ) -> Result<Response<pb::ListConversationsResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let page = self
+            .domain
+            .conversations(&principal, &caller, body.page_size, &body.page_token)
+            .await?;
+        Ok(Response::new(pb::ListConversationsResponse {
+            conversations: page
+                .items
+                .iter()
+                .map(|view| pb::Conversation {
+                    conversation_id: view.conversation_id.clone(),
+                    kind: pb::MessageKind::Direct.into(),
+                    peer_user_id: view.peer_user_id.clone(),
+                    policy: String::new(),
+                    last_message_id: view.last.message_id.clone(),
+                    last_message_time: Some(to_timestamp(view.last.created_at)),
+                    unread_count: view.unread,
+                })
+                .collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn list_conversation_messages(
+        &self,
+        request: Request<pb::ListConversationMessagesRequest>,
+    ) -> Result<Response<pb::ListConversationMessagesResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let target = match body.target {
+            Some(pb::list_conversation_messages_request::Target::ConversationId(id)) => ConversationTarget::Id(id),
+            Some(pb::list_conversation_messages_request::Target::PeerUserId(peer)) => ConversationTarget::Peer(peer),
+            None => ConversationTarget::Id(String::new()),
+        };
+        let page = self
+            .domain
+            .conversation(
+                &principal,
+                &caller,
+                target,
+                body.page_size,
+                &body.page_token,
+                order(body.order),
+            )
+            .await?;
+        Ok(Response::new(pb::ListConversationMessagesResponse {
+            messages: page.items.iter().map(message_message).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    type SubscribeStream = BoxStream<'static, Result<pb::SubscribeResponse, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let receiver = self
+            .domain
+            .subscribe(&principal, &caller, &request.into_inner().cursor)
+            .await?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver).map(|item| {
+            item.map(|item| pb::SubscribeResponse {
+                message: Some(message_message(&item.view)),
+                cursor: item.cursor,
+            })
+            .map_err(to_status)
+        });
+        Ok(Response::new(stream.boxed()))
+    }
+
+    async fn send_receipts(
+        &self,
+        request: Request<pb::SendReceiptsRequest>,
+    ) -> Result<Response<pb::SendReceiptsResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let read = match pb::ReceiptType::try_from(body.r#type) {
+            Ok(pb::ReceiptType::Delivered) => false,
+            Ok(pb::ReceiptType::Read) => true,
+            _ => {
+                return Err(to_status(Error::invalid_argument(
+                    "RECEIPT_TYPE_REQUIRED",
+                    "type must be RECEIPT_TYPE_DELIVERED or RECEIPT_TYPE_READ",
+                )));
+            }
+        };
+        let updated = self.domain.receipts(&principal, &body.message_ids, read).await?;
+        Ok(Response::new(pb::SendReceiptsResponse { updated }))
+    }
+
+    async fn recall_message(
+        &self,
+        request: Request<pb::RecallMessageRequest>,
+    ) -> Result<Response<pb::RecallMessageResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let view = self
+            .domain
+            .recall(&principal, &caller, &request.into_inner().message_id)
+            .await?;
+        Ok(Response::new(pb::RecallMessageResponse {
+            message: Some(message_message(&view)),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MessagingInternalService for Api {
+    async fn batch_get_identity_keys(
+        &self,
+        request: Request<pb::BatchGetIdentityKeysRequest>,
+    ) -> Result<Response<pb::BatchGetIdentityKeysResponse>, Status> {
+        let rows = self.domain.batch_identities(&request.into_inner().user_ids).await?;
+        Ok(Response::new(pb::BatchGetIdentityKeysResponse {
+            identity_keys: rows
+                .iter()
+                .map(|row| pb::UserIdentityKey {
+                    user_id: row.user_id.clone(),
+                    identity_key: Some(identity_message(row)),
+                })
+                .collect(),
+        }))
+    }
+}

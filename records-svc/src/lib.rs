@@ -1,0 +1,50 @@
+//! records-svc: patient records encrypted under ABE policies, with versioned, signed edits and server-side policy enforcement.
+//!
+//! [`serve`] runs it on a pair of listeners until a shutdown future completes; `caremesh up`, the
+//! `records-svc` binary and the integration tests all start it that way.
+
+mod grpc;
+pub mod storage;
+
+use std::future::Future;
+
+use caremesh_runtime::config::{ConfigError, EnvSource, ServiceConfig};
+use caremesh_runtime::entry::ServiceSettings;
+use caremesh_runtime::grpc::PeerPolicy;
+use caremesh_runtime::{Listeners, ServiceName, ServiceRuntime, StartError};
+
+pub const SERVICE: ServiceName = ServiceName::Records;
+
+/// records-svc's configuration: the mesh settings every service has (its own settings join them here).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub mesh: ServiceConfig,
+}
+
+impl ServiceSettings for Config {
+    const SERVICE: ServiceName = SERVICE;
+
+    fn with_env(mesh: ServiceConfig, _env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        Ok(Self { mesh })
+    }
+
+    fn mesh(&self) -> &ServiceConfig {
+        &self.mesh
+    }
+}
+
+/// Runs records-svc on `listeners` until `shutdown` completes, then drains in-flight calls.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let runtime = ServiceRuntime::start::<storage::Migrator>(config.mesh).await?;
+    let router = grpc::router(&runtime);
+    runtime.serve(router, peer_policy(), listeners, shutdown).await
+}
+
+/// Which mesh identities may call records-svc's internal RPCs (all others are refused).
+pub fn peer_policy() -> PeerPolicy {
+    PeerPolicy::new()
+}
