@@ -1,45 +1,58 @@
 //! The gRPC adapter of abe-authority-svc: unpack the request, call the domain, map the result.
-//! RPCs whose behaviour belongs to a later issue answer UNIMPLEMENTED and say what is missing.
 
 use caremesh_proto::abe::v1 as pb;
 use caremesh_proto::abe::v1::abe_service_server::{AbeService, AbeServiceServer};
 use std::sync::Arc;
 
-use caremesh_runtime::auth::{TokenVerifier, bearer_token};
+use caremesh_runtime::auth::{Principal, TokenVerifier, bearer_token};
 use caremesh_runtime::clock::SharedClock;
-use caremesh_runtime::grpc::PendingRpc;
 use caremesh_runtime::time::to_timestamp;
-use caremesh_runtime::{MeshRouter, ServiceRuntime};
+use caremesh_runtime::{Error, MeshRouter, ServiceRuntime};
 use tonic::{Request, Response, Status};
 
-use crate::authority::{Authority, check_policy};
+use caremesh_abe::check_policy;
 
-const PENDING: &str = "issuing ABE keys needs the caller's X25519 identity key from messaging-svc's key directory; it arrives with the records issue (#5)";
+use crate::issuance::{EmergencyRequest, IssuedKey, Issuer};
 
-pub fn router(runtime: &ServiceRuntime, authority: Authority) -> MeshRouter {
+pub fn router(runtime: &ServiceRuntime, issuer: Issuer) -> MeshRouter {
     MeshRouter::new().with(AbeServiceServer::new(AbeApi {
-        pending: PendingRpc::new(runtime),
         tokens: Arc::clone(&runtime.tokens),
         clock: Arc::clone(&runtime.clock),
-        authority,
+        issuer,
     }))
 }
 
 /// `AbeService`.
 #[derive(Clone, Debug)]
 pub struct AbeApi {
-    pending: PendingRpc,
     tokens: Arc<dyn TokenVerifier>,
     clock: SharedClock,
-    authority: Authority,
+    issuer: Issuer,
 }
 
 impl AbeApi {
-    async fn authenticate<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        self.tokens
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        Ok(self
+            .tokens
             .verify(bearer_token(request.metadata())?, self.clock.now())
-            .await?;
-        Ok(())
+            .await?)
+    }
+}
+
+fn source_address<T>(request: &Request<T>) -> String {
+    request.remote_addr().map(|addr| addr.to_string()).unwrap_or_default()
+}
+
+fn user_key_message(key: IssuedKey) -> pb::UserKey {
+    pb::UserKey {
+        key_id: key.key_id,
+        user_id: key.user_id,
+        attributes: key.attributes,
+        params_version: key.params_version,
+        issue_time: Some(to_timestamp(key.issued_at)),
+        expire_time: Some(to_timestamp(key.expires_at)),
+        attributes_etag: key.attributes_etag,
+        sealed_key: Some(key.sealed),
     }
 }
 
@@ -50,7 +63,7 @@ impl AbeService for AbeApi {
         request: Request<pb::GetPublicParametersRequest>,
     ) -> Result<Response<pb::GetPublicParametersResponse>, Status> {
         self.authenticate(&request).await?;
-        let published = self.authority.published();
+        let published = self.issuer.authority.published();
         let not_modified = request.get_ref().known_version == published.version;
         Ok(Response::new(pb::GetPublicParametersResponse {
             version: published.version.clone(),
@@ -73,7 +86,18 @@ impl AbeService for AbeApi {
         &self,
         request: Request<pb::IssueUserKeyRequest>,
     ) -> Result<Response<pb::IssueUserKeyResponse>, Status> {
-        self.pending.answer(&request, "AbeService.IssueUserKey", PENDING).await
+        let principal = self.authenticate(&request).await?;
+        let key = self
+            .issuer
+            .issue_user_key(
+                &principal,
+                &source_address(&request),
+                &request.get_ref().identity_key_id,
+            )
+            .await?;
+        Ok(Response::new(pb::IssueUserKeyResponse {
+            user_key: Some(user_key_message(key)),
+        }))
     }
 
     async fn validate_policy(
@@ -102,8 +126,42 @@ impl AbeService for AbeApi {
         &self,
         request: Request<pb::RequestEmergencyAccessRequest>,
     ) -> Result<Response<pb::RequestEmergencyAccessResponse>, Status> {
-        self.pending
-            .answer(&request, "AbeService.RequestEmergencyAccess", PENDING)
-            .await
+        let principal = self.authenticate(&request).await?;
+        let source = source_address(&request);
+        let body = request.into_inner();
+        let duration = match body.duration {
+            None => None,
+            Some(duration) => Some(
+                u64::try_from(duration.seconds)
+                    .ok()
+                    .filter(|_| duration.nanos >= 0)
+                    .map(std::time::Duration::from_secs)
+                    .ok_or_else(|| Error::invalid_argument("INVALID_DURATION", "the duration must be positive"))?,
+            ),
+        };
+        let (grant, key) = self
+            .issuer
+            .request_emergency_access(
+                &principal,
+                &source,
+                EmergencyRequest {
+                    patient_id: &body.patient_id,
+                    reason: &body.reason,
+                    duration,
+                    identity_key_id: &body.identity_key_id,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::RequestEmergencyAccessResponse {
+            grant: Some(pb::EmergencyGrant {
+                grant_id: grant.grant_id,
+                user_id: grant.user_id,
+                patient_id: grant.patient_id,
+                reason: grant.reason,
+                create_time: Some(to_timestamp(grant.created_at)),
+                expire_time: Some(to_timestamp(grant.expires_at)),
+            }),
+            user_key: Some(user_key_message(key)),
+        }))
     }
 }

@@ -5,6 +5,9 @@
 
 pub mod authority;
 mod grpc;
+pub mod issuance;
+mod peers;
+pub mod settings;
 pub mod storage;
 
 use std::future::Future;
@@ -20,13 +23,17 @@ pub const SERVICE: ServiceName = ServiceName::AbeAuthority;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub mesh: ServiceConfig,
+    pub abe: settings::AbeSettings,
 }
 
 impl ServiceSettings for Config {
     const SERVICE: ServiceName = SERVICE;
 
-    fn with_env(mesh: ServiceConfig, _env: &dyn EnvSource) -> Result<Self, ConfigError> {
-        Ok(Self { mesh })
+    fn with_env(mesh: ServiceConfig, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        Ok(Self {
+            mesh,
+            abe: settings::AbeSettings::from_env(env)?,
+        })
     }
 
     fn mesh(&self) -> &ServiceConfig {
@@ -47,7 +54,17 @@ pub async fn serve(
             service: SERVICE,
             source,
         })?;
-    let router = grpc::router(&runtime, authority);
+    let auth = runtime.channel(ServiceName::Auth, Default::default())?;
+    let messaging = runtime.channel(ServiceName::Messaging, Default::default())?;
+    let issuer = issuance::Issuer {
+        authority,
+        peers: peers::Peers::new(auth, messaging),
+        db: runtime.db.clone(),
+        outbox: runtime.outbox.clone(),
+        clock: std::sync::Arc::clone(&runtime.clock),
+        settings: config.abe,
+    };
+    let router = grpc::router(&runtime, issuer);
     runtime.serve(router, peer_policy(), listeners, shutdown).await
 }
 

@@ -10,13 +10,14 @@ use caremesh_proto::auth::v1::auth_internal_service_server::{AuthInternalService
 use caremesh_proto::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use caremesh_runtime::auth::{Principal, TokenVerifier, bearer_token};
 use caremesh_runtime::clock::SharedClock;
-use caremesh_runtime::grpc::{not_yet, peer_identity};
-use caremesh_runtime::time::to_timestamp;
+use caremesh_runtime::grpc::peer_identity;
+use caremesh_runtime::time::{from_timestamp, to_timestamp};
 use caremesh_runtime::{Error, MeshRouter, ServiceRuntime};
 use tonic::{Request, Response, Status};
 
 use crate::accounts::{NewUser, UserFilter, UserView};
 use crate::domain::{AuthDomain, Caller, etag};
+use crate::emergency::NewGrant;
 use crate::keys::PublishedKey;
 use crate::sessions::{IssuedSession, LoginOutcome, SecondFactor};
 
@@ -579,13 +580,22 @@ impl AuthInternalService for Api {
         request: Request<pb::GetUserAttributesRequest>,
     ) -> Result<Response<pb::GetUserAttributesResponse>, Status> {
         let body = request.into_inner();
-        let user = self.domain.user_attributes(required(&body.user_id, "user_id")?).await?;
+        let user_id = required(&body.user_id, "user_id")?;
+        let user = self.domain.user_attributes(user_id).await?;
+        let temporary = self.domain.temporary_attributes(user_id).await?;
         Ok(Response::new(pb::GetUserAttributesResponse {
             user_id: user.row.id.clone(),
             role: role_value(&user.row.role).into(),
             status: status_value(&user.row.status).into(),
             attributes: user.all_attributes(),
-            temporary_attributes: Vec::new(),
+            temporary_attributes: temporary
+                .into_iter()
+                .map(|grant| pb::TemporaryAttribute {
+                    attribute: grant.attribute,
+                    expire_time: Some(to_timestamp(grant.expires_at)),
+                    grant_id: grant.grant_id,
+                })
+                .collect(),
             etag: etag(user.row.version),
         }))
     }
@@ -602,11 +612,23 @@ impl AuthInternalService for Api {
 
     async fn grant_emergency_attribute(
         &self,
-        _request: Request<pb::GrantEmergencyAttributeRequest>,
+        request: Request<pb::GrantEmergencyAttributeRequest>,
     ) -> Result<Response<pb::GrantEmergencyAttributeResponse>, Status> {
-        not_yet(
-            "AuthInternalService.GrantEmergencyAttribute",
-            "emergency access arrives with the ABE issue (#5)",
-        )
+        let body = request.into_inner();
+        let expires_at = body
+            .expire_time
+            .as_ref()
+            .and_then(from_timestamp)
+            .ok_or_else(|| Error::invalid_argument("MISSING_EXPIRE_TIME", "expire_time is required"))?;
+        let attribute = self
+            .domain
+            .grant_emergency_attribute(NewGrant {
+                grant_id: required(&body.grant_id, "grant_id")?,
+                user_id: required(&body.user_id, "user_id")?,
+                patient_id: required(&body.patient_id, "patient_id")?,
+                expires_at,
+            })
+            .await?;
+        Ok(Response::new(pb::GrantEmergencyAttributeResponse { attribute }))
     }
 }

@@ -12,6 +12,7 @@ mod accounts;
 mod attributes;
 mod bootstrap;
 mod domain;
+mod emergency;
 mod grpc;
 mod keys;
 mod mfa;

@@ -17,6 +17,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, Pagin
 
 use crate::accounts::{UserView, revoke_sessions};
 use crate::domain::{Audited, AuthDomain, Caller};
+use crate::emergency;
 use crate::storage::{login_challenge, recovery_code, refresh_token, session, user};
 use crate::{password, secrets, totp};
 
@@ -423,13 +424,20 @@ impl AuthDomain {
         }
         .insert(conn)
         .await?;
-        let access_expires_at = (now + delta(self.settings.access_token_ttl)).min(session_expires_at);
+        let mut access_expires_at = (now + delta(self.settings.access_token_ttl)).min(session_expires_at);
+        let mut attrs = user.all_attributes();
+        // Emergency attributes ride in the token only while their grant holds: the token ends
+        // with the first grant it carries.
+        for grant in emergency::active(conn, &user.row.id, now).await? {
+            access_expires_at = access_expires_at.min(grant.expires_at);
+            attrs.push(grant.attribute);
+        }
         let (kid, key) = self.keys.current()?;
         let claims = caremesh_token::Claims {
             kid,
             sub: user.row.id.clone(),
             role: user.row.role.clone(),
-            attrs: user.all_attributes(),
+            attrs,
             sid: session_id.to_owned(),
             aal,
             iat: now.timestamp(),

@@ -116,6 +116,29 @@ pub mod refresh_token {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod emergency_grant {
+    use sea_orm::entity::prelude::*;
+
+    /// A break-glass grant recorded for abe-authority-svc: until `expires_at` the user's tokens
+    /// carry `emergency:<patient_id>`. Rows are kept after they expire (they are the record of
+    /// who had emergency access when).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "emergency_grants")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub grant_id: String,
+        pub user_id: String,
+        pub patient_id: String,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod login_challenge {
     use sea_orm::entity::prelude::*;
 
@@ -164,7 +187,11 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateAuditOutbox), Box::new(CreateAuthTables)]
+        vec![
+            Box::new(CreateAuditOutbox),
+            Box::new(CreateAuthTables),
+            Box::new(CreateEmergencyGrants),
+        ]
     }
 }
 
@@ -319,5 +346,50 @@ impl MigrationTrait for CreateAuthTables {
                 .await?;
         }
         Ok(())
+    }
+}
+
+struct CreateEmergencyGrants;
+
+impl MigrationName for CreateEmergencyGrants {
+    fn name(&self) -> &str {
+        "m20261124_000003_create_emergency_grants"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for CreateEmergencyGrants {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use emergency_grant as g;
+        manager
+            .create_table(
+                Table::create()
+                    .table(g::Entity)
+                    .if_not_exists()
+                    .col(string(g::Column::GrantId).primary_key())
+                    .col(string(g::Column::UserId))
+                    .col(string(g::Column::PatientId))
+                    .col(timestamp_with_time_zone(g::Column::CreatedAt))
+                    .col(timestamp_with_time_zone(g::Column::ExpiresAt))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("idx_emergency_grants_user_expiry")
+                    .table(g::Entity)
+                    .col(g::Column::UserId)
+                    .col(g::Column::ExpiresAt)
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(emergency_grant::Entity).if_exists().to_owned())
+            .await
     }
 }

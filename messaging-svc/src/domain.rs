@@ -1,7 +1,7 @@
 //! messaging-svc's domain state and the helpers its operations share: who may write to whom, the
 //! audit trail, the live-delivery notifier (in-process, plus PostgreSQL LISTEN/NOTIFY across
 //! replicas) and the purge of expired messages. The operations live in `keys` (the key
-//! directory) and `messages`. No tonic types here.
+//! directory), `messages` and `groups` (policy-addressed messages). No tonic types here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::groups::GroupPolicies;
 use crate::peers::Profiles;
 use crate::settings::MessagingSettings;
 use crate::storage::{delivery, message};
@@ -41,6 +42,8 @@ pub struct MessagingDomain {
     /// SQLite only: this process's writers queue here instead of in SQLite's busy handler,
     /// which sleeps in steps of up to 100 ms under contention.
     pub(crate) write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// The policies of stored group messages, parsed (see `groups`).
+    pub(crate) group_policies: Arc<std::sync::Mutex<GroupPolicies>>,
 }
 
 /// A write transaction and, on SQLite, this process's turn to write.
@@ -80,6 +83,7 @@ impl MessagingDomain {
             live,
             shutdown: runtime.shutdown_token(),
             pg,
+            group_policies: Arc::default(),
         };
         if let Some(pg) = &domain.pg {
             tokio::spawn(listen_postgres(

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::domain::{Caller, MessagingDomain};
 use crate::keys::identity_proto;
 use crate::messages::{ConversationTarget, MessageView, Order, SendContent};
-use crate::storage::{identity_key, one_time_prekey, signed_prekey};
+use crate::storage::{KIND_GROUP, identity_key, one_time_prekey, signed_prekey};
 
 pub fn router(runtime: &ServiceRuntime, domain: MessagingDomain) -> MeshRouter {
     let api = Api {
@@ -71,20 +71,31 @@ fn one_time_prekey_message(row: &one_time_prekey::Model) -> pb::OneTimePrekey {
 
 fn message_message(view: &MessageView) -> pb::Message {
     let row = &view.row;
-    let receipt = pb::MessageReceipt {
-        user_id: row.recipient_user_id.clone(),
-        deliver_time: row.delivered_at.map(to_timestamp),
-        read_time: row.read_at.map(to_timestamp),
+    let group = view.is_group();
+    // Group messages carry no receipts (readers are not known in advance).
+    let receipts = if group {
+        Vec::new()
+    } else {
+        vec![pb::MessageReceipt {
+            user_id: row.recipient_user_id.clone(),
+            deliver_time: row.delivered_at.map(to_timestamp),
+            read_time: row.read_at.map(to_timestamp),
+        }]
     };
     pb::Message {
         message_id: row.message_id.clone(),
         conversation_id: row.conversation_id.clone(),
         sender_user_id: row.sender_user_id.clone(),
-        kind: pb::MessageKind::Direct.into(),
+        kind: if group {
+            pb::MessageKind::Group
+        } else {
+            pb::MessageKind::Direct
+        }
+        .into(),
         recipient_user_id: row.recipient_user_id.clone(),
-        policy: String::new(),
+        policy: row.policy.clone(),
         envelope: view.envelope(),
-        group_envelope: None,
+        group_envelope: view.group_envelope(),
         create_time: Some(to_timestamp(row.created_at)),
         expire_time: row.expire_at.map(to_timestamp),
         state: if row.recalled_at.is_some() {
@@ -94,7 +105,7 @@ fn message_message(view: &MessageView) -> pb::Message {
         }
         .into(),
         recall_time: row.recalled_at.map(to_timestamp),
-        receipts: vec![receipt],
+        receipts,
     }
 }
 
@@ -211,7 +222,10 @@ impl MessagingService for Api {
                 recipient: direct.recipient_user_id,
                 envelope: direct.envelope,
             },
-            Some(pb::send_message_request::Content::Group(_)) => SendContent::Group,
+            Some(pb::send_message_request::Content::Group(group)) => SendContent::Group {
+                policy: group.policy,
+                envelope: group.envelope,
+            },
             None => SendContent::Missing,
         };
         let lifespan = match body.lifespan {
@@ -293,9 +307,14 @@ impl MessagingService for Api {
                 .iter()
                 .map(|view| pb::Conversation {
                     conversation_id: view.conversation_id.clone(),
-                    kind: pb::MessageKind::Direct.into(),
+                    kind: if view.last.kind == KIND_GROUP {
+                        pb::MessageKind::Group
+                    } else {
+                        pb::MessageKind::Direct
+                    }
+                    .into(),
                     peer_user_id: view.peer_user_id.clone(),
-                    policy: String::new(),
+                    policy: view.last.policy.clone(),
                     last_message_id: view.last.message_id.clone(),
                     last_message_time: Some(to_timestamp(view.last.created_at)),
                     unread_count: view.unread,

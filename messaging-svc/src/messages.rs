@@ -1,7 +1,8 @@
-//! Direct messages: send (role check, envelope checks, idempotent by message id), history
-//! (inbox, conversations, one conversation; AIP-158 pages over a server-side sequence), live
-//! delivery (a per-user log read after a cursor, woken by notifications), receipts and recall.
-//! The server stores envelopes as opaque ciphertext and never sees content.
+//! Messages: send (role check, envelope checks, idempotent by message id), history (inbox,
+//! conversations, one conversation; AIP-158 pages over a server-side sequence), live delivery (a
+//! per-user log and the shared group log, read after a cursor, woken by notifications), receipts
+//! and recall. Group messages (sent via `groups`) share all of it; who sees them follows from the
+//! caller's attributes. The server stores envelopes as opaque ciphertext and never sees content.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter
 use tokio::sync::{broadcast, mpsc};
 
 use crate::domain::{Audited, Caller, MessagingDomain, WAKE_ALL, check_uuid_v7, conversation_id};
-use crate::storage::{delivery, message};
+use crate::storage::{GROUP_LOG, KIND_GROUP, delivery, message};
 
 /// Largest ciphertext in an envelope (including the tag).
 pub const MAX_CIPHERTEXT_LEN: usize = 256 * 1024;
@@ -25,8 +26,6 @@ const DEFAULT_PAGE: u64 = 50;
 const MAX_PAGE: u64 = 500;
 const MIN_LIFESPAN: Duration = Duration::from_secs(60);
 const MAX_LIFESPAN: Duration = Duration::from_secs(366 * 86_400);
-const GROUP_PENDING: &str =
-    "group (policy-addressed) messages arrive with the group-messaging issue (#5); send direct messages for now";
 
 /// A stored message as one party (`viewer`) sees it.
 #[derive(Clone, Debug)]
@@ -45,6 +44,16 @@ impl MessageView {
         }?;
         pb::Envelope::decode(bytes).ok()
     }
+
+    /// A group message's envelope (decoded), unless recalled.
+    pub fn group_envelope(&self) -> Option<pb::GroupEnvelope> {
+        pb::GroupEnvelope::decode(self.row.group_envelope.as_deref()?).ok()
+    }
+
+    /// Whether this is a group (policy-addressed) message.
+    pub fn is_group(&self) -> bool {
+        self.row.kind == KIND_GROUP
+    }
 }
 
 /// What `SendMessage` carried, before checks.
@@ -54,7 +63,10 @@ pub enum SendContent {
         recipient: String,
         envelope: Option<pb::Envelope>,
     },
-    Group,
+    Group {
+        policy: String,
+        envelope: Option<pb::GroupEnvelope>,
+    },
     Missing,
 }
 
@@ -95,7 +107,7 @@ pub enum ConversationTarget {
     Peer(String),
 }
 
-fn check_envelope(envelope: &pb::Envelope, what: &str) -> Result<(), Error> {
+pub(crate) fn check_envelope(envelope: &pb::Envelope, what: &str) -> Result<(), Error> {
     let bad = |problem: String| Error::invalid_argument("INVALID_ENVELOPE", format!("{what}: {problem}"));
     if envelope.version != 1 {
         return Err(bad(format!("version must be 1, got {}", envelope.version)));
@@ -125,6 +137,18 @@ fn check_envelope(envelope: &pb::Envelope, what: &str) -> Result<(), Error> {
             "ciphertext is {} bytes; at most {MAX_CIPHERTEXT_LEN} (256 KiB) are accepted",
             envelope.ciphertext.len()
         )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_lifespan(lifespan: Option<Duration>) -> Result<(), Error> {
+    if let Some(lifespan) = lifespan
+        && !(MIN_LIFESPAN..=MAX_LIFESPAN).contains(&lifespan)
+    {
+        return Err(Error::invalid_argument(
+            "INVALID_LIFESPAN",
+            "lifespan must be between 1 minute and 366 days (or unset to keep the message)",
+        ));
     }
     Ok(())
 }
@@ -163,9 +187,31 @@ fn decode_token(token: &str, scope: &str, order: Order) -> Result<Option<i64>, E
         .ok_or_else(invalid)
 }
 
-/// Stream cursors: `c1-<delivery seq>`.
-fn encode_cursor(seq: i64) -> String {
-    format!("c1-{seq}")
+/// Where a stream is: the last entry seen of the user's own delivery log and of the group log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cursor {
+    user: i64,
+    group: i64,
+}
+
+/// Stream cursors: `c2-<own log seq>-<group log seq>` (the older `c1-<seq>` stands for both).
+fn encode_cursor(cursor: Cursor) -> String {
+    format!("c2-{}-{}", cursor.user, cursor.group)
+}
+
+fn decode_cursor(text: &str, latest: i64) -> Option<Cursor> {
+    let cursor = if let Some(seq) = text.strip_prefix("c1-") {
+        let seq = seq.parse::<i64>().ok()?;
+        Cursor { user: seq, group: seq }
+    } else {
+        let (user, group) = text.strip_prefix("c2-")?.split_once('-')?;
+        Cursor {
+            user: user.parse().ok()?,
+            group: group.parse().ok()?,
+        }
+    };
+    let valid = |seq: i64| (0..=latest).contains(&seq);
+    (valid(cursor.user) && valid(cursor.group)).then_some(cursor)
 }
 
 impl MessagingDomain {
@@ -185,7 +231,7 @@ impl MessagingDomain {
         }
     }
 
-    /// Sends a direct message; `Ok((view, duplicate))`.
+    /// Sends a message (direct, or group via `groups`); `Ok((view, duplicate))`.
     pub async fn send(
         &self,
         principal: &Principal,
@@ -197,11 +243,15 @@ impl MessagingDomain {
     ) -> Result<(MessageView, bool), Error> {
         principal.require_aal2()?;
         let (recipient, envelope) = match content {
-            SendContent::Group => return Err(Error::unimplemented(GROUP_PENDING)),
+            SendContent::Group { policy, envelope } => {
+                return self
+                    .send_group(principal, caller, message_id, policy, envelope, sender_copy, lifespan)
+                    .await;
+            }
             SendContent::Missing => {
                 return Err(Error::invalid_argument(
                     "CONTENT_REQUIRED",
-                    "set `direct` (recipient and envelope); group messages arrive with issue #5",
+                    "set `direct` (recipient and envelope) or `group` (policy and envelope)",
                 ));
             }
             SendContent::Direct { recipient, envelope } => (recipient, envelope),
@@ -229,14 +279,7 @@ impl MessagingDomain {
         })?;
         check_envelope(&envelope, "direct.envelope")?;
         check_envelope(&sender_copy, "sender_copy")?;
-        if let Some(lifespan) = lifespan
-            && !(MIN_LIFESPAN..=MAX_LIFESPAN).contains(&lifespan)
-        {
-            return Err(Error::invalid_argument(
-                "INVALID_LIFESPAN",
-                "lifespan must be between 1 minute and 366 days (or unset to keep the message)",
-            ));
-        }
+        check_lifespan(lifespan)?;
         let audited = |outcome| Audited {
             action: AuditAction::Create,
             operation: "SendMessage",
@@ -405,11 +448,18 @@ impl MessagingDomain {
             reason: "",
             ..Audited::default()
         };
-        if row.sender_user_id != principal.user_id && row.recipient_user_id != principal.user_id {
-            let error = Error::permission_denied(
-                "NOT_A_PARTY",
-                "you are neither the sender nor the recipient of this message",
-            );
+        if !self.may_see(&row, &principal.user_id, &principal.attributes) {
+            let error = if row.kind == KIND_GROUP {
+                Error::permission_denied(
+                    "POLICY_NOT_SATISFIED",
+                    "this group message's policy is not satisfied by your attributes",
+                )
+            } else {
+                Error::permission_denied(
+                    "NOT_A_PARTY",
+                    "you are neither the sender nor the recipient of this message",
+                )
+            };
             return Err(self.denied(caller, audited(AuditOutcome::Denied), error).await);
         }
         self.audit_read(caller, "GetMessage", "message", message_id).await?;
@@ -419,7 +469,8 @@ impl MessagingDomain {
         })
     }
 
-    /// Messages addressed to the caller.
+    /// Messages addressed to the caller: direct ones, and group messages of others whose policy
+    /// the caller's attributes satisfy.
     pub async fn inbox(
         &self,
         principal: &Principal,
@@ -431,9 +482,11 @@ impl MessagingDomain {
     ) -> Result<Page<MessageView>, Error> {
         principal.require_aal2()?;
         let scope = if unread_only { "inbox-unread" } else { "inbox" };
-        let mut filter = Condition::all()
-            .add(message::Column::RecipientUserId.eq(principal.user_id.clone()))
-            .add(self.not_expired());
+        let mut addressed = Condition::any().add(message::Column::RecipientUserId.eq(principal.user_id.clone()));
+        if let Some(group) = self.group_condition(principal).await? {
+            addressed = addressed.add(group.add(message::Column::SenderUserId.ne(principal.user_id.clone())));
+        }
+        let mut filter = Condition::all().add(addressed).add(self.not_expired());
         if unread_only {
             filter = filter.add(message::Column::ReadAt.is_null());
         }
@@ -441,6 +494,18 @@ impl MessagingDomain {
         self.audit_read(caller, "ListInbox", "inbox", &principal.user_id)
             .await?;
         Ok(page)
+    }
+
+    /// The condition "a message the caller may see": sent by them, addressed to them, or a group
+    /// message whose policy they satisfy.
+    async fn visible(&self, principal: &Principal) -> Result<Condition, Error> {
+        let mut mine = Condition::any()
+            .add(message::Column::SenderUserId.eq(principal.user_id.clone()))
+            .add(message::Column::RecipientUserId.eq(principal.user_id.clone()));
+        if let Some(group) = self.group_condition(principal).await? {
+            mine = mine.add(group);
+        }
+        Ok(mine)
     }
 
     async fn page(
@@ -504,9 +569,7 @@ impl MessagingDomain {
                 ));
             }
         };
-        let mine = Condition::any()
-            .add(message::Column::SenderUserId.eq(principal.user_id.clone()))
-            .add(message::Column::RecipientUserId.eq(principal.user_id.clone()));
+        let mine = self.visible(principal).await?;
         let in_conversation = message::Column::ConversationId.eq(id.clone());
         let party = message::Entity::find()
             .filter(in_conversation.clone())
@@ -553,11 +616,7 @@ impl MessagingDomain {
     ) -> Result<Page<ConversationView>, Error> {
         principal.require_aal2()?;
         let rows = message::Entity::find()
-            .filter(
-                Condition::any()
-                    .add(message::Column::SenderUserId.eq(principal.user_id.clone()))
-                    .add(message::Column::RecipientUserId.eq(principal.user_id.clone())),
-            )
+            .filter(self.visible(principal).await?)
             .filter(self.not_expired())
             .order_by_desc(message::Column::Seq)
             .limit(20_000)
@@ -572,7 +631,9 @@ impl MessagingDomain {
             match by_id.get_mut(&row.conversation_id) {
                 Some(view) => view.unread += unread,
                 None => {
-                    let peer = if row.sender_user_id == principal.user_id {
+                    let peer = if row.kind == KIND_GROUP {
+                        String::new()
+                    } else if row.sender_user_id == principal.user_id {
                         row.recipient_user_id.clone()
                     } else {
                         row.sender_user_id.clone()
@@ -652,8 +713,8 @@ impl MessagingDomain {
         Ok(updated)
     }
 
-    /// Recalls a message the caller sent: both envelopes are deleted, a tombstone stays and goes
-    /// to the recipient's stream.
+    /// Recalls a message the caller sent: its envelopes are deleted, a tombstone stays and goes
+    /// to the recipient's stream (for a group message, to the group log).
     pub async fn recall(&self, principal: &Principal, caller: &Caller, message_id: &str) -> Result<MessageView, Error> {
         principal.require_aal2()?;
         let audited = |outcome, patient_id| Audited {
@@ -679,7 +740,11 @@ impl MessagingDomain {
             let error = Error::permission_denied("NOT_THE_SENDER", "only the sender can recall a message");
             return Err(self.denied(caller, audited(AuditOutcome::Denied, ""), error).await);
         }
-        let recipient = row.recipient_user_id.clone();
+        let recipient = if row.kind == KIND_GROUP {
+            GROUP_LOG.to_owned()
+        } else {
+            row.recipient_user_id.clone()
+        };
         self.order_deliveries(&txn, &recipient).await?;
         // Read again under the recipient's lock: a concurrent recall may have just committed.
         let row = message::Entity::find()
@@ -697,6 +762,7 @@ impl MessagingDomain {
         active.recalled_at = Set(Some(now));
         active.recipient_envelope = Set(None);
         active.sender_envelope = Set(None);
+        active.group_envelope = Set(None);
         let row = active.update(&txn).await?;
         delivery::ActiveModel {
             user_id: Set(recipient.clone()),
@@ -726,6 +792,7 @@ impl MessagingDomain {
 
     /// Starts a live stream for the caller, after `cursor` (empty: from now on). Items arrive
     /// in delivery order, exactly once; the stream ends at shutdown or when the client leaves.
+    /// Group messages are filtered by the attributes of the token the stream was opened with.
     pub async fn subscribe(
         &self,
         principal: &Principal,
@@ -739,46 +806,65 @@ impl MessagingDomain {
             .await?
             .map_or(0, |row| row.seq);
         let start = if cursor.is_empty() {
-            // The newest entry of this user's log: with per-user ordering, anything of theirs
-            // that commits later has a larger number.
-            delivery::Entity::find()
-                .filter(delivery::Column::UserId.eq(principal.user_id.clone()))
-                .order_by_desc(delivery::Column::Seq)
-                .one(&self.db)
-                .await?
-                .map_or(0, |row| row.seq)
+            // The newest entries of this user's log and of the group log: with per-log ordering,
+            // anything in them that commits later has a larger number.
+            let newest = |log: String| async move {
+                Ok::<i64, Error>(
+                    delivery::Entity::find()
+                        .filter(delivery::Column::UserId.eq(log))
+                        .order_by_desc(delivery::Column::Seq)
+                        .one(&self.db)
+                        .await?
+                        .map_or(0, |row| row.seq),
+                )
+            };
+            Cursor {
+                user: newest(principal.user_id.clone()).await?,
+                group: newest(GROUP_LOG.to_owned()).await?,
+            }
         } else {
-            cursor
-                .strip_prefix("c1-")
-                .and_then(|seq| seq.parse::<i64>().ok())
-                .filter(|seq| (0..=latest).contains(seq))
-                .ok_or_else(|| {
-                    Error::invalid_argument(
-                        "INVALID_CURSOR",
-                        "unknown cursor: pass one from a previous SubscribeResponse, or none to start from now",
-                    )
-                })?
+            decode_cursor(cursor, latest).ok_or_else(|| {
+                Error::invalid_argument(
+                    "INVALID_CURSOR",
+                    "unknown cursor: pass one from a previous SubscribeResponse, or none to start from now",
+                )
+            })?
         };
         self.audit_read(caller, "Subscribe", "inbox", &principal.user_id)
             .await?;
         let (tx, rx) = mpsc::channel(64);
         let wake = self.live.subscribe();
-        tokio::spawn(self.clone().stream(principal.user_id.clone(), start, tx, wake));
+        tokio::spawn(
+            self.clone()
+                .stream(principal.user_id.clone(), principal.attributes.clone(), start, tx, wake),
+        );
         Ok(rx)
     }
 
     async fn stream(
         self,
         user_id: String,
-        mut after: i64,
+        attributes: Vec<String>,
+        mut after: Cursor,
         tx: mpsc::Sender<Result<StreamItem, Error>>,
         mut wake: broadcast::Receiver<std::sync::Arc<str>>,
     ) {
         const BATCH: u64 = 200;
         loop {
+            // Each log is read after its own position: they commit in order separately.
+            let logs = Condition::any()
+                .add(
+                    Condition::all()
+                        .add(delivery::Column::UserId.eq(user_id.clone()))
+                        .add(delivery::Column::Seq.gt(after.user)),
+                )
+                .add(
+                    Condition::all()
+                        .add(delivery::Column::UserId.eq(GROUP_LOG))
+                        .add(delivery::Column::Seq.gt(after.group)),
+                );
             let batch = match delivery::Entity::find()
-                .filter(delivery::Column::UserId.eq(user_id.clone()))
-                .filter(delivery::Column::Seq.gt(after))
+                .filter(logs)
                 .order_by_asc(delivery::Column::Seq)
                 .limit(BATCH)
                 .all(&self.db)
@@ -805,11 +891,21 @@ impl MessagingDomain {
             };
             let now = self.now();
             for entry in batch {
-                after = entry.seq;
+                if entry.user_id == GROUP_LOG {
+                    after.group = entry.seq;
+                } else {
+                    after.user = entry.seq;
+                }
                 let Some(row) = messages.iter().find(|row| row.message_id == entry.message_id) else {
                     continue; // purged
                 };
                 if row.expire_at.is_some_and(|expire| expire <= now) {
+                    continue;
+                }
+                // Group messages: for members other than the sender.
+                if entry.user_id == GROUP_LOG
+                    && (row.sender_user_id == user_id || !self.policy_satisfied(&row.policy, &attributes))
+                {
                     continue;
                 }
                 let item = StreamItem {
@@ -817,7 +913,7 @@ impl MessagingDomain {
                         row: row.clone(),
                         viewer: user_id.clone(),
                     },
-                    cursor: encode_cursor(entry.seq),
+                    cursor: encode_cursor(after),
                 };
                 tokio::select! {
                     () = self.shutdown.cancelled() => return,
@@ -827,8 +923,8 @@ impl MessagingDomain {
             if full {
                 continue;
             }
-            // Wait for news for this user (or anyone, after a lag), a poll tick, the client
-            // leaving, or shutdown.
+            // Wait for news for this user or the group log (or anyone, after a lag), a poll
+            // tick, the client leaving, or shutdown.
             let poll = tokio::time::sleep(self.settings.stream_poll_interval);
             tokio::pin!(poll);
             loop {
@@ -837,7 +933,7 @@ impl MessagingDomain {
                     () = tx.closed() => return,
                     () = &mut poll => break,
                     received = wake.recv() => match received {
-                        Ok(who) if *who == *user_id || &*who == WAKE_ALL => break,
+                        Ok(who) if *who == *user_id || &*who == WAKE_ALL || &*who == GROUP_LOG => break,
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => return,
@@ -895,6 +991,17 @@ mod tests {
             ..good
         };
         assert!(check_envelope(&bad_id, "e").is_err());
+    }
+
+    #[test]
+    fn cursors_track_both_logs_and_accept_the_old_form() {
+        let cursor = Cursor { user: 3, group: 7 };
+        assert_eq!(decode_cursor(&encode_cursor(cursor), 10), Some(cursor));
+        assert_eq!(decode_cursor("c1-4", 10), Some(Cursor { user: 4, group: 4 }));
+        assert_eq!(decode_cursor("c2-3-11", 10), None);
+        assert_eq!(decode_cursor("c2-3", 10), None);
+        assert_eq!(decode_cursor("c2--1-3", 10), None);
+        assert_eq!(decode_cursor("x", 10), None);
     }
 
     #[test]

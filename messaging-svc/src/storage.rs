@@ -77,8 +77,12 @@ pub mod one_time_prekey {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// A direct message: addressing, the two envelopes (protobuf-encoded `Envelope`s, ciphertext
-/// only), lifecycle and the recipient's receipts. `seq` orders listings.
+/// A message: addressing, the envelopes (protobuf-encoded, ciphertext only), lifecycle and the
+/// recipient's receipts. `seq` orders listings.
+///
+/// Direct messages (`kind` = `direct`) have a recipient and an X3DH envelope for them. Group
+/// messages (`kind` = `group`) have an empty recipient, the ABE `policy` as sent and the
+/// protobuf-encoded `GroupEnvelope`; everyone whose attributes satisfy the policy may read them.
 pub mod message {
     use sea_orm::entity::prelude::*;
 
@@ -101,6 +105,12 @@ pub mod message {
         pub recalled_at: Option<DateTimeUtc>,
         pub delivered_at: Option<DateTimeUtc>,
         pub read_at: Option<DateTimeUtc>,
+        /// `direct` or `group`.
+        pub kind: String,
+        /// Group messages: the ABE policy as the sender wrote (and signed) it; empty otherwise.
+        pub policy: String,
+        /// Group messages: the `GroupEnvelope`; `None` once recalled (and for direct messages).
+        pub group_envelope: Option<Vec<u8>>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -110,7 +120,8 @@ pub mod message {
 }
 
 /// What each user's live stream delivers, in commit order: new messages and recall tombstones.
-/// `seq` is the stream cursor.
+/// `seq` is the stream cursor. Group messages have one shared log, under the user id
+/// [`GROUP_LOG`](crate::storage::GROUP_LOG); each stream filters it by the subscriber's attributes.
 pub mod delivery {
     use sea_orm::entity::prelude::*;
 
@@ -132,11 +143,22 @@ pub mod delivery {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// The delivery-log owner of group messages (no user id looks like this).
+pub const GROUP_LOG: &str = "#group";
+/// `messages.kind` of a direct message.
+pub const KIND_DIRECT: &str = "direct";
+/// `messages.kind` of a group message.
+pub const KIND_GROUP: &str = "group";
+
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateAuditOutbox), Box::new(CreateMessagingTables)]
+        vec![
+            Box::new(CreateAuditOutbox),
+            Box::new(CreateMessagingTables),
+            Box::new(AddGroupMessages),
+        ]
     }
 }
 
@@ -281,6 +303,76 @@ impl MigrationTrait for CreateMessagingTables {
         ] {
             manager
                 .drop_table(Table::drop().table(table).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Group messages (issue #5): a kind, the policy and the group envelope on `messages`, and the
+/// indexes that find a policy's messages and the newest group message.
+struct AddGroupMessages;
+
+impl MigrationName for AddGroupMessages {
+    fn name(&self) -> &str {
+        "m20261201_000005_add_group_messages"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for AddGroupMessages {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use message as m;
+        // One column per statement: SQLite alters one thing at a time.
+        let columns = [
+            ColumnDef::new(m::Column::Kind)
+                .string()
+                .not_null()
+                .default(KIND_DIRECT)
+                .to_owned(),
+            ColumnDef::new(m::Column::Policy)
+                .string()
+                .not_null()
+                .default("")
+                .to_owned(),
+            ColumnDef::new(m::Column::GroupEnvelope).binary().null().to_owned(),
+        ];
+        for column in columns {
+            manager
+                .alter_table(Table::alter().table(m::Entity).add_column(column).to_owned())
+                .await?;
+        }
+        let indexes: [(&str, Vec<DynIden>); 2] = [
+            (
+                "idx_messages_kind",
+                vec![m::Column::Kind.into_iden(), m::Column::Seq.into_iden()],
+            ),
+            (
+                "idx_messages_policy",
+                vec![m::Column::Policy.into_iden(), m::Column::Seq.into_iden()],
+            ),
+        ];
+        for (name, columns) in indexes {
+            let mut index = Index::create();
+            index.if_not_exists().name(name).table(m::Entity);
+            for column in columns {
+                index.col(column);
+            }
+            manager.create_index(index.to_owned()).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use message as m;
+        for name in ["idx_messages_policy", "idx_messages_kind"] {
+            manager
+                .drop_index(Index::drop().name(name).table(m::Entity).if_exists().to_owned())
+                .await?;
+        }
+        for column in [m::Column::GroupEnvelope, m::Column::Policy, m::Column::Kind] {
+            manager
+                .alter_table(Table::alter().table(m::Entity).drop_column(column).to_owned())
                 .await?;
         }
         Ok(())

@@ -3,8 +3,12 @@
 //! [`serve`] runs it on a pair of listeners until a shutdown future completes; `caremesh up`, the
 //! `records-svc` binary and the integration tests all start it that way.
 
+mod domain;
 mod grpc;
+mod identities;
+mod records;
 pub mod storage;
+pub mod validate;
 
 use std::future::Future;
 
@@ -40,11 +44,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let runtime = ServiceRuntime::start::<storage::Migrator>(config.mesh).await?;
-    let router = grpc::router(&runtime);
+    let domain = domain::RecordsDomain::start(&runtime).map_err(|source| StartError::Init {
+        service: SERVICE,
+        source,
+    })?;
+    let router = grpc::router(&runtime, domain);
     runtime.serve(router, peer_policy(), listeners, shutdown).await
 }
 
-/// Which mesh identities may call records-svc's internal RPCs (all others are refused).
+/// Which mesh identities may call records-svc's internal RPCs (it has none: all are refused).
 pub fn peer_policy() -> PeerPolicy {
     PeerPolicy::new()
 }

@@ -118,6 +118,7 @@
 //! * J. Bethencourt, A. Sahai, B. Waters. Ciphertext-Policy Attribute-Based Encryption.
 //!   IEEE S&P 2007 (rabe's "BSW").
 
+mod check;
 mod curve;
 mod encoding;
 mod error;
@@ -126,6 +127,7 @@ mod fp12;
 pub mod kem;
 pub mod policy;
 
+pub use check::{PolicyCheck, PolicyProblem, check_policy};
 pub use curve::HASH_TO_G1_DST;
 pub use encoding::FORMAT_VERSION;
 pub use error::{AbeError, Malformed, Object};

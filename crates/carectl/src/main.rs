@@ -6,6 +6,7 @@ mod account;
 mod admin;
 mod audit;
 mod messaging;
+mod records;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,6 +80,23 @@ enum Command {
     Contacts {
         #[command(subcommand)]
         command: messaging::ContactsCommand,
+    },
+    /// Patient records: FHIR JSON encrypted under attribute policies, versioned and signed.
+    Records {
+        #[command(subcommand)]
+        command: records::RecordsCommand,
+    },
+    /// Break-glass access to a patient's records for a limited time (doctors; audited, alerts
+    /// auditors).
+    Emergency {
+        /// The patient's username or user id.
+        patient: String,
+        /// Why (shown to auditors and the patient; no clinical detail).
+        #[arg(long)]
+        reason: String,
+        /// How long, in minutes (default: the authority's default, one hour).
+        #[arg(long)]
+        minutes: Option<u64>,
     },
     /// The tamper-evident audit log: queries and alerts (auditors), checkpoint verification.
     Audit {
@@ -179,6 +197,12 @@ async fn run(cli: Cli) -> Result<ExitCode, SdkError> {
         Command::Admin { command } => admin::run(&ctx, command).await?,
         Command::Msg { command } => messaging::msg(&ctx, command).await?,
         Command::Contacts { command } => messaging::contacts(&ctx, command).await?,
+        Command::Records { command } => records::run(&ctx, command).await?,
+        Command::Emergency {
+            patient,
+            reason,
+            minutes,
+        } => records::emergency(&ctx, patient, reason, minutes).await?,
         Command::Audit { command } => audit::run(&ctx, command).await?,
         Command::AccessLog { patient, include_own } => audit::access_log(&ctx, patient, include_own).await?,
     }

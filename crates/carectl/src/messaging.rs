@@ -17,10 +17,13 @@ use crate::Ctx;
 
 #[derive(Subcommand)]
 pub enum MsgCommand {
-    /// Send a message: the text as an argument, from --file, or from standard input.
+    /// Send a message: the text as an argument, from --file, or from standard input. With
+    /// --policy (doctors and nurses), to everyone whose attributes satisfy the policy; then the
+    /// only argument is the text.
     Send {
-        /// The recipient's username (or user id).
-        user: String,
+        /// The recipient's username (or user id); with --policy, the text.
+        #[arg(required_unless_present = "policy")]
+        user: Option<String>,
         /// The message text (omit to use --file or standard input).
         text: Option<String>,
         /// Read the message from this file.
@@ -29,6 +32,9 @@ pub enum MsgCommand {
         /// Purge the message for everyone this many seconds after sending (60 to 31622400).
         #[arg(long)]
         lifespan: Option<u64>,
+        /// Address a group by ABE policy, e.g. '"role:doctor" and "dept:cardiology"'.
+        #[arg(long)]
+        policy: Option<String>,
     },
     /// Messages addressed to you, newest first.
     Inbox {
@@ -65,7 +71,7 @@ pub enum ContactsCommand {
     },
 }
 
-async fn messenger(ctx: &Ctx, session: &Session) -> Result<Messenger, SdkError> {
+pub(crate) async fn messenger(ctx: &Ctx, session: &Session) -> Result<Messenger, SdkError> {
     Messenger::open(ctx.client.clone(), ctx.store.dir(), &ctx.profile, session).await
 }
 
@@ -73,7 +79,7 @@ fn looks_like_id(value: &str) -> bool {
     value.len() == 36 && value.bytes().filter(|byte| *byte == b'-').count() == 4
 }
 
-async fn resolve(ctx: &Ctx, session: &Session, user: &str) -> Result<String, SdkError> {
+pub(crate) async fn resolve(ctx: &Ctx, session: &Session, user: &str) -> Result<String, SdkError> {
     if looks_like_id(user) {
         return Ok(user.to_owned());
     }
@@ -140,7 +146,18 @@ pub async fn msg(ctx: &Ctx, command: MsgCommand) -> Result<(), SdkError> {
             text,
             file,
             lifespan,
+            policy,
         } => {
+            // With --policy there is no recipient: the one positional argument is the text.
+            let (user, text) = match (&policy, user, text) {
+                (Some(_), Some(_), Some(_)) => {
+                    return Err(SdkError::Local(
+                        "with --policy give only the text (no recipient)".to_owned(),
+                    ));
+                }
+                (Some(_), first, None) => (None, first),
+                (_, user, text) => (user, text),
+            };
             let body = match (text, file) {
                 (Some(text), _) => text.into_bytes(),
                 (None, Some(path)) => std::fs::read(&path)
@@ -153,17 +170,23 @@ pub async fn msg(ctx: &Ctx, command: MsgCommand) -> Result<(), SdkError> {
                     body
                 }
             };
-            let recipient = resolve(ctx, &session, &user).await?;
-            let sent = messenger
-                .send(&session, &recipient, &body, lifespan.map(Duration::from_secs))
-                .await?;
+            let lifespan = lifespan.map(Duration::from_secs);
+            let (sent, to) = match (policy, user) {
+                (Some(policy), _) => (messenger.send_group(&session, &policy, &body, lifespan).await?, policy),
+                (None, Some(user)) => {
+                    let recipient = resolve(ctx, &session, &user).await?;
+                    (messenger.send(&session, &recipient, &body, lifespan).await?, user)
+                }
+                (None, None) => return Err(SdkError::Local("name a recipient or give --policy".to_owned())),
+            };
             ctx.print(
                 json!({
                     "message_id": sent.message_id,
                     "conversation_id": sent.conversation_id,
                     "recipient_user_id": sent.recipient_user_id,
+                    "policy": sent.policy,
                 }),
-                || format!("sent {} to {user}", sent.message_id),
+                || format!("sent {} to {to}", sent.message_id),
             );
         }
         MsgCommand::Inbox { unread, limit } => {

@@ -34,6 +34,12 @@ impl Encoder {
         self
     }
 
+    /// Appends fixed-width bytes (e.g. a big-endian integer) without a length prefix.
+    pub(crate) fn raw(&mut self, bytes: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(bytes);
+        self
+    }
+
     /// Appends `bytes` as they are, without a length prefix: only for a final field.
     pub(crate) fn finish_with_raw(mut self, bytes: &[u8]) -> Vec<u8> {
         self.out.extend_from_slice(bytes);

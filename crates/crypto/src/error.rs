@@ -56,6 +56,11 @@ pub enum CryptoError {
     #[error("the envelope does not authenticate (tampered, or bound to other ids or keys)")]
     DecryptionFailed,
 
+    /// The attribute-based encryption layer refused: the key does not satisfy the policy, or an
+    /// ABE ciphertext, key or policy is malformed.
+    #[error("attribute-based encryption: {0}")]
+    Abe(#[from] caremesh_abe::AbeError),
+
     /// A signing domain is empty, too long or not printable ASCII.
     #[error("invalid signature domain: {0}")]
     InvalidDomain(&'static str),

@@ -109,6 +109,7 @@ mod ids;
 #[cfg(test)]
 mod kat;
 mod keys;
+pub mod policy_envelope;
 pub mod primitives;
 pub mod safety;
 pub mod signing;

@@ -57,37 +57,31 @@ impl From<Error> for tonic::Status {
     }
 }
 
-/// The answer of an RPC whose behaviour belongs to a later piece of work: UNIMPLEMENTED, with a
-/// message naming the RPC and what is missing.
-pub fn not_yet<T>(rpc: &str, missing: &str) -> Result<tonic::Response<T>, tonic::Status> {
-    Err(to_status(Error::unimplemented(format!("{rpc}: {missing}"))))
-}
-
-/// Answers the user-facing RPCs whose behaviour belongs to a later piece of work: the caller is
-/// authenticated first (every service already checks access tokens), then told what is missing.
-#[derive(Clone, Debug)]
-pub struct PendingRpc {
-    tokens: std::sync::Arc<dyn crate::auth::TokenVerifier>,
-    clock: crate::clock::SharedClock,
-}
-
-impl PendingRpc {
-    pub fn new(runtime: &crate::ServiceRuntime) -> Self {
-        Self {
-            tokens: std::sync::Arc::clone(&runtime.tokens),
-            clock: std::sync::Arc::clone(&runtime.clock),
+/// Turns the status a mesh peer answered into a domain error for our own caller. A refusal the
+/// caller can act on (bad argument, unknown id, precondition, conflict) keeps its code, reason
+/// and message; anything else means the peer could not do its part now: UNAVAILABLE naming the
+/// peer, with the peer's answer logged, not passed on.
+pub fn from_peer_status(peer: &'static str, status: &tonic::Status) -> Error {
+    let reason = status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .filter(|reason| !reason.is_empty())
+        .unwrap_or_else(|| "PEER_REFUSED".to_owned());
+    let message = status.message().to_owned();
+    match status.code() {
+        tonic::Code::InvalidArgument => Error::invalid_argument(reason, message),
+        tonic::Code::NotFound => Error::not_found(reason, message),
+        tonic::Code::FailedPrecondition => Error::failed_precondition(reason, message),
+        tonic::Code::AlreadyExists => Error::already_exists(reason, message),
+        tonic::Code::Aborted => Error::aborted(reason, message),
+        code => {
+            tracing::warn!(peer, ?code, message = status.message(), "a mesh peer failed a call");
+            Error::unavailable(
+                "PEER_UNAVAILABLE",
+                format!("{peer} cannot answer right now; retry shortly"),
+            )
         }
-    }
-
-    pub async fn answer<T, R>(
-        &self,
-        request: &tonic::Request<T>,
-        rpc: &str,
-        missing: &str,
-    ) -> Result<tonic::Response<R>, tonic::Status> {
-        let token = crate::auth::bearer_token(request.metadata())?;
-        self.tokens.verify(token, self.clock.now()).await?;
-        not_yet(rpc, missing)
     }
 }
 

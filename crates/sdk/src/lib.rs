@@ -20,10 +20,13 @@ use tonic_health::pb::health_client::HealthClient;
 pub use caremesh_proto as proto;
 pub use caremesh_tls::ServiceName;
 
+pub mod abe;
 pub mod audit;
 pub mod auth;
+pub mod group;
 pub mod messaging;
 pub mod profile;
+pub mod records;
 
 /// What went wrong, for a person: a refused call says the server's code, reason and message.
 #[derive(Debug, thiserror::Error)]

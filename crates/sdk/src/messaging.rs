@@ -40,11 +40,14 @@ pub const SIGNED_PREKEY_MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::days(7);
 
 /// What the device keeps between runs.
 #[derive(Serialize, Deserialize)]
-struct State {
-    keys: DeviceKeys,
+pub(crate) struct State {
+    pub(crate) keys: DeviceKeys,
     trust: TrustStore,
     /// Plaintexts of the messages opened so far, by message id (hex).
     opened: BTreeMap<String, String>,
+    /// Attribute (ABE) keys issued to this device, newest last.
+    #[serde(default)]
+    pub(crate) attribute_keys: Vec<crate::abe::StoredAttributeKey>,
 }
 
 /// A message with its content opened (or why not).
@@ -88,12 +91,14 @@ pub struct ContactIdentity {
 
 /// This device's messaging state for one signed-in user.
 pub struct Messenger {
-    client: Client,
+    pub(crate) client: Client,
     user_id: String,
     state_path: PathBuf,
     key_path: PathBuf,
     state: Mutex<State>,
     identities: Mutex<HashMap<(String, String), IdentityPublicKey>>,
+    /// The ABE public parameters and their version, fetched on first use.
+    pub(crate) abe_params: Mutex<Option<crate::abe::CachedParams>>,
 }
 
 impl std::fmt::Debug for Messenger {
@@ -105,11 +110,11 @@ impl std::fmt::Debug for Messenger {
     }
 }
 
-fn local(what: &str, error: impl std::fmt::Display) -> SdkError {
+pub(crate) fn local(what: &str, error: impl std::fmt::Display) -> SdkError {
     SdkError::Local(format!("{what}: {error}"))
 }
 
-fn crypto(what: &str, error: caremesh_crypto::CryptoError) -> SdkError {
+pub(crate) fn crypto(what: &str, error: caremesh_crypto::CryptoError) -> SdkError {
     SdkError::Local(format!("{what}: {error}"))
 }
 
@@ -154,6 +159,7 @@ impl Messenger {
                     .map_err(|error| crypto("generating device keys", error))?,
                 trust: TrustStore::new(),
                 opened: BTreeMap::new(),
+                attribute_keys: Vec::new(),
             },
         };
         let messenger = Self {
@@ -163,6 +169,7 @@ impl Messenger {
             key_path,
             state: Mutex::new(state),
             identities: Mutex::new(HashMap::new()),
+            abe_params: Mutex::new(None),
         };
         messenger.persist()?;
         messenger.maintain_keys(session).await?;
@@ -204,7 +211,7 @@ impl Messenger {
     }
 
     /// Writes the state (sealed under the local key, created on first use).
-    fn persist(&self) -> Result<(), SdkError> {
+    pub(crate) fn persist(&self) -> Result<(), SdkError> {
         let json = {
             let state = self.lock()?;
             Zeroizing::new(serde_json::to_vec(&*state).map_err(|error| local("serializing device state", error))?)
@@ -233,7 +240,7 @@ impl Messenger {
         write_private(&self.state_path, &file)
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, SdkError> {
+    pub(crate) fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, SdkError> {
         self.state
             .lock()
             .map_err(|_| SdkError::Local("device state is unusable after an earlier failure".to_owned()))
@@ -378,8 +385,17 @@ impl Messenger {
             sender_copy: Some(sender_copy),
             lifespan: lifespan.and_then(|lifespan| prost_types::Duration::try_from(lifespan).ok()),
         };
+        self.submit(session, request).await
+    }
+
+    /// Sends a sealed message, retrying once with the very same request when messaging-svc is
+    /// unavailable (sending is idempotent by message id).
+    pub(crate) async fn submit(
+        &self,
+        session: &Session,
+        request: pb::SendMessageRequest,
+    ) -> Result<pb::Message, SdkError> {
         let mut api = self.api()?;
-        // One retry with the very same request: sending is idempotent by message id.
         let response = match api.send_message(session.request(request.clone())?).await {
             Ok(response) => response,
             Err(status) if status.code() == tonic::Code::Unavailable => {
@@ -395,7 +411,7 @@ impl Messenger {
 
     /// The sender's identity for an envelope: our own, or fetched by key id, verified and checked
     /// against the pinned one.
-    async fn sender_identity(
+    pub(crate) async fn sender_identity(
         &self,
         session: &Session,
         sender: &str,
@@ -462,6 +478,10 @@ impl Messenger {
             return hex::decode(hex_text)
                 .map(Content::Plain)
                 .map_err(|error| local("stored message", error));
+        }
+        if message.kind() == pb::MessageKind::Group {
+            let plaintext = self.open_group(session, message).await?;
+            return Ok(Content::Plain(plaintext.to_vec()));
         }
         let envelope = message
             .envelope

@@ -184,26 +184,3 @@ async fn reflection_describes_caremesh_health_and_error_detail_symbols() {
         assert!(!files.file_descriptor_proto.is_empty(), "{symbol}");
     }
 }
-
-#[tokio::test]
-async fn rpcs_of_later_issues_authenticate_then_say_what_is_missing() {
-    use caremesh_proto::records::v1::ListRecordsRequest;
-    use caremesh_proto::records::v1::records_service_client::RecordsServiceClient;
-
-    let mesh = TestMesh::start().await;
-    let mut records = RecordsServiceClient::new(mesh.channel(Service::Records, Caller::Anonymous));
-    let status = records.list_records(ListRecordsRequest::default()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated, "no token, no answer");
-    assert!(status.message().contains("Bearer"), "{}", status.message());
-
-    let patient = mesh.patient().await;
-    let request = patient.session.request(ListRecordsRequest::default()).unwrap();
-    let status = records.list_records(request).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(
-        status.message().contains("RecordsService.ListRecords"),
-        "{}",
-        status.message()
-    );
-    assert!(status.message().contains("issue (#5)"), "{}", status.message());
-}

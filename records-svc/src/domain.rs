@@ -1,0 +1,274 @@
+//! records-svc's domain state and the helpers its operations share: who may read and write a
+//! record (role and token attributes against the record's policy, on top of the ABE encryption),
+//! whether an access was possible only through emergency access, and the audit trail. The
+//! operations live in `records`. No tonic types here.
+
+use std::sync::Arc;
+
+use caremesh_proto::audit::v1::{AuditAction, AuditActor, AuditOutcome};
+use caremesh_runtime::auth::Principal;
+use caremesh_runtime::clock::SharedClock;
+use caremesh_runtime::outbox::Outbox;
+use caremesh_runtime::{Error, ServiceName, ServiceRuntime};
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
+
+use crate::identities::Identities;
+
+/// Who is calling, as the audit log records it (the runtime's audit actor).
+pub use caremesh_runtime::outbox::Actor as Caller;
+
+/// The audit entity type of records.
+pub const ENTITY_TYPE: &str = "record";
+
+#[derive(Clone, Debug)]
+pub struct RecordsDomain {
+    pub(crate) db: DatabaseConnection,
+    pub(crate) clock: SharedClock,
+    pub(crate) outbox: Outbox,
+    pub(crate) identities: Arc<Identities>,
+    /// SQLite only: this process's writers queue here instead of in SQLite's busy handler.
+    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A write transaction and, on SQLite, this process's turn to write.
+pub(crate) type WriteTxn = (Option<tokio::sync::OwnedMutexGuard<()>>, sea_orm::DatabaseTransaction);
+
+/// What an audit event of records-svc says, besides who acted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Access<'a> {
+    pub action: AuditAction,
+    pub operation: &'a str,
+    /// The record; empty for a listing.
+    pub record_id: &'a str,
+    pub patient_id: &'a str,
+    /// True when the caller could act only through their `emergency:` attribute.
+    pub emergency: bool,
+}
+
+impl<'a> Access<'a> {
+    pub fn new(action: AuditAction, operation: &'a str, record_id: &'a str, patient_id: &'a str) -> Self {
+        Self {
+            action,
+            operation,
+            record_id,
+            patient_id,
+            emergency: false,
+        }
+    }
+
+    pub fn patient(self, patient_id: &'a str) -> Self {
+        Self { patient_id, ..self }
+    }
+
+    pub fn emergency(self, emergency: bool) -> Self {
+        Self { emergency, ..self }
+    }
+}
+
+/// A granted access to one record version: whether it needed emergency access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub emergency: bool,
+}
+
+impl RecordsDomain {
+    pub fn start(runtime: &ServiceRuntime) -> Result<Self, Error> {
+        let messaging = runtime
+            .channel(ServiceName::Messaging, Default::default())
+            .map_err(|error| Error::internal("messaging-svc channel", error))?;
+        let sqlite = runtime.db.get_database_backend() == DbBackend::Sqlite;
+        Ok(Self {
+            db: runtime.db.clone(),
+            clock: Arc::clone(&runtime.clock),
+            outbox: runtime.outbox.clone(),
+            identities: Arc::new(Identities::new(messaging)),
+            write_gate: sqlite.then(|| Arc::new(tokio::sync::Mutex::new(()))),
+        })
+    }
+
+    /// Now, to the microsecond (what PostgreSQL stores), so a response shows the stored times.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now().trunc_subsecs(6)
+    }
+
+    /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, after this process's earlier
+    /// writers). Keep the guard until the commit.
+    pub(crate) async fn begin_write(&self) -> Result<WriteTxn, Error> {
+        let turn = match &self.write_gate {
+            Some(gate) => Some(Arc::clone(gate).lock_owned().await),
+            None => None,
+        };
+        let txn = caremesh_runtime::db::begin_write(&self.db).await?;
+        Ok((turn, txn))
+    }
+
+    /// Writes an audit event through `conn` (the transaction of the change it describes).
+    pub(crate) async fn audit<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        caller: &Caller,
+        access: Access<'_>,
+        outcome: AuditOutcome,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let mut event = self.outbox.new_event();
+        event.actor = Some(AuditActor {
+            user_id: caller.user_id.clone(),
+            role: caller.role.clone(),
+            session_id: caller.session_id.clone(),
+            source_address: caller.source_address.clone(),
+            peer_identity: String::new(),
+        });
+        event.set_action(access.action);
+        event.operation = access.operation.to_owned();
+        event.entity_type = ENTITY_TYPE.to_owned();
+        event.entity_id = access.record_id.to_owned();
+        event.patient_id = access.patient_id.to_owned();
+        event.set_outcome(outcome);
+        event.outcome_reason = reason.to_owned();
+        event.purpose_of_use = if access.emergency {
+            "ETREAT"
+        } else if caller.role == "patient" {
+            "PATRQT"
+        } else {
+            "TREAT"
+        }
+        .to_owned();
+        event.emergency = access.emergency;
+        self.outbox.record(conn, &event).await
+    }
+
+    /// Records a successful read in its own transaction (the read is refused if it cannot be
+    /// audited).
+    pub(crate) async fn audit_read(&self, caller: &Caller, access: Access<'_>) -> Result<(), Error> {
+        let (_turn, txn) = self.begin_write().await?;
+        self.audit(&txn, caller, access, AuditOutcome::Success, "").await?;
+        txn.commit().await?;
+        self.outbox.wake_relay();
+        Ok(())
+    }
+
+    /// Records a refused access in its own transaction, then returns the refusal.
+    pub(crate) async fn denied(&self, caller: &Caller, access: Access<'_>, error: Error) -> Error {
+        let reason = error.reason().to_owned();
+        let record = async {
+            let (_turn, txn) = self.begin_write().await?;
+            self.audit(&txn, caller, access, AuditOutcome::Denied, &reason).await?;
+            txn.commit().await?;
+            Ok::<(), Error>(())
+        };
+        if let Err(audit_error) = record.await {
+            tracing::error!(reason = audit_error.reason(), "could not record a denied access");
+        }
+        self.outbox.wake_relay();
+        error
+    }
+}
+
+/// Roles that may read records (when their attributes satisfy the policy).
+pub fn require_reader_role(principal: &Principal) -> Result<(), Error> {
+    if matches!(principal.role.as_str(), "doctor" | "nurse" | "patient") {
+        Ok(())
+    } else {
+        Err(Error::permission_denied(
+            "ROLE_CANNOT_READ_RECORDS",
+            format!(
+                "only doctors, nurses and patients may read records; you are {}",
+                principal.role
+            ),
+        ))
+    }
+}
+
+/// Roles that may write records (when their attributes satisfy the policy).
+pub fn require_writer_role(principal: &Principal) -> Result<(), Error> {
+    if matches!(principal.role.as_str(), "doctor" | "nurse") {
+        Ok(())
+    } else {
+        Err(Error::permission_denied(
+            "ROLE_CANNOT_WRITE_RECORDS",
+            format!("only doctors and nurses may write records; you are {}", principal.role),
+        ))
+    }
+}
+
+/// Whether the caller's token attributes satisfy `policy`, and whether only through emergency
+/// access (the policy is satisfied, but not without the `emergency:` attributes).
+pub fn evaluate(principal: &Principal, policy: &str) -> Result<Option<Grant>, Error> {
+    let parsed =
+        caremesh_abe::Policy::parse(policy).map_err(|error| Error::internal("parsing a stored policy", error))?;
+    if !parsed.is_satisfied_by(&principal.attributes) {
+        return Ok(None);
+    }
+    let ordinary: Vec<&str> = principal
+        .attributes
+        .iter()
+        .map(String::as_str)
+        .filter(|attribute| !attribute.starts_with("emergency:"))
+        .collect();
+    Ok(Some(Grant {
+        emergency: !parsed.is_satisfied_by(&ordinary),
+    }))
+}
+
+/// Like [`evaluate`], refusing when the policy is not satisfied; `what` says what was tried.
+pub fn authorize(principal: &Principal, policy: &str, what: &str) -> Result<Grant, Error> {
+    evaluate(principal, policy)?.ok_or_else(|| {
+        Error::permission_denied(
+            "POLICY_NOT_SATISFIED",
+            format!("your attributes do not satisfy the record's policy, so you may not {what}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn principal(role: &str, attributes: &[&str]) -> Principal {
+        Principal {
+            user_id: "u1".to_owned(),
+            role: role.to_owned(),
+            attributes: attributes.iter().map(|attribute| (*attribute).to_owned()).collect(),
+            session_id: "s1".to_owned(),
+            aal: 2,
+        }
+    }
+
+    const POLICY: &str = r#"("role:doctor" and "dept:cardiology") or "patient:p1" or "emergency:p1""#;
+
+    #[test]
+    fn access_through_emergency_attributes_only_is_flagged() {
+        let cardiology = principal("doctor", &["role:doctor", "dept:cardiology"]);
+        assert_eq!(evaluate(&cardiology, POLICY).unwrap(), Some(Grant { emergency: false }));
+        let oncology = principal("doctor", &["role:doctor", "dept:oncology"]);
+        assert_eq!(evaluate(&oncology, POLICY).unwrap(), None);
+        assert_eq!(
+            authorize(&oncology, POLICY, "read it").unwrap_err().reason(),
+            "POLICY_NOT_SATISFIED"
+        );
+        let emergency = principal("doctor", &["role:doctor", "dept:oncology", "emergency:p1"]);
+        assert_eq!(evaluate(&emergency, POLICY).unwrap(), Some(Grant { emergency: true }));
+        let both = principal("doctor", &["role:doctor", "dept:cardiology", "emergency:p1"]);
+        assert_eq!(evaluate(&both, POLICY).unwrap(), Some(Grant { emergency: false }));
+        let patient = principal("patient", &["role:patient", "patient:p1"]);
+        assert_eq!(evaluate(&patient, POLICY).unwrap(), Some(Grant { emergency: false }));
+    }
+
+    #[test]
+    fn only_clinicians_write_and_admins_read_nothing() {
+        assert!(require_writer_role(&principal("doctor", &[])).is_ok());
+        assert!(require_writer_role(&principal("nurse", &[])).is_ok());
+        assert!(require_writer_role(&principal("patient", &[])).is_err());
+        assert!(require_reader_role(&principal("patient", &[])).is_ok());
+        for role in ["admin", "auditor"] {
+            assert_eq!(
+                require_reader_role(&principal(role, &[])).unwrap_err().reason(),
+                "ROLE_CANNOT_READ_RECORDS"
+            );
+        }
+    }
+}
