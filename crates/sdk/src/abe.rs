@@ -164,6 +164,9 @@ impl Messenger {
             let mut state = self.lock()?;
             let now = Utc::now();
             state.attribute_keys.retain(|stored| stored.expires_at > now);
+            if let Ok(mut parsed) = self.parsed_keys.lock() {
+                parsed.retain(|key_id, _| state.attribute_keys.iter().any(|stored| &stored.key_id == key_id));
+            }
             state.attribute_keys.push(StoredAttributeKey {
                 key_id: issued.key_id,
                 params_version: issued.params_version,
@@ -192,9 +195,9 @@ impl Messenger {
             .collect())
     }
 
-    fn stored_key_for(&self, policy: &Policy, params_version: &str) -> Result<Option<UserKey>, SdkError> {
+    fn stored_key_for(&self, policy: &Policy, params_version: &str) -> Result<Option<Arc<UserKey>>, SdkError> {
         let now = Utc::now();
-        let hex_key = self
+        let found = self
             .lock()?
             .attribute_keys
             .iter()
@@ -204,15 +207,21 @@ impl Messenger {
                     && stored.params_version == params_version
                     && policy.is_satisfied_by(&stored.attributes)
             })
-            .map(|stored| Zeroizing::new(stored.key_hex.clone()));
-        let Some(hex_key) = hex_key else {
+            .map(|stored| (stored.key_id.clone(), Zeroizing::new(stored.key_hex.clone())));
+        let Some((key_id, hex_key)) = found else {
             return Ok(None);
         };
+        if let Some(parsed) = self.parsed_keys.lock().ok().and_then(|keys| keys.get(&key_id).cloned()) {
+            return Ok(Some(parsed));
+        }
+        // Parsing checks every point (on the curve, in the subgroup): done once per key.
         let bytes =
             Zeroizing::new(hex::decode(hex_key.as_str()).map_err(|error| local("a stored attribute key", error))?);
-        UserKey::from_bytes(&bytes)
-            .map(Some)
-            .map_err(|error| abe_error("a stored attribute key", error))
+        let key = Arc::new(UserKey::from_bytes(&bytes).map_err(|error| abe_error("a stored attribute key", error))?);
+        if let Ok(mut keys) = self.parsed_keys.lock() {
+            keys.insert(key_id, Arc::clone(&key));
+        }
+        Ok(Some(key))
     }
 
     /// A key of this device whose attributes satisfy `policy`, asking the authority for a fresh
@@ -222,7 +231,7 @@ impl Messenger {
         session: &Session,
         policy: &Policy,
         params_version: &str,
-    ) -> Result<UserKey, SdkError> {
+    ) -> Result<Arc<UserKey>, SdkError> {
         if let Some(key) = self.stored_key_for(policy, params_version)? {
             return Ok(key);
         }

@@ -99,6 +99,8 @@ pub struct Messenger {
     identities: Mutex<HashMap<(String, String), IdentityPublicKey>>,
     /// The ABE public parameters and their version, fetched on first use.
     pub(crate) abe_params: Mutex<Option<crate::abe::CachedParams>>,
+    /// Attribute keys already parsed (and point-checked), by key id.
+    pub(crate) parsed_keys: Mutex<HashMap<String, std::sync::Arc<caremesh_abe::UserKey>>>,
 }
 
 impl std::fmt::Debug for Messenger {
@@ -170,6 +172,7 @@ impl Messenger {
             state: Mutex::new(state),
             identities: Mutex::new(HashMap::new()),
             abe_params: Mutex::new(None),
+            parsed_keys: Mutex::new(HashMap::new()),
         };
         messenger.persist()?;
         messenger.maintain_keys(session).await?;
