@@ -167,16 +167,44 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Whether a database error means the database could not be reached or dropped the connection
+/// (so retrying later may succeed), as opposed to a bad statement or a bug.
+fn lost_database(error: &sea_orm::DbErr) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    use sea_orm::{DbErr, RuntimeErr};
+    let runtime = match error {
+        DbErr::ConnectionAcquire(_) => return true,
+        DbErr::Conn(runtime) | DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
+        _ => return false,
+    };
+    let RuntimeErr::SqlxError(sqlx) = runtime else {
+        return matches!(error, DbErr::Conn(_));
+    };
+    match sqlx.as_ref() {
+        Sqlx::Io(_)
+        | Sqlx::Tls(_)
+        | Sqlx::Protocol(_)
+        | Sqlx::PoolTimedOut
+        | Sqlx::PoolClosed
+        | Sqlx::WorkerCrashed => true,
+        // PostgreSQL: connection exceptions (08xxx), the server shutting down or starting
+        // (57P01-57P03), too many connections (53300).
+        Sqlx::Database(database) => database.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => matches!(error, DbErr::Conn(_)),
+    }
+}
+
 impl From<sea_orm::DbErr> for Error {
     fn from(error: sea_orm::DbErr) -> Self {
-        use sea_orm::DbErr;
         match error {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+            lost if lost_database(&lost) => {
                 let mut mapped = Error::unavailable(
                     "DATABASE_UNAVAILABLE",
                     "the service's database is unavailable; retry shortly",
                 );
-                mapped.cause = Some(Box::new(error));
+                mapped.cause = Some(Box::new(lost));
                 mapped
             }
             // SQLite's writer lock stayed taken longer than the busy timeout: a load problem the
@@ -194,6 +222,22 @@ impl From<sea_orm::DbErr> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_database_connection_is_unavailable_and_a_bad_statement_is_internal() {
+        use sea_orm::{DbErr, RuntimeErr};
+        use std::sync::Arc;
+        let dropped = DbErr::Query(RuntimeErr::SqlxError(Arc::new(sea_orm::sqlx::Error::Io(
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        ))));
+        assert_eq!(Error::from(dropped).code(), ErrorCode::Unavailable);
+        let closed = DbErr::Exec(RuntimeErr::SqlxError(Arc::new(sea_orm::sqlx::Error::PoolClosed)));
+        assert_eq!(Error::from(closed).reason(), "DATABASE_UNAVAILABLE");
+        let bad = DbErr::Query(RuntimeErr::Internal("syntax error at or near".to_owned()));
+        assert_eq!(Error::from(bad).code(), ErrorCode::Internal);
+        let decode = DbErr::Query(RuntimeErr::SqlxError(Arc::new(sea_orm::sqlx::Error::RowNotFound)));
+        assert_eq!(Error::from(decode).code(), ErrorCode::Internal);
+    }
 
     #[test]
     fn internal_errors_keep_their_cause_out_of_the_message() {

@@ -34,13 +34,36 @@ pub enum SdkError {
     #[error("TLS setup: {0}")]
     Tls(#[from] TlsError),
     #[error("{}", describe_status(.0))]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
     #[error("unexpected answer from the server: {0}")]
     Protocol(&'static str),
     #[error("no endpoint configured for {0}")]
     NoEndpoint(ServiceName),
     #[error("{0}")]
     Local(String),
+}
+
+/// Whether a call failed for a reason that retrying may cure: the service is unavailable, or the
+/// connection closed under a request before it was sent (hyper cancels it; tonic reports
+/// CANCELLED, which no caremesh server sends).
+pub fn is_transient(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Cancelled => std::error::Error::source(status).is_some(),
+        _ => false,
+    }
+}
+
+impl From<tonic::Status> for SdkError {
+    fn from(status: tonic::Status) -> Self {
+        if status.code() == tonic::Code::Cancelled && is_transient(&status) {
+            return SdkError::Status(tonic::Status::unavailable(format!(
+                "the connection closed before the request was sent ({}); retry",
+                status.message()
+            )));
+        }
+        SdkError::Status(status)
+    }
 }
 
 impl SdkError {

@@ -401,9 +401,7 @@ impl Messenger {
         let mut api = self.api()?;
         let response = match api.send_message(session.request(request.clone())?).await {
             Ok(response) => response,
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                api.send_message(session.request(request)?).await?
-            }
+            Err(status) if crate::is_transient(&status) => api.send_message(session.request(request)?).await?,
             Err(status) => return Err(status.into()),
         };
         response
