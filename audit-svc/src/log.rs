@@ -38,10 +38,63 @@ pub struct Ingested {
 #[derive(Clone, Debug)]
 pub struct EventLog {
     pub(crate) db: DatabaseConnection,
+    /// Where appends run: on SQLite a dedicated connection (see [`sqlite_writer`]), else `db`.
+    writer: DatabaseConnection,
+    /// Wakes the SQLite WAL checkpointer after a commit (see [`wal_checkpointer`]).
+    wal_checkpoints: Option<tokio::sync::mpsc::Sender<()>>,
     pub(crate) clock: SharedClock,
     pub(crate) settings: Arc<AuditSettings>,
     /// Woken when alerts were raised.
     pub(crate) alerts_raised: Arc<Notify>,
+}
+
+/// WAL pages (4 KiB each) after which the SQLite writer checkpoints inline: a backstop, as the
+/// background checkpointer (see [`wal_checkpointer`]) usually copies the pages first. SQLite's
+/// default, 1000 pages, is less than one 1000-event batch writes (about 1400 pages, most of them
+/// the patient index's, whose inserts land on random pages), so every commit checkpointed inline:
+/// copying and syncing the same index pages again and again, in the append's time.
+const WAL_AUTOCHECKPOINT_PAGES: &str = "50000";
+
+/// A dedicated append connection for SQLite: a pool of one connection with the same options as
+/// `db` (WAL, NORMAL sync, busy timeout), a 64 MiB page cache (the log's indexes outgrow the 2 MiB
+/// default within a few hundred thousand events) and the WAL backstop above. Keeping appends on
+/// one connection keeps its cache warm (SQLite drops a connection's page cache when another one
+/// wrote since) and confines the large auto-checkpoint threshold to the append path. `None` for
+/// PostgreSQL (and anything else): appends then use `db` itself.
+fn sqlite_writer(db: &DatabaseConnection) -> Option<DatabaseConnection> {
+    use sea_orm::DatabaseConnectionType;
+    use sea_orm::sqlx::sqlite::SqlitePoolOptions;
+    if !matches!(db.inner, DatabaseConnectionType::SqlxSqlitePoolConnection(_)) {
+        return None;
+    }
+    let options = (*db.get_sqlite_connection_pool().connect_options())
+        .clone()
+        .pragma("cache_size", "-65536")
+        .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(std::time::Duration::from_secs(30))
+        .connect_lazy_with(options);
+    Some(sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
+}
+
+/// Starts the SQLite WAL checkpointer: after appends commit, it copies their pages from the WAL
+/// into the database file (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks the writer) on a
+/// connection of `db`, beside the next append instead of inside it. Requests arriving while it
+/// runs coalesce into one; it stops when every [`EventLog`] clone is gone. `None` outside a Tokio
+/// runtime (the writer's auto-checkpoint still bounds the WAL).
+fn wal_checkpointer(db: DatabaseConnection) -> Option<tokio::sync::mpsc::Sender<()>> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<()>(1);
+    handle.spawn(async move {
+        while receiver.recv().await.is_some() {
+            if let Err(error) = db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await {
+                tracing::debug!(%error, "checkpointing the audit log's WAL failed; the next append retries");
+            }
+        }
+    });
+    Some(sender)
 }
 
 /// The source address without its port (failed-login bursts come from one host, many ports).
@@ -58,7 +111,13 @@ impl EventLog {
     }
 
     pub fn with_settings(db: DatabaseConnection, clock: SharedClock, settings: AuditSettings) -> Self {
+        let (writer, wal_checkpoints) = match sqlite_writer(&db) {
+            Some(writer) => (writer, wal_checkpointer(db.clone())),
+            None => (db.clone(), None),
+        };
         Self {
+            writer,
+            wal_checkpoints,
             db,
             clock,
             settings: Arc::new(settings),
@@ -96,9 +155,13 @@ impl EventLog {
                 .and_then(time::from_timestamp)
                 .ok_or_else(|| Error::invalid_argument("INVALID_RECORDED_AT", "recorded_at is out of range"))?;
         }
-        let txn = begin_write(&self.db).await?;
+        let txn = begin_write(&self.writer).await?;
         let ingested = self.append(&txn, events).await?;
         txn.commit().await?;
+        if let Some(checkpointer) = &self.wal_checkpoints {
+            // Full: a checkpoint is already due, which will copy this commit too.
+            let _ = checkpointer.try_send(());
+        }
         if ingested.raised_alerts {
             self.alerts_raised.notify_waiters();
         }
@@ -110,12 +173,6 @@ impl EventLog {
 
     /// Appends the new events among `events` to the log and the tree through `txn`.
     async fn append<C: ConnectionTrait>(&self, txn: &C, events: &[AuditEvent]) -> Result<Appended, Error> {
-        if txn.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
-            // The log's indexes outgrow SQLite's default 2 MiB page cache within a few hundred
-            // thousand events; 64 MiB per connection keeps appends fast at millions (a no-op
-            // after the connection's first append).
-            txn.execute_unprepared("PRAGMA cache_size = -65536").await?;
-        }
         // Serializes appends (PostgreSQL row lock; SQLite's write transaction already does).
         let size = tree::tree_size(txn, true).await?;
         let ids: Vec<&str> = events.iter().map(|event| event.event_id.as_str()).collect();
@@ -167,7 +224,7 @@ impl EventLog {
     pub async fn integrate_untreed(&self) -> Result<u64, Error> {
         let mut total = 0u64;
         loop {
-            let txn = begin_write(&self.db).await?;
+            let txn = begin_write(&self.writer).await?;
             let size = tree::tree_size(&txn, true).await?;
             let pending = event::Entity::find()
                 .filter(event::Column::LeafIndex.is_null())
