@@ -68,7 +68,8 @@
 //! * **Checked decoding.** Every deserialized group element is decompressed with an on-curve and
 //!   prime-order-subgroup check (G_T elements with a subgroup check), must be canonical, and must
 //!   not be the identity (the scheme never produces it; generation re-draws in the ~2^-250 case).
-//!   Malformed input is an error, never a panic; the fuzz targets in `fuzz/` exercise this.
+//!   Malformed input is an error, never a panic; the fuzz targets in the repository's `fuzz/`
+//!   exercise this.
 //! * **Secrets** ([`MasterKey`], [`UserKey`], [`DataKey`], opened plaintext) are zeroized on
 //!   drop and redacted in `Debug`. blstrs values are `Copy`, so copies made during arithmetic are
 //!   out of reach: zeroization is best effort.
