@@ -39,6 +39,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Undecodable requests are INVALID_ARGUMENT, not tonic-prost's INTERNAL (src/codec.rs).
+        .codec_path("crate::codec::CaremeshCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

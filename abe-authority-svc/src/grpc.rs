@@ -132,10 +132,7 @@ impl AbeService for AbeApi {
         let duration = match body.duration {
             None => None,
             Some(duration) => Some(
-                u64::try_from(duration.seconds)
-                    .ok()
-                    .filter(|_| duration.nanos >= 0)
-                    .map(std::time::Duration::from_secs)
+                caremesh_runtime::time::from_duration(&duration)
                     .ok_or_else(|| Error::invalid_argument("INVALID_DURATION", "the duration must be positive"))?,
             ),
         };

@@ -91,8 +91,7 @@ impl AuditService for AuditApi {
         request: Request<pb::CreateCheckpointRequest>,
     ) -> Result<Response<pb::CreateCheckpointResponse>, Status> {
         let caller = self.caller(&request).await?;
-        caller.principal.require_role(&[crate::reader::AUDITOR])?;
-        let checkpoint = self.reader.checkpoints.create().await?;
+        let checkpoint = self.reader.create_checkpoint(&caller).await?;
         Ok(Response::new(pb::CreateCheckpointResponse {
             checkpoint: Some(checkpoint),
         }))

@@ -182,6 +182,13 @@ impl Reader {
         Ok(())
     }
 
+    /// `CreateCheckpoint`: auditors ask for a signed checkpoint now.
+    pub async fn create_checkpoint(&self, caller: &Caller) -> Result<pb::Checkpoint, Error> {
+        let allowed = caller.principal.require_role(&[AUDITOR]);
+        self.authorize(caller, "CreateCheckpoint", "", allowed).await?;
+        self.checkpoints.create().await
+    }
+
     /// `QueryEvents`: auditors search the log.
     pub async fn query_events(
         &self,

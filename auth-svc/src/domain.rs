@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use caremesh_proto::audit::v1::{AuditAction, AuditOutcome};
 use caremesh_runtime::auth::Principal;
 use caremesh_runtime::clock::SharedClock;
 use caremesh_runtime::kek::Kek;
@@ -149,6 +150,39 @@ impl AuthDomain {
             ..audited
         };
         self.outbox.record_action(conn, &caller.actor(), audited).await
+    }
+
+    /// Audits a refused administrative call (its own transaction) and returns the refusal.
+    pub async fn refused(&self, caller: &Caller, operation: &str, refusal: Error) -> Error {
+        let reason = refusal.reason().to_owned();
+        let record = async {
+            let txn = caremesh_runtime::db::begin_write(&self.db).await?;
+            self.audit(
+                &txn,
+                caller,
+                Audited {
+                    action: AuditAction::Execute,
+                    operation,
+                    entity_type: "user",
+                    entity_id: "",
+                    patient_id: "",
+                    outcome: AuditOutcome::Denied,
+                    reason: &reason,
+                    purpose_of_use: "",
+                },
+            )
+            .await?;
+            txn.commit().await?;
+            Ok::<(), Error>(())
+        };
+        if let Err(error) = record.await {
+            tracing::error!(
+                reason = error.reason(),
+                "could not record a refused administrative call"
+            );
+        }
+        self.outbox.wake_relay();
+        refusal
     }
 
     pub(crate) async fn find_user<C: ConnectionTrait>(&self, conn: &C, user_id: &str) -> Result<user::Model, Error> {

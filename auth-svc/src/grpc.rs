@@ -55,6 +55,18 @@ impl Api {
     }
 }
 
+impl Api {
+    /// A signed-in admin, for the AuthAdminService RPCs: anyone else is refused, and the
+    /// refusal is audited.
+    async fn administrator<T>(&self, request: &Request<T>, operation: &str) -> Result<(Principal, Caller), Error> {
+        let (principal, caller) = self.signed_in(request).await?;
+        if let Err(refusal) = principal.require_role(&["admin"]) {
+            return Err(self.domain.refused(&caller, operation, refusal).await);
+        }
+        Ok((principal, caller))
+    }
+}
+
 fn remote_addr<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
     peer_identity(request).and_then(|peer| peer.remote_addr)
 }
@@ -367,7 +379,7 @@ impl AuthAdminService for Api {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let principal = self.principal(&request).await?;
+        let (principal, _) = self.administrator(&request, "ListUsers").await?;
         let body = request.into_inner();
         let filter = UserFilter {
             status: match pb::UserStatus::try_from(body.status) {
@@ -394,7 +406,7 @@ impl AuthAdminService for Api {
     }
 
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
-        let principal = self.principal(&request).await?;
+        let (principal, _) = self.administrator(&request, "GetUser").await?;
         let (user_id, username) = lookup(request.into_inner().lookup);
         let user = self
             .domain
@@ -409,7 +421,7 @@ impl AuthAdminService for Api {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        let (principal, caller) = self.signed_in(&request).await?;
+        let (principal, caller) = self.administrator(&request, "CreateUser").await?;
         let body = request.into_inner();
         let generated = body.password.is_empty();
         let (user, password) = self
@@ -436,7 +448,7 @@ impl AuthAdminService for Api {
         &self,
         request: Request<pb::ApproveUserRequest>,
     ) -> Result<Response<pb::ApproveUserResponse>, Status> {
-        let (principal, caller) = self.signed_in(&request).await?;
+        let (principal, caller) = self.administrator(&request, "ApproveUser").await?;
         let body = request.into_inner();
         let user = self
             .domain
@@ -457,7 +469,7 @@ impl AuthAdminService for Api {
         &self,
         request: Request<pb::UpdateUserAttributesRequest>,
     ) -> Result<Response<pb::UpdateUserAttributesResponse>, Status> {
-        let (principal, caller) = self.signed_in(&request).await?;
+        let (principal, caller) = self.administrator(&request, "UpdateUserAttributes").await?;
         let body = request.into_inner();
         let user = self
             .domain
@@ -478,7 +490,7 @@ impl AuthAdminService for Api {
         &self,
         request: Request<pb::DisableUserRequest>,
     ) -> Result<Response<pb::DisableUserResponse>, Status> {
-        let (principal, caller) = self.signed_in(&request).await?;
+        let (principal, caller) = self.administrator(&request, "DisableUser").await?;
         let body = request.into_inner();
         let user = self
             .domain
@@ -499,7 +511,7 @@ impl AuthAdminService for Api {
         &self,
         request: Request<pb::EnableUserRequest>,
     ) -> Result<Response<pb::EnableUserResponse>, Status> {
-        let (principal, caller) = self.signed_in(&request).await?;
+        let (principal, caller) = self.administrator(&request, "EnableUser").await?;
         let body = request.into_inner();
         let user = self
             .domain
@@ -520,7 +532,7 @@ impl AuthAdminService for Api {
         &self,
         request: Request<pb::UnlockUserRequest>,
     ) -> Result<Response<pb::UnlockUserResponse>, Status> {
-        let (principal, caller) = self.signed_in(&request).await?;
+        let (principal, caller) = self.administrator(&request, "UnlockUser").await?;
         let body = request.into_inner();
         let user = self
             .domain
@@ -535,7 +547,7 @@ impl AuthAdminService for Api {
         &self,
         request: Request<pb::RevokeUserSessionsRequest>,
     ) -> Result<Response<pb::RevokeUserSessionsResponse>, Status> {
-        let (principal, caller) = self.signed_in(&request).await?;
+        let (principal, caller) = self.administrator(&request, "RevokeUserSessions").await?;
         let body = request.into_inner();
         let revoked = self
             .domain
@@ -550,7 +562,7 @@ impl AuthAdminService for Api {
         &self,
         request: Request<pb::ResetUserMfaRequest>,
     ) -> Result<Response<pb::ResetUserMfaResponse>, Status> {
-        let (principal, caller) = self.signed_in(&request).await?;
+        let (principal, caller) = self.administrator(&request, "ResetUserMfa").await?;
         let body = request.into_inner();
         let user = self
             .domain
@@ -565,7 +577,7 @@ impl AuthAdminService for Api {
         &self,
         request: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
-        let (principal, caller) = self.signed_in(&request).await?;
+        let (principal, caller) = self.administrator(&request, "RotateSigningKey").await?;
         let key = self.domain.rotate_signing_key(&principal, &caller).await?;
         Ok(Response::new(pb::RotateSigningKeyResponse {
             key: Some(key_message(key)),

@@ -230,7 +230,7 @@ impl MessagingService for Api {
         };
         let lifespan = match body.lifespan {
             None => None,
-            Some(duration) => Some(std::time::Duration::try_from(duration).map_err(|_| {
+            Some(duration) => Some(caremesh_runtime::time::from_duration(&duration).ok_or_else(|| {
                 to_status(Error::invalid_argument(
                     "INVALID_LIFESPAN",
                     "lifespan must be a positive duration between 1 minute and 366 days",

@@ -11,6 +11,7 @@ use caremesh_proto::audit::v1::{AuditAction, AuditOutcome};
 use caremesh_proto::messaging::v1 as pb;
 use caremesh_runtime::Error;
 use caremesh_runtime::auth::Principal;
+use caremesh_runtime::error::ErrorCode;
 use chrono::TimeDelta;
 use prost::Message as _;
 use sea_orm::{ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
@@ -26,6 +27,14 @@ const DEFAULT_PAGE: u64 = 50;
 const MAX_PAGE: u64 = 500;
 const MIN_LIFESPAN: Duration = Duration::from_secs(60);
 const MAX_LIFESPAN: Duration = Duration::from_secs(366 * 86_400);
+/// How long a live stream waits before reading again after the database was unavailable.
+const STREAM_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// What a live stream does after a storage error.
+enum StreamStep {
+    Retry,
+    End,
+}
 
 /// A stored message as one party (`viewer`) sees it.
 #[derive(Clone, Debug)]
@@ -841,6 +850,25 @@ impl MessagingDomain {
         Ok(rx)
     }
 
+    /// A live stream outlives a database hiccup: while the database is unavailable (a restart,
+    /// a pool exhausted under load) the stream waits and reads again from its cursor, so the
+    /// subscriber misses nothing; any other error ends the stream with that error.
+    async fn after_storage_error(&self, error: Error, tx: &mpsc::Sender<Result<StreamItem, Error>>) -> StreamStep {
+        if error.code() != ErrorCode::Unavailable {
+            let _ = tx.send(Err(error)).await;
+            return StreamStep::End;
+        }
+        tracing::warn!(
+            reason = error.reason(),
+            "live delivery: storage unavailable, reading again shortly"
+        );
+        tokio::select! {
+            () = self.shutdown.cancelled() => StreamStep::End,
+            () = tx.closed() => StreamStep::End,
+            () = tokio::time::sleep(STREAM_RETRY_DELAY) => StreamStep::Retry,
+        }
+    }
+
     async fn stream(
         self,
         user_id: String,
@@ -871,10 +899,10 @@ impl MessagingDomain {
                 .await
             {
                 Ok(batch) => batch,
-                Err(error) => {
-                    let _ = tx.send(Err(error.into())).await;
-                    return;
-                }
+                Err(error) => match self.after_storage_error(error.into(), &tx).await {
+                    StreamStep::Retry => continue,
+                    StreamStep::End => return,
+                },
             };
             let full = batch.len() as u64 == BATCH;
             let ids: Vec<String> = batch.iter().map(|row| row.message_id.clone()).collect();
@@ -884,10 +912,10 @@ impl MessagingDomain {
                 .await
             {
                 Ok(rows) => rows,
-                Err(error) => {
-                    let _ = tx.send(Err(error.into())).await;
-                    return;
-                }
+                Err(error) => match self.after_storage_error(error.into(), &tx).await {
+                    StreamStep::Retry => continue,
+                    StreamStep::End => return,
+                },
             };
             let now = self.now();
             for entry in batch {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use caremesh_proto::auth::v1::auth_internal_service_client::AuthInternalServiceClient;
 use caremesh_proto::auth::v1::{BatchGetUserProfilesRequest, Role, UserStatus};
+use caremesh_runtime::grpc::from_peer_status;
 use caremesh_runtime::{Error, MeshChannel};
 
 /// A user as messaging-svc needs to know them.
@@ -47,13 +48,7 @@ impl Profiles {
                 user_ids: vec![user_id.to_owned()],
             })
             .await
-            .map_err(|status| {
-                tracing::warn!(code = ?status.code(), message = status.message(), "auth-svc profile lookup failed");
-                Error::unavailable(
-                    "AUTH_UNAVAILABLE",
-                    "cannot check the recipient's account with auth-svc right now; retry shortly",
-                )
-            })?
+            .map_err(|status| from_peer_status("auth-svc", &status))?
             .into_inner();
         let Some(found) = response.profiles.into_iter().find(|profile| profile.user_id == user_id) else {
             return Ok(None);

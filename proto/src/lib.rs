@@ -17,9 +17,14 @@
 //! service emits [`audit::v1::AuditEvent`]s and ships them with
 //! [`audit::v1::audit_internal_service_client::AuditInternalServiceClient`].
 //!
+//! Generated clients and servers use [`codec::CaremeshCodec`]: a request that does not decode is
+//! INVALID_ARGUMENT.
+//!
 //! [`FILE_DESCRIPTOR_SET`] is the encoded descriptor set (with comments and the imported
 //! well-known types) for gRPC server reflection; [`SERVICE_NAMES`] lists every service's fully
 //! qualified name (for reflection, health registration and the mTLS allowlists).
+
+pub mod codec;
 
 /// Declares `pub mod $name { pub mod v1 { <generated code of $package> } }`.
 macro_rules! generated {

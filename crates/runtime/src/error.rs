@@ -196,9 +196,24 @@ fn lost_database(error: &sea_orm::DbErr) -> bool {
     }
 }
 
+/// Whether the database refused a text value the caller sent (PostgreSQL stores no NUL
+/// character in text: SQLSTATE 22021 or 22P05).
+fn unstorable_text(error: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    let (DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx))) = error else {
+        return false;
+    };
+    matches!(sqlx.as_ref(), sea_orm::sqlx::Error::Database(database)
+        if database.code().is_some_and(|code| matches!(code.as_ref(), "22021" | "22P05")))
+}
+
 impl From<sea_orm::DbErr> for Error {
     fn from(error: sea_orm::DbErr) -> Self {
         match error {
+            text if unstorable_text(&text) => Error::invalid_argument(
+                "INVALID_TEXT",
+                "a text field holds a character that cannot be stored (such as NUL): remove it",
+            ),
             lost if lost_database(&lost) => {
                 let mut mapped = Error::unavailable(
                     "DATABASE_UNAVAILABLE",

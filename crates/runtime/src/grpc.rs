@@ -43,12 +43,31 @@ pub fn to_status(error: Error) -> tonic::Status {
         }
         _ => error.message().to_owned(),
     };
+    let message = printable(&message);
     let metadata: HashMap<String, String> = error.metadata().iter().cloned().collect();
     let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
     if let Some(delay) = error.retry_after() {
         details.set_retry_info(Some(delay));
     }
     tonic::Status::with_error_details(code, message, details)
+}
+
+/// Longest message a status carries, in characters. Messages may quote what the caller sent; a
+/// bounded, printable message always fits in the response headers.
+pub const MAX_STATUS_MESSAGE_CHARS: usize = 512;
+
+/// `message` shortened to [`MAX_STATUS_MESSAGE_CHARS`] with control characters (terminal escape
+/// sequences included) replaced by `\u{FFFD}`.
+fn printable(message: &str) -> String {
+    let mut out: String = message
+        .chars()
+        .take(MAX_STATUS_MESSAGE_CHARS)
+        .map(|character| if character.is_control() { '\u{FFFD}' } else { character })
+        .collect();
+    if message.chars().nth(MAX_STATUS_MESSAGE_CHARS).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 impl From<Error> for tonic::Status {
@@ -262,6 +281,16 @@ mod tests {
     #[test]
     fn user_facing_services_pass_this_layer() {
         assert!(policy().check("/caremesh.auth.v1.AuthService/Login", None).is_ok());
+    }
+
+    #[test]
+    fn status_messages_are_bounded_and_printable() {
+        let echoed = format!("record_id must be a UUIDv7, got \"{}\x1b[31m\0\"", "x".repeat(1 << 20));
+        let status = to_status(Error::invalid_argument("INVALID_ID", echoed));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().chars().count() <= MAX_STATUS_MESSAGE_CHARS + 1);
+        assert!(status.message().starts_with("record_id must be a UUIDv7"));
+        assert!(!status.message().chars().any(char::is_control));
     }
 
     #[test]

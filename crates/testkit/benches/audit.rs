@@ -5,7 +5,11 @@
 //!   `CAREMESH_TEST_DATABASE_URL` is set, PostgreSQL (goal: 20,000/s on SQLite on 2 cores);
 //! - inclusion-proof latency at the final tree size (goal: under 5 ms at 1 million events), and
 //!   consistency-proof latency;
-//! - full offline verification speed (`audit_svc::verify::verify_log`).
+//! - full offline verification speed (`audit_svc::verify::verify_log`);
+//! - the baseline, measured in the same run on the same database and connection settings: the
+//!   same encoded events stored as bare rows (primary key and payload, no dedup, indexes, tree
+//!   or alerts) in one multi-row INSERT per 1000-event batch, so the append rate can be read as
+//!   a share of what the storage alone does on this machine.
 //!
 //! Run: `cargo bench -p caremesh-testkit --bench audit` (`AUDIT_BENCH_EVENTS`, default 1000000,
 //! sets the SQLite size; PostgreSQL appends a tenth of it).
@@ -140,6 +144,54 @@ async fn bench(name: &str, database: DatabaseConfig, total: usize) {
     );
 }
 
+/// Stores `total` encoded events as bare rows, batch by batch, and returns events per second.
+async fn baseline(database: &DatabaseConfig, total: usize) -> f64 {
+    use prost::Message;
+    use sea_orm::{ConnectionTrait, Statement, TransactionTrait, Value};
+    let db = caremesh_runtime::db::connect(database).await.unwrap();
+    let backend = db.get_database_backend();
+    let blob = if backend == sea_orm::DbBackend::Postgres {
+        "BYTEA"
+    } else {
+        "BLOB"
+    };
+    db.execute_unprepared(&format!(
+        "CREATE TABLE bench_baseline (event_id TEXT PRIMARY KEY, payload {blob} NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let outbox = Outbox::new(ServiceName::Records, Arc::new(SystemClock));
+    let mut timed = Duration::ZERO;
+    let mut stored = 0;
+    while stored < total {
+        let n = 1000.min(total - stored);
+        let rows = events(&outbox, n, stored);
+        let mut values = Vec::with_capacity(2 * n);
+        let mut placeholders = Vec::with_capacity(n);
+        for (i, event) in rows.iter().enumerate() {
+            placeholders.push(match backend {
+                sea_orm::DbBackend::Postgres => format!("(${}, ${})", 2 * i + 1, 2 * i + 2),
+                _ => "(?, ?)".to_owned(),
+            });
+            values.push(Value::from(event.event_id.clone()));
+            values.push(Value::from(event.encode_to_vec()));
+        }
+        let sql = format!(
+            "INSERT INTO bench_baseline (event_id, payload) VALUES {}",
+            placeholders.join(", ")
+        );
+        let t = Instant::now();
+        let txn = db.begin().await.unwrap();
+        txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+        timed += t.elapsed();
+        stored += n;
+    }
+    total as f64 / timed.as_secs_f64()
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -152,26 +204,23 @@ fn main() {
             .unwrap_or(1_000_000);
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
-        bench(
-            "sqlite",
-            DatabaseConfig {
-                url,
-                schema: String::new(),
-            },
-            total,
-        )
-        .await;
+        let sqlite = DatabaseConfig {
+            url,
+            schema: String::new(),
+        };
+        bench("sqlite", sqlite.clone(), total).await;
+        let bare = baseline(&sqlite, total).await;
+        println!("sqlite: baseline, the same events as bare rows in 1000-row transactions: {bare:.0} events/s");
         if let Ok(url) = std::env::var("CAREMESH_TEST_DATABASE_URL") {
             let schema = format!("bench_audit_{}", std::process::id());
-            bench(
-                "postgresql",
-                DatabaseConfig {
-                    url: url.clone(),
-                    schema: schema.clone(),
-                },
-                (total / 10).max(1000),
-            )
-            .await;
+            let postgres = DatabaseConfig {
+                url: url.clone(),
+                schema: schema.clone(),
+            };
+            let size = (total / 10).max(1000);
+            bench("postgresql", postgres.clone(), size).await;
+            let bare = baseline(&postgres, size).await;
+            println!("postgresql: baseline, the same events as bare rows in 1000-row transactions: {bare:.0} events/s");
             use sea_orm::ConnectionTrait;
             let admin = sea_orm::Database::connect(url.as_str()).await.unwrap();
             admin
