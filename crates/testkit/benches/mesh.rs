@@ -38,19 +38,15 @@ use std::time::{Duration, Instant};
 
 use caremesh_proto::audit::v1 as audit_pb;
 use caremesh_runtime::clock::{Clock, ManualClock};
-use caremesh_runtime::config::tls_files;
 use caremesh_sdk::SdkError;
 use caremesh_sdk::auth::{Code, LoginStep, Role, Session};
 use caremesh_sdk::messaging::Messenger;
 use caremesh_sdk::records::NewRecord;
-use caremesh_testkit::{Backend, Service, TestMesh, TestUser, backends, totp_code};
-use caremesh_tls::ReloadingMaterial;
-use caremesh_tls::client::{ChannelOptions, Target};
+use caremesh_testkit::echo::EchoServer;
+use caremesh_testkit::{Backend, TestMesh, TestUser, backends, totp_code};
 use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 
 const DEFAULT_MIX: &str = "login=1,message=5,record_write=2,record_read=4,audit_query=1";
 const RECORD_POLICY: &str = r#""role:doctor" and "dept:cardiology""#;
@@ -568,45 +564,18 @@ struct Echo {
 /// the same rustls server config and accept loop as the services, called like the SDK calls,
 /// from `tasks` concurrent tasks for `seconds` (as in the messaging bench).
 async fn echo(mesh: &TestMesh, tasks: usize, seconds: u64) -> Echo {
-    let material = ReloadingMaterial::load(tls_files(mesh.pki().dir(), Service::Messaging)).unwrap();
-    let config = caremesh_tls::server::server_config(material).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (reporter, service) = tonic_health::server::health_reporter();
-    let name = "x".repeat(1024);
-    reporter
-        .set_service_status(name.clone(), tonic_health::ServingStatus::Serving)
-        .await;
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                caremesh_tls::server::accept(listener, config),
-                stop.clone().cancelled_owned(),
-            ),
-    );
-    let client_material = ReloadingMaterial::load(caremesh_tls::TlsFiles::ca_only(mesh.pki().ca_cert())).unwrap();
-    let target = Target::parse(&addr.to_string(), Some(Service::Messaging.spiffe_id())).unwrap();
-    let channel = caremesh_tls::client::channel(target, client_material, ChannelOptions::default()).unwrap();
-    let mut warm = HealthClient::new(channel.clone());
-    for _ in 0..200 {
-        warm.check(HealthCheckRequest { service: name.clone() }).await.unwrap();
-    }
+    let echo = EchoServer::start(mesh, 200).await;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let handles: Vec<_> = (0..tasks)
         .map(|_| {
-            let mut client = HealthClient::new(channel.clone());
-            let name = name.clone();
+            let mut client = echo.client();
+            let request = echo.request.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 while Instant::now() < deadline {
                     let sent = Instant::now();
-                    client
-                        .check(HealthCheckRequest { service: name.clone() })
-                        .await
-                        .unwrap();
+                    client.check(request.clone()).await.unwrap();
                     latencies.push(sent.elapsed());
                 }
                 latencies
@@ -618,8 +587,7 @@ async fn echo(mesh: &TestMesh, tasks: usize, seconds: u64) -> Echo {
         latencies.extend(handle.await.unwrap());
     }
     let elapsed = started.elapsed();
-    stop.cancel();
-    let _ = server.await;
+    echo.stop().await;
     latencies.sort();
     Echo {
         count: latencies.len(),

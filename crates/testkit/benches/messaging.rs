@@ -19,16 +19,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use caremesh_runtime::config::tls_files;
 use caremesh_sdk::auth::Role;
 use caremesh_sdk::messaging::Messenger;
+use caremesh_testkit::echo::EchoServer;
 use caremesh_testkit::{Backend, Service, TestMesh, backends};
-use caremesh_tls::ReloadingMaterial;
-use caremesh_tls::client::{ChannelOptions, Target};
 use futures::StreamExt;
 use tokio::sync::Mutex;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -72,41 +68,16 @@ fn main() {
     });
 }
 
-/// The bare baseline: tonic's health service (a unary call with a 1 KB request) served through
-/// the same rustls server config and accept loop as the services, called like the SDK calls.
+/// The bare baseline ([`EchoServer`]) driven like the messaging load.
 async fn echo(mesh: &TestMesh, conversations: usize, per_task: usize, pace: Option<Duration>) -> Figures {
-    let material = ReloadingMaterial::load(tls_files(mesh.pki().dir(), Service::Messaging)).unwrap();
-    let config = caremesh_tls::server::server_config(material).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (reporter, service) = tonic_health::server::health_reporter();
-    let name = "x".repeat(1024);
-    reporter
-        .set_service_status(name.clone(), tonic_health::ServingStatus::Serving)
-        .await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                caremesh_tls::server::accept(listener, config),
-                stop.clone().cancelled_owned(),
-            ),
-    );
-    let client_material = ReloadingMaterial::load(caremesh_tls::TlsFiles::ca_only(mesh.pki().ca_cert())).unwrap();
-    let target = Target::parse(&addr.to_string(), Some(Service::Messaging.spiffe_id())).unwrap();
-    let channel = caremesh_tls::client::channel(target, client_material, ChannelOptions::default()).unwrap();
-    let mut warm = HealthClient::new(channel.clone());
-    for _ in 0..50 {
-        warm.check(HealthCheckRequest { service: name.clone() }).await.unwrap();
-    }
+    let echo = EchoServer::start(mesh, 50).await;
     let started = Instant::now();
     let tasks = (0..conversations).map(|task| {
-        let mut client = HealthClient::new(channel.clone());
+        let mut client = echo.client();
         let offset = pace
             .map(|pace| pace * task as u32 / conversations as u32)
             .unwrap_or_default();
-        let name = name.clone();
+        let request = echo.request.clone();
         tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_task);
             let begin = Instant::now() + offset;
@@ -115,10 +86,7 @@ async fn echo(mesh: &TestMesh, conversations: usize, per_task: usize, pace: Opti
                     tokio::time::sleep_until((begin + pace * index as u32).into()).await;
                 }
                 let sent = Instant::now();
-                client
-                    .check(HealthCheckRequest { service: name.clone() })
-                    .await
-                    .unwrap();
+                client.check(request.clone()).await.unwrap();
                 latencies.push(sent.elapsed());
             }
             latencies
@@ -130,8 +98,7 @@ async fn echo(mesh: &TestMesh, conversations: usize, per_task: usize, pace: Opti
         .flat_map(Result::unwrap)
         .collect();
     let elapsed = started.elapsed();
-    stop.cancel();
-    let _ = server.await;
+    echo.stop().await;
     figures(latencies, elapsed)
 }
 

@@ -87,6 +87,7 @@ struct Slot {
     state: State,
 }
 
+pub mod echo;
 mod second_instance;
 mod users;
 
