@@ -303,25 +303,9 @@ impl Issuer {
         })
     }
 
-    /// Records a refused request (with the refusal's reason) in its own transaction, then
-    /// returns the refusal.
+    /// Records a refused request, then returns the refusal.
     async fn denied(&self, actor: &Actor, audited: Audited<'_>, error: Error) -> Error {
-        let reason = error.reason().to_owned();
-        let record = async {
-            let txn = begin_write(&self.db).await?;
-            let audited = Audited {
-                reason: &reason,
-                ..audited
-            };
-            self.outbox.record_action(&txn, actor, audited).await?;
-            txn.commit().await?;
-            Ok::<(), Error>(())
-        };
-        if let Err(audit_error) = record.await {
-            tracing::error!(reason = audit_error.reason(), "could not record a refused request");
-        }
-        self.outbox.wake_relay();
-        error
+        self.outbox.record_refusal(&self.db, actor, audited, error).await
     }
 }
 

@@ -152,37 +152,21 @@ impl AuthDomain {
         self.outbox.record_action(conn, &caller.actor(), audited).await
     }
 
-    /// Audits a refused administrative call (its own transaction) and returns the refusal.
+    /// Audits a refused administrative call and returns the refusal.
     pub async fn refused(&self, caller: &Caller, operation: &str, refusal: Error) -> Error {
-        let reason = refusal.reason().to_owned();
-        let record = async {
-            let txn = caremesh_runtime::db::begin_write(&self.db).await?;
-            self.audit(
-                &txn,
-                caller,
-                Audited {
-                    action: AuditAction::Execute,
-                    operation,
-                    entity_type: "user",
-                    entity_id: "",
-                    patient_id: "",
-                    outcome: AuditOutcome::Denied,
-                    reason: &reason,
-                    purpose_of_use: "",
-                },
-            )
-            .await?;
-            txn.commit().await?;
-            Ok::<(), Error>(())
+        let audited = Audited {
+            action: AuditAction::Execute,
+            operation,
+            entity_type: "user",
+            entity_id: "",
+            patient_id: "",
+            outcome: AuditOutcome::Denied,
+            reason: "",
+            purpose_of_use: "HSYSADMIN",
         };
-        if let Err(error) = record.await {
-            tracing::error!(
-                reason = error.reason(),
-                "could not record a refused administrative call"
-            );
-        }
-        self.outbox.wake_relay();
-        refusal
+        self.outbox
+            .record_refusal(&self.db, &caller.actor(), audited, refusal)
+            .await
     }
 
     pub(crate) async fn find_user<C: ConnectionTrait>(&self, conn: &C, user_id: &str) -> Result<user::Model, Error> {

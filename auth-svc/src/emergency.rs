@@ -58,9 +58,7 @@ impl AuthDomain {
     /// patient an existing patient; the grant must end in the future.
     pub async fn grant_emergency_attribute(&self, grant: NewGrant<'_>) -> Result<String, Error> {
         let now = self.now();
-        if uuid::Uuid::try_parse(grant.grant_id).map_or(true, |id| id.get_version_num() != 7) {
-            return Err(Error::invalid_argument("INVALID_GRANT_ID", "grant_id must be a UUIDv7"));
-        }
+        caremesh_runtime::ids::check_uuid_v7(grant.grant_id, "grant_id")?;
         if grant.expires_at <= now {
             return Err(Error::invalid_argument(
                 "GRANT_ALREADY_EXPIRED",

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::{Audited, Caller, MessagingDomain, check_uuid_v7};
 use crate::keys::identity_proto;
-use crate::messages::{MAX_CIPHERTEXT_LEN, MessageView, check_envelope, check_lifespan};
+use crate::messages::{MAX_CIPHERTEXT_LEN, MessageView, check_envelope, check_lifespan, resend};
 use crate::storage::{GROUP_LOG, KIND_GROUP, delivery, message};
 
 /// Largest CP-ABE encapsulation accepted (a 64-attribute policy needs about 10 KiB).
@@ -230,19 +230,7 @@ impl MessagingDomain {
                 && existing.policy == policy
                 && existing.group_envelope.as_deref() == Some(group_bytes.as_slice())
                 && existing.sender_envelope == sender_bytes;
-            if !same {
-                return Err(Error::already_exists(
-                    "MESSAGE_ID_EXISTS",
-                    "this message id was already used for a different message: choose a new UUIDv7",
-                ));
-            }
-            return Ok((
-                MessageView {
-                    row: existing,
-                    viewer: principal.user_id.clone(),
-                },
-                true,
-            ));
+            return resend(existing, same, &principal.user_id);
         }
         let expire_at = lifespan
             .and_then(|lifespan| TimeDelta::from_std(lifespan).ok())

@@ -43,6 +43,24 @@ pub struct MessageView {
     pub viewer: String,
 }
 
+/// The answer to a send whose message id is already stored: the stored message again (sending
+/// is idempotent) when it is the same message, ALREADY_EXISTS when the id was used for another.
+pub(crate) fn resend(existing: message::Model, same: bool, viewer: &str) -> Result<(MessageView, bool), Error> {
+    if !same {
+        return Err(Error::already_exists(
+            "MESSAGE_ID_EXISTS",
+            "this message id was already used for a different message: choose a new UUIDv7",
+        ));
+    }
+    Ok((
+        MessageView {
+            row: existing,
+            viewer: viewer.to_owned(),
+        },
+        true,
+    ))
+}
+
 impl MessageView {
     /// The viewer's envelope (decoded), unless recalled.
     pub fn envelope(&self) -> Option<pb::Envelope> {
@@ -346,19 +364,7 @@ impl MessagingDomain {
                 && existing.recipient_user_id == recipient
                 && existing.recipient_envelope.as_deref() == Some(recipient_bytes.as_slice())
                 && existing.sender_envelope.as_deref() == Some(sender_bytes.as_slice());
-            if !same {
-                return Err(Error::already_exists(
-                    "MESSAGE_ID_EXISTS",
-                    "this message id was already used for a different message: choose a new UUIDv7",
-                ));
-            }
-            return Ok((
-                MessageView {
-                    row: existing,
-                    viewer: principal.user_id.clone(),
-                },
-                true,
-            ));
+            return resend(existing, same, &principal.user_id);
         }
         let expire_at = lifespan
             .and_then(|lifespan| TimeDelta::from_std(lifespan).ok())

@@ -170,21 +170,7 @@ pub const FHIR_R4_RESOURCE_TYPES: &[&str] = &[
     "VisionPrescription",
 ];
 
-/// Checks that `id` is a canonical (lowercase, hyphenated) UUIDv7.
-pub fn check_uuid_v7(id: &str, what: &str) -> Result<(), Error> {
-    let valid = uuid::Uuid::try_parse(id)
-        .ok()
-        .filter(|parsed| parsed.get_version_num() == 7)
-        .is_some_and(|parsed| parsed.hyphenated().to_string() == id);
-    if valid {
-        Ok(())
-    } else {
-        Err(Error::invalid_argument(
-            "INVALID_RECORD_ID",
-            format!("{what} must be a UUIDv7 in canonical form (lowercase, hyphenated), got {id:?}"),
-        ))
-    }
-}
+pub use caremesh_runtime::ids::check_uuid_v7;
 
 /// A patient id: non-empty, short, and usable in a `patient:<id>` attribute.
 pub fn check_patient_id(patient_id: &str) -> Result<(), Error> {

@@ -19,6 +19,7 @@ pub mod db;
 pub mod entry;
 pub mod error;
 pub mod grpc;
+pub mod ids;
 pub mod kek;
 pub mod mesh;
 pub mod outbox;

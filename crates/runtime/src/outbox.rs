@@ -183,6 +183,39 @@ impl Outbox {
         self.record(conn, &event).await
     }
 
+    /// Records that `actor` was refused `audited` (outcome DENIED, the refusal's reason) in a
+    /// transaction of its own on `db`, and returns the refusal. A refusal changes nothing, so
+    /// there is no change to share a transaction with; if even this write fails, the failure is
+    /// logged and the caller still gets the refusal.
+    pub async fn record_refusal(
+        &self,
+        db: &DatabaseConnection,
+        actor: &Actor,
+        audited: Audited<'_>,
+        refusal: Error,
+    ) -> Error {
+        let reason = refusal.reason().to_owned();
+        let audited = Audited {
+            outcome: AuditOutcome::Denied,
+            reason: &reason,
+            ..audited
+        };
+        let record = async {
+            let txn = crate::db::begin_write(db).await?;
+            self.record_action(&txn, actor, audited).await?;
+            txn.commit().await?;
+            Ok::<(), Error>(())
+        };
+        if let Err(error) = record.await {
+            tracing::error!(
+                reason = error.reason(),
+                "could not record a refusal in the audit outbox"
+            );
+        }
+        self.wake_relay();
+        refusal
+    }
+
     /// Nudges the relay to ship now (e.g. right after a commit).
     pub fn wake_relay(&self) {
         self.wake.notify_one();
