@@ -13,14 +13,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use caremesh_proto::audit::v1::{self as pb, AlertKind, AlertSeverity, AuditAction, AuditEvent, AuditOutcome};
 use caremesh_runtime::{Error, time};
 use chrono::{DateTime, TimeDelta, Utc};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::NotSet, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set,
+    Select, Set,
 };
 
 use crate::log::source_host;
 use crate::settings::{AuditSettings, Burst};
-use crate::storage::{alert, event};
+use crate::storage::{alert, checkpoint, event};
 
 /// Rows a burst rule reads at most per subject.
 const SCAN_LIMIT: u64 = 5000;
@@ -72,31 +73,40 @@ impl Subject {
         }
     }
 
-    /// The stored events this rule counts.
+    /// The stored events this rule counts. The per-actor rules compare `action` and `outcome`
+    /// as `column + 0`, which no index serves, so that the planner walks the actor's index
+    /// `(actor_user_id, leaf_index)` (a handful of rows) and never the low-cardinality
+    /// `(action, leaf_index)` or `(outcome, leaf_index)` ones (every read, or every denial, in
+    /// the log). The source rule has no actor; it walks the outcome index, where denials are few.
     fn condition(&self) -> Condition {
-        let denied = event::Column::Outcome.eq(AuditOutcome::Denied as i32);
         let login = event::Column::Operation.contains("login");
         match self {
             Self::LoginAccount(id) => Condition::all()
-                .add(denied)
+                .add(unindexed_eq(event::Column::Outcome, AuditOutcome::Denied as i32))
                 .add(login)
                 .add(event::Column::ActorUserId.eq(id.as_str())),
             Self::LoginSource(host) => Condition::all()
-                .add(denied)
+                .add(event::Column::Outcome.eq(AuditOutcome::Denied as i32))
                 .add(login)
                 .add(event::Column::SourceAddress.eq(host.as_str())),
             Self::Denials(id) => Condition::all()
-                .add(denied)
+                .add(unindexed_eq(event::Column::Outcome, AuditOutcome::Denied as i32))
                 .add(event::Column::Operation.not_like("%login%"))
                 .add(event::Column::ActorUserId.eq(id.as_str())),
             Self::Patients(id) => Condition::all()
-                .add(event::Column::Action.eq(AuditAction::Read as i32))
-                .add(event::Column::Outcome.eq(AuditOutcome::Success as i32))
+                .add(unindexed_eq(event::Column::Action, AuditAction::Read as i32))
+                .add(unindexed_eq(event::Column::Outcome, AuditOutcome::Success as i32))
                 .add(event::Column::ActorUserId.eq(id.as_str()))
                 .add(event::Column::PatientId.ne(""))
                 .add(event::Column::PatientId.ne(id.as_str())),
         }
     }
+}
+
+/// `column + 0 = value`: the same test as `column = value`, but one no index serves.
+fn unindexed_eq(column: event::Column, value: i32) -> Expr {
+    use sea_orm::sea_query::ExprTrait;
+    Expr::col(column).add(0).eq(value)
 }
 
 /// Runs the rules over `fresh` (just appended through `txn`); returns how many alerts were raised.
@@ -193,16 +203,52 @@ pub(crate) async fn evaluate<C: ConnectionTrait>(
             *entry = (*entry).max(end);
         }
     }
-    for (subject, at) in subjects {
-        let start = window_start(settings, &subject, at);
-        if covered.get(&subject.key()).is_some_and(|end| *end >= start) {
-            continue;
-        }
-        if check_burst(txn, settings, &subject, at, now).await? {
+    let uncovered: Vec<(Subject, DateTime<Utc>)> = subjects
+        .into_iter()
+        .filter(|(subject, at)| {
+            let start = window_start(settings, subject, *at);
+            covered.get(&subject.key()).is_none_or(|end| *end < start)
+        })
+        .collect();
+    let Some(earliest_uncovered) = uncovered
+        .iter()
+        .map(|(subject, at)| window_start(settings, subject, *at))
+        .min()
+    else {
+        return Ok(raised);
+    };
+    let floor = scan_floor(txn, earliest_uncovered).await?;
+    for (subject, at) in uncovered {
+        if check_burst(txn, settings, &subject, at, floor, now).await? {
             raised += 1;
         }
     }
     Ok(raised)
+}
+
+/// How far before a window's start an event's `recorded_at` (the emitting service's clock) may
+/// lie behind audit-svc's own clock, which dates checkpoints.
+const CLOCK_SKEW_SLACK: TimeDelta = TimeDelta::minutes(5);
+
+/// The first leaf a burst window starting at `start` can contain: the size of the newest
+/// checkpoint signed before it (less a slack for clock skew). Every leaf below that size was
+/// ingested, so recorded, before then. Bounds the rules' scans to the window instead of the
+/// actor's (or every denial's) whole history. Walks back from the newest checkpoint over about
+/// one checkpoint per second of the window; 0 when no checkpoint is that old.
+async fn scan_floor<C: ConnectionTrait>(txn: &C, start: DateTime<Utc>) -> Result<i64, Error> {
+    let before = start
+        .checked_sub_signed(CLOCK_SKEW_SLACK)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let size: Option<i64> = checkpoint::Entity::find()
+        .select_only()
+        .column(checkpoint::Column::TreeSize)
+        .filter(checkpoint::Column::CreatedAt.lt(before))
+        .order_by_desc(checkpoint::Column::TreeSize)
+        .limit(1)
+        .into_tuple()
+        .one(txn)
+        .await?;
+    Ok(size.unwrap_or(0))
 }
 
 fn window_start(settings: &AuditSettings, subject: &Subject, at: DateTime<Utc>) -> DateTime<Utc> {
@@ -215,23 +261,13 @@ async fn check_burst<C: ConnectionTrait>(
     settings: &AuditSettings,
     subject: &Subject,
     at: DateTime<Utc>,
+    floor: i64,
     now: DateTime<Utc>,
 ) -> Result<bool, Error> {
     let burst = subject.burst(settings);
     let start = window_start(settings, subject, at);
     let key = subject.key();
-    let rows: Vec<(String, String)> = event::Entity::find()
-        .select_only()
-        .column(event::Column::EventId)
-        .column(event::Column::PatientId)
-        .filter(subject.condition())
-        .filter(event::Column::RecordedAt.gte(start))
-        .filter(event::Column::RecordedAt.lte(at))
-        .order_by_desc(event::Column::LeafIndex)
-        .limit(SCAN_LIMIT)
-        .into_tuple()
-        .all(txn)
-        .await?;
+    let rows: Vec<(String, String)> = burst_query(subject, start, at, floor).into_tuple().all(txn).await?;
     let count = match subject {
         Subject::Patients(_) => rows.iter().map(|(_, patient)| patient).collect::<BTreeSet<_>>().len(),
         _ => rows.len(),
@@ -284,6 +320,21 @@ async fn check_burst<C: ConnectionTrait>(
     )
     .await?;
     Ok(true)
+}
+
+/// The events `subject`'s rule counts in the window `[start, at]`, newest first, from leaf
+/// `floor` on (see [`scan_floor`]).
+fn burst_query(subject: &Subject, start: DateTime<Utc>, at: DateTime<Utc>, floor: i64) -> Select<event::Entity> {
+    event::Entity::find()
+        .select_only()
+        .column(event::Column::EventId)
+        .column(event::Column::PatientId)
+        .filter(subject.condition())
+        .filter(event::Column::LeafIndex.gte(floor))
+        .filter(event::Column::RecordedAt.gte(start))
+        .filter(event::Column::RecordedAt.lte(at))
+        .order_by_desc(event::Column::LeafIndex)
+        .limit(SCAN_LIMIT)
 }
 
 struct NewAlert {
@@ -346,5 +397,54 @@ pub(crate) fn to_proto(row: alert::Model) -> pb::Alert {
             .filter(|id| !id.is_empty())
             .map(str::to_owned)
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+    use caremesh_runtime::config::DatabaseConfig;
+    use sea_orm::{DbBackend, QueryTrait, Statement};
+
+    use super::*;
+
+    /// Each rule's scan starts at the window's first leaf on an index that leads with its
+    /// subject: never the whole history of reads or denials in the log.
+    #[tokio::test]
+    async fn burst_scans_are_bounded_by_subject_and_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DatabaseConfig {
+            url: format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display()),
+            schema: String::new(),
+        };
+        let db = caremesh_runtime::db::connect_and_migrate::<crate::storage::Migrator>(&config)
+            .await
+            .unwrap();
+        let at = Utc::now();
+        let start = at - TimeDelta::minutes(10);
+        let expected = [
+            (Subject::LoginAccount("u".into()), "audit_events_actor (actor_user_id=? AND leaf_index>?)"),
+            (Subject::Denials("u".into()), "audit_events_actor (actor_user_id=? AND leaf_index>?)"),
+            (Subject::Patients("u".into()), "audit_events_actor (actor_user_id=? AND leaf_index>?)"),
+            (Subject::LoginSource("10.0.0.1".into()), "audit_events_outcome (outcome=? AND leaf_index>?)"),
+        ];
+        for (subject, index) in expected {
+            let query = burst_query(&subject, start, at, 42).build(DbBackend::Sqlite);
+            let explain = Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                format!("EXPLAIN QUERY PLAN {}", query.sql),
+                query.values.unwrap(),
+            );
+            let plan: Vec<String> = db
+                .query_all_raw(explain)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.try_get::<String>("", "detail").unwrap())
+                .collect();
+            let plan = plan.join("; ");
+            assert!(plan.contains(&format!("USING INDEX {index}")), "{subject:?}: {plan}");
+        }
     }
 }

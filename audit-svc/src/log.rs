@@ -27,6 +27,24 @@ use crate::tree;
 /// The most events one ingest call may carry.
 pub const MAX_BATCH: usize = 1000;
 
+/// Rows per multi-row statement: a whole batch in one statement (fewer round trips to the
+/// database), while 1000 rows of the event table's 17 columns stay below SQLite's (32,766) and
+/// PostgreSQL's (65,535) bind-parameter limits.
+pub(crate) const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Splits `items` into owned runs of at most `size` (moving, not cloning, the rows).
+pub(crate) fn owned_chunks<T>(mut items: Vec<T>, size: usize) -> Vec<Vec<T>> {
+    let mut chunks = Vec::with_capacity(items.len().div_ceil(size.max(1)));
+    while items.len() > size.max(1) {
+        let rest = items.split_off(size.max(1));
+        chunks.push(std::mem::replace(&mut items, rest));
+    }
+    if !items.is_empty() {
+        chunks.push(items);
+    }
+    chunks
+}
+
 /// What an ingest did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ingested {
@@ -177,7 +195,7 @@ impl EventLog {
         let size = tree::tree_size(txn, true).await?;
         let ids: Vec<&str> = events.iter().map(|event| event.event_id.as_str()).collect();
         let mut seen: HashSet<String> = HashSet::new();
-        for chunk in ids.chunks(500) {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
             let stored: Vec<String> = event::Entity::find()
                 .select_only()
                 .column(event::Column::EventId)
@@ -204,11 +222,8 @@ impl EventLog {
             rows.push(row(event, payload, leaf_index, &leaf, now)?);
             fresh.push(event);
         }
-        // 16 columns per row: 500 rows stay below every bind-parameter limit.
-        for chunk in rows.chunks(500) {
-            event::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(txn)
-                .await?;
+        for chunk in owned_chunks(rows, ROWS_PER_STATEMENT) {
+            event::Entity::insert_many(chunk).exec_without_returning(txn).await?;
         }
         tree::append_nodes(txn, size, &leaves).await?;
         let raised = alerts::evaluate(txn, &self.settings, &fresh, now).await?;

@@ -110,11 +110,9 @@ pub(crate) async fn append_nodes<C: ConnectionTrait>(conn: &C, size: u64, leaves
             hash: sea_orm::Set(hash.to_vec()),
         });
     }
-    // Three columns per row: stay far below SQLite's and PostgreSQL's bind-parameter limits.
-    for chunk in rows.chunks(2000) {
-        node::Entity::insert_many(chunk.to_vec())
-            .exec_without_returning(conn)
-            .await?;
+    // Three columns per row: 2000 rows stay far below SQLite's and PostgreSQL's bind-parameter limits.
+    for chunk in crate::log::owned_chunks(rows, 2000) {
+        node::Entity::insert_many(chunk).exec_without_returning(conn).await?;
     }
     tree_state::Entity::update_many()
         .col_expr(

@@ -639,6 +639,41 @@ async fn an_event_delivered_twice_appears_once() {
     mesh.shutdown().await;
 }
 
+/// A full batch goes into one multi-row statement (17 columns x 1000 rows of bind parameters):
+/// stored whole on both backends, idempotent when sent again, and one event more is refused.
+#[tokio::test]
+async fn a_full_batch_is_stored_in_one_call_on_every_backend() {
+    for backend in backends() {
+        let mesh = TestMesh::builder().backend(backend).start().await;
+        let events: Vec<AuditEvent> = (0..audit_svc::log::MAX_BATCH)
+            .map(|i| event(&mesh, Service::Records, &id(), &format!("patient-{}", i % 37)))
+            .collect();
+        let stored = ingest(&mesh, Service::Records, events.clone()).await;
+        assert_eq!((stored.accepted, stored.duplicates), (1000, 0));
+        let again = ingest(&mesh, Service::Records, events.clone()).await;
+        assert_eq!((again.accepted, again.duplicates), (0, 1000));
+        let extra = event(&mesh, Service::Records, &id(), &id());
+        let mut too_many = events;
+        too_many.push(extra.clone());
+        let mut client =
+            AuditInternalServiceClient::new(mesh.channel(Service::Audit, Caller::Service(Service::Records)));
+        let refused = client
+            .ingest_events(IngestEventsRequest { events: too_many })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("at most 1000"), "{}", refused.message());
+        let log = mesh.audit_log().await;
+        let stored = log.events().await.unwrap();
+        assert!(
+            stored.iter().all(|e| e.event_id != extra.event_id),
+            "nothing of the refused batch is stored"
+        );
+        assert_eq!(log.tree_size().await.unwrap(), log.event_count().await.unwrap());
+        mesh.shutdown().await;
+    }
+}
+
 async fn accesses(
     mesh: &TestMesh,
     user: &TestUser,
