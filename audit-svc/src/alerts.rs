@@ -424,10 +424,22 @@ mod tests {
         let at = Utc::now();
         let start = at - TimeDelta::minutes(10);
         let expected = [
-            (Subject::LoginAccount("u".into()), "audit_events_actor (actor_user_id=? AND leaf_index>?)"),
-            (Subject::Denials("u".into()), "audit_events_actor (actor_user_id=? AND leaf_index>?)"),
-            (Subject::Patients("u".into()), "audit_events_actor (actor_user_id=? AND leaf_index>?)"),
-            (Subject::LoginSource("10.0.0.1".into()), "audit_events_outcome (outcome=? AND leaf_index>?)"),
+            (
+                Subject::LoginAccount("u".into()),
+                "audit_events_actor (actor_user_id=? AND leaf_index>?)",
+            ),
+            (
+                Subject::Denials("u".into()),
+                "audit_events_actor (actor_user_id=? AND leaf_index>?)",
+            ),
+            (
+                Subject::Patients("u".into()),
+                "audit_events_actor (actor_user_id=? AND leaf_index>?)",
+            ),
+            (
+                Subject::LoginSource("10.0.0.1".into()),
+                "audit_events_outcome (outcome=? AND leaf_index>?)",
+            ),
         ];
         for (subject, index) in expected {
             let query = burst_query(&subject, start, at, 42).build(DbBackend::Sqlite);

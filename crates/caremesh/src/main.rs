@@ -1,5 +1,6 @@
 //! `caremesh`, the operator binary. Argument parsing and printing only: the work is done by
-//! `caremesh-serve` (running the mesh), `caremesh-pki` and the runtime.
+//! `caremesh-serve` (running the mesh), `caremesh-pki`, the runtime and `caremesh-loadgen`
+//! (`caremesh bench`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -76,6 +77,52 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Load-test a running mesh (`caremesh up` with the same data directory): simulated patients,
+    /// doctors and an auditor through the SDK over mTLS, next to a bare TLS echo; prints a table
+    /// and writes it as JSON.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The data directory `caremesh up` runs with (its dev PKI, bootstrap admin file and pid file).
+    #[arg(long, env = keys::DATA_DIR, default_value = "data")]
+    data_dir: PathBuf,
+    /// The bootstrap admin's credentials (default `<data dir>/bootstrap-admin.txt`).
+    #[arg(long)]
+    admin_file: Option<PathBuf>,
+    /// Simulated patients (each with its own device).
+    #[arg(long, default_value_t = 24)]
+    patients: usize,
+    /// Simulated doctors (`dept:cardiology`, each with its own device).
+    #[arg(long, default_value_t = 8)]
+    doctors: usize,
+    /// Concurrent workers, each in a closed loop (no pacing).
+    #[arg(long, default_value_t = 32)]
+    workers: usize,
+    /// Length of the measured load.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Load before the measurement (not counted).
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Length of the echo baseline.
+    #[arg(long, default_value_t = 5)]
+    echo_seconds: u64,
+    /// Relative weights of the operations (login, message, record_write, record_read,
+    /// audit_query); operations not named are not run.
+    #[arg(long, default_value = caremesh_loadgen::DEFAULT_MIX)]
+    mix: String,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "bench-mesh.json")]
+    json: PathBuf,
+    /// A service run as its own process, to measure its memory: `name=PID` (repeatable). Without
+    /// it, the process in `<data dir>/caremesh.pid` (`caremesh up`) is measured.
+    #[arg(long = "service-pid", value_parser = caremesh_loadgen::mesh::parse_service_pid)]
+    service_pids: Vec<(String, u32)>,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -246,6 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit { command } => audit(command).await,
+        Command::Bench(args) => bench(args).await,
         Command::Migrate(args) => {
             let layout = EmbeddedLayout::new(&args.data_dir);
             for config in layout.configs(&database_env(&args))? {
@@ -293,6 +341,58 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `caremesh bench`: the work is in `caremesh_loadgen`.
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let mix = caremesh_loadgen::Mix::parse(&args.mix).map_err(anyhow::Error::msg)?;
+    let settings = caremesh_loadgen::Settings {
+        patients: args.patients,
+        doctors: args.doctors,
+        workers: args.workers,
+        seconds: args.seconds,
+        warmup_seconds: args.warmup,
+        echo_seconds: args.echo_seconds,
+        mix,
+        progress: !args.quiet,
+    };
+    // The endpoints `caremesh up` listens on with this environment (standard ports unless
+    // CAREMESH_<SERVICE>_LISTEN moves them).
+    let layout = EmbeddedLayout::new(&args.data_dir);
+    let configs = layout.configs(&ProcessEnv)?;
+    let mut mesh = caremesh_loadgen::mesh::RunningMesh::embedded(&args.data_dir);
+    if let Some(config) = configs.first() {
+        mesh.pki_dir = config.tls.ca.parent().map_or(mesh.pki_dir, std::path::Path::to_owned);
+        mesh.connect.ca = config.tls.ca.clone();
+    }
+    for config in &configs {
+        let host = match config.listen.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.to_string(),
+            IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        };
+        mesh.connect = mesh
+            .connect
+            .with_endpoint(config.service, format!("{host}:{}", config.listen.port()));
+    }
+    if let Some(file) = args.admin_file {
+        mesh.admin_file = file;
+    }
+    mesh.service_pids = args.service_pids;
+    let target = caremesh_loadgen::mesh::running_mesh(&mesh).await?;
+    let report = caremesh_loadgen::run(&target, &settings).await?;
+    println!();
+    print!("{}", report.table());
+    let json = serde_json::json!({
+        "benchmark": "mesh",
+        "mode": "caremesh bench against a running mesh (real time)",
+        "machine": caremesh_loadgen::report::machine(),
+        "result": report.json(),
+    });
+    caremesh_loadgen::write_json(&args.json, &json).with_context(|| format!("writing {}", args.json.display()))?;
+    eprintln!("wrote {}", args.json.display());
+    Ok(())
 }
 
 fn hex_root(root: &[u8]) -> String {
@@ -355,6 +455,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             mesh.await.context("the mesh task failed")??;
             anyhow::bail!("the mesh stopped during start-up");
         }
+    }
+
+    // For `caremesh bench`, which reads the services' memory from /proc/<pid>.
+    let pid_file = caremesh_loadgen::mesh::pid_file(&layout.data_dir);
+    if let Err(error) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        tracing::warn!(path = %pid_file.display(), %error, "cannot write the pid file");
     }
 
     let pki = &layout.pki;
@@ -424,6 +530,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let result = mesh.await;
     telemetry.shutdown();
+    let _ = std::fs::remove_file(&pid_file);
     result.context("the mesh task failed")??;
     println!("stopped.");
     Ok(())
