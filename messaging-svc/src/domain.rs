@@ -101,13 +101,19 @@ impl MessagingDomain {
         self.clock.now()
     }
 
+    /// On SQLite, this process's turn to write (hold it until the write is done); on PostgreSQL
+    /// nothing. For single autocommit statements; transactions use [`Self::begin_write`].
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.write_gate {
+            Some(gate) => Some(Arc::clone(gate).lock_owned().await),
+            None => None,
+        }
+    }
+
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, after this process's earlier
     /// writers). Keep the guard until the commit.
     pub(crate) async fn begin_write(&self) -> Result<WriteTxn, Error> {
-        let turn = match &self.write_gate {
-            Some(gate) => Some(Arc::clone(gate).lock_owned().await),
-            None => None,
-        };
+        let turn = self.write_turn().await;
         let txn = caremesh_runtime::db::begin_write(&self.db).await?;
         Ok((turn, txn))
     }
@@ -197,17 +203,39 @@ impl MessagingDomain {
     /// users need not wait for each other.) SQLite writers are serial anyway.
     pub(crate) async fn order_deliveries<C: ConnectionTrait>(&self, conn: &C, user_id: &str) -> Result<(), Error> {
         if let Some(pg) = &self.pg {
-            let digest = Sha256::digest(format!("{}{user_id}", pg.lock_seed).as_bytes());
-            let mut key = [0u8; 8];
-            key.copy_from_slice(digest.get(..8).unwrap_or(&[0u8; 8]));
             conn.execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT pg_advisory_xact_lock($1)",
-                [i64::from_be_bytes(key).into()],
+                [Self::delivery_lock_key(pg, user_id).into()],
             ))
             .await?;
         }
         Ok(())
+    }
+
+    /// [`Self::order_deliveries`] and [`Self::notify_in`] in one round trip (the notification
+    /// is only sent when the transaction commits, so taking the lock first changes nothing).
+    pub(crate) async fn order_and_notify<C: ConnectionTrait>(&self, conn: &C, user_id: &str) -> Result<(), Error> {
+        if let Some(pg) = &self.pg {
+            conn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1), pg_notify($2, $3)",
+                [
+                    Self::delivery_lock_key(pg, user_id).into(),
+                    pg.channel.clone().into(),
+                    user_id.to_owned().into(),
+                ],
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn delivery_lock_key(pg: &PgLive, user_id: &str) -> i64 {
+        let digest = Sha256::digest(format!("{}{user_id}", pg.lock_seed).as_bytes());
+        let mut key = [0u8; 8];
+        key.copy_from_slice(digest.get(..8).unwrap_or(&[0u8; 8]));
+        i64::from_be_bytes(key)
     }
 
     /// Inside the transaction: tells every replica's subscribers of `user_id` (delivered on commit).

@@ -1,18 +1,16 @@
 //! The key directory: users publish the public halves of their device keys (signatures verified
 //! with the caller's user id), others fetch bundles. Each one-time prekey is handed out at most
-//! once: it is deleted in the transaction that hands it out, and a fetch only uses a prekey whose
-//! delete removed exactly one row (on PostgreSQL concurrent fetches also skip rows another
-//! fetch has locked, so they get different prekeys instead of none).
+//! once: a fetch claims it with one `DELETE .. RETURNING` statement, so only the fetch whose delete
+//! removed the row gets it (on PostgreSQL concurrent fetches also skip rows another fetch has
+//! locked, so they get different prekeys instead of none).
 
 use std::collections::HashSet;
 
 use caremesh_proto::messaging::v1 as pb;
 use caremesh_runtime::Error;
 use caremesh_runtime::auth::Principal;
-use sea_orm::sea_query::{LockBehavior, LockType};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, Set, Statement,
 };
 
 use crate::domain::MessagingDomain;
@@ -20,6 +18,15 @@ use crate::storage::{identity_key, one_time_prekey, signed_prekey};
 
 /// Most one-time prekeys in one upload.
 pub const MAX_PREKEYS_PER_UPLOAD: usize = 100;
+
+/// The outcome of claiming a one-time prekey.
+enum Claim {
+    Claimed(one_time_prekey::Model),
+    /// None left to hand out.
+    Empty,
+    /// The identity changed: read the bundle again.
+    Retry,
+}
 
 /// A fetched bundle, in storage form.
 #[derive(Debug)]
@@ -53,6 +60,19 @@ impl MessagingDomain {
             .filter(identity_key::Column::UserId.eq(user_id))
             .filter(identity_key::Column::Current.eq(true))
             .one(conn)
+            .await?)
+    }
+
+    /// The current identities of `user_ids` (those that have one), in one query.
+    pub(crate) async fn current_identities<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        user_ids: impl IntoIterator<Item = &String>,
+    ) -> Result<Vec<identity_key::Model>, Error> {
+        Ok(identity_key::Entity::find()
+            .filter(identity_key::Column::UserId.is_in(user_ids.into_iter().cloned()))
+            .filter(identity_key::Column::Current.eq(true))
+            .all(conn)
             .await?)
     }
 
@@ -303,6 +323,13 @@ impl MessagingDomain {
 
     /// `user_id`'s bundle, consuming one one-time prekey when any is left. The caller must be
     /// allowed to write to the user (or be the user).
+    ///
+    /// The identity and signed prekey are read first, without the write lock. The one-time prekey
+    /// is then claimed by a single `DELETE .. RETURNING` statement, which hands a row to at most
+    /// one fetch (the one whose delete removed it) and only while the identity just read is still
+    /// the current one: publishing a new identity deletes the old identity's prekeys in the same
+    /// transaction, so a prekey claimed under that condition belongs to the returned identity. If
+    /// the identity changed in between, the bundle is read again.
     pub async fn fetch_bundle(&self, caller: &Principal, user_id: &str) -> Result<Bundle, Error> {
         caller.require_aal2()?;
         if user_id.is_empty() {
@@ -311,44 +338,90 @@ impl MessagingDomain {
         if user_id != caller.user_id {
             self.check_may_write(caller, user_id).await?;
         }
-        let postgres = self.db.get_database_backend() == DbBackend::Postgres;
-        let (_turn, txn) = self.begin_write().await?;
-        let identity = self.current_identity(&txn, user_id).await?.ok_or_else(|| {
-            Error::not_found(
-                "KEYS_NOT_PUBLISHED",
-                format!("user {user_id} has not published keys yet: they need to sign in to messaging once"),
-            )
-        })?;
-        let signed_prekey = signed_prekey::Entity::find_by_id(user_id.to_owned())
-            .one(&txn)
-            .await?
-            .ok_or_else(|| Error::not_found("KEYS_NOT_PUBLISHED", format!("user {user_id} has no signed prekey")))?;
-        let mut claimed = None;
         for _attempt in 0..8 {
-            let mut query = one_time_prekey::Entity::find()
-                .filter(one_time_prekey::Column::UserId.eq(user_id))
-                .order_by_asc(one_time_prekey::Column::KeyId);
-            if postgres {
-                query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+            let (identity, signed_prekey) = tokio::try_join!(self.current_identity(&self.db, user_id), async {
+                Ok::<_, Error>(
+                    signed_prekey::Entity::find_by_id(user_id.to_owned())
+                        .one(&self.db)
+                        .await?,
+                )
+            },)?;
+            let identity = identity.ok_or_else(|| {
+                Error::not_found(
+                    "KEYS_NOT_PUBLISHED",
+                    format!("user {user_id} has not published keys yet: they need to sign in to messaging once"),
+                )
+            })?;
+            let signed_prekey = signed_prekey.ok_or_else(|| {
+                Error::not_found("KEYS_NOT_PUBLISHED", format!("user {user_id} has no signed prekey"))
+            })?;
+            if signed_prekey.identity_key_id != identity.key_id {
+                continue; // read while a new identity was being published
             }
-            let Some(candidate) = query.one(&txn).await? else {
-                break;
-            };
-            let deleted = one_time_prekey::Entity::delete_many()
-                .filter(one_time_prekey::Column::UserId.eq(user_id))
-                .filter(one_time_prekey::Column::KeyId.eq(candidate.key_id.clone()))
-                .exec(&txn)
-                .await?;
-            if deleted.rows_affected == 1 {
-                claimed = Some(candidate);
-                break;
+            match self.claim_one_time_prekey(user_id, &identity.key_id).await? {
+                Claim::Claimed(prekey) => {
+                    return Ok(Bundle {
+                        identity,
+                        signed_prekey,
+                        one_time_prekey: Some(prekey),
+                    });
+                }
+                Claim::Empty => {
+                    return Ok(Bundle {
+                        identity,
+                        signed_prekey,
+                        one_time_prekey: None,
+                    });
+                }
+                Claim::Retry => {}
             }
         }
-        txn.commit().await?;
-        Ok(Bundle {
-            identity,
-            signed_prekey,
-            one_time_prekey: claimed,
+        Err(Error::unavailable(
+            "KEY_DIRECTORY_BUSY",
+            format!("the key bundle of {user_id} is changing right now: try again"),
+        ))
+    }
+
+    /// Claims (deletes and returns) `user_id`'s oldest one-time prekey, if `identity_key_id` is
+    /// still their current identity.
+    async fn claim_one_time_prekey(&self, user_id: &str, identity_key_id: &str) -> Result<Claim, Error> {
+        let backend = self.db.get_database_backend();
+        let sql = if backend == DbBackend::Postgres {
+            // SKIP LOCKED: concurrent fetches take different prekeys instead of waiting.
+            "DELETE FROM one_time_prekeys WHERE user_id = $1 AND key_id = (\
+               SELECT key_id FROM one_time_prekeys WHERE user_id = $1 \
+               ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             AND EXISTS (SELECT 1 FROM identity_keys \
+               WHERE user_id = $1 AND key_id = $2 AND \"current\") \
+             RETURNING user_id, key_id, public_key, created_at"
+        } else {
+            "DELETE FROM one_time_prekeys WHERE user_id = ?1 AND key_id = (\
+               SELECT key_id FROM one_time_prekeys WHERE user_id = ?1 \
+               ORDER BY key_id LIMIT 1) \
+             AND EXISTS (SELECT 1 FROM identity_keys \
+               WHERE user_id = ?1 AND key_id = ?2 AND \"current\") \
+             RETURNING user_id, key_id, public_key, created_at"
+        };
+        let statement = Statement::from_sql_and_values(backend, sql, [user_id.into(), identity_key_id.into()]);
+        let claimed = {
+            // One autocommit statement; on SQLite it waits for this process's earlier writers.
+            let _turn = self.write_turn().await;
+            one_time_prekey::Entity::find()
+                .from_raw_sql(statement)
+                .one(&self.db)
+                .await?
+        };
+        if let Some(prekey) = claimed {
+            return Ok(Claim::Claimed(prekey));
+        }
+        // Nothing claimed: the stock is empty (or, on PostgreSQL, every prekey left is being
+        // claimed by a concurrent fetch: as before, this fetch then goes without), or the
+        // identity was replaced meanwhile.
+        let current = self.current_identity(&self.db, user_id).await?;
+        Ok(if current.is_some_and(|current| current.key_id == identity_key_id) {
+            Claim::Empty
+        } else {
+            Claim::Retry
         })
     }
 

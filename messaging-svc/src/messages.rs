@@ -14,11 +14,15 @@ use caremesh_runtime::auth::Principal;
 use caremesh_runtime::error::ErrorCode;
 use chrono::TimeDelta;
 use prost::Message as _;
-use sea_orm::{ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, NotSet, QueryFilter, QueryOrder, QuerySelect, Set,
+    TryInsertResult,
+};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::domain::{Audited, Caller, MessagingDomain, WAKE_ALL, check_uuid_v7, conversation_id};
-use crate::storage::{GROUP_LOG, KIND_GROUP, delivery, message};
+use crate::storage::{GROUP_LOG, KIND_DIRECT, KIND_GROUP, delivery, message};
 
 /// Largest ciphertext in an envelope (including the tag).
 pub const MAX_CIPHERTEXT_LEN: usize = 256 * 1024;
@@ -323,16 +327,15 @@ impl MessagingDomain {
         };
         let patient_id = Self::patient_of(principal, recipient_role, &recipient);
 
-        // The envelopes must name the parties' current identities.
-        let own = self
-            .current_identity(&self.db, &principal.user_id)
-            .await?
-            .ok_or_else(|| {
-                Error::failed_precondition("KEYS_NOT_PUBLISHED", "publish your key bundle before sending")
-            })?;
-        let theirs = self
-            .current_identity(&self.db, &recipient)
-            .await?
+        // The envelopes must name the parties' current identities (both read in one query).
+        let identities = self
+            .current_identities(&self.db, [&principal.user_id, &recipient])
+            .await?;
+        let current_of = |user_id: &str| identities.iter().find(|row| row.user_id == user_id);
+        let own = current_of(&principal.user_id).ok_or_else(|| {
+            Error::failed_precondition("KEYS_NOT_PUBLISHED", "publish your key bundle before sending")
+        })?;
+        let theirs = current_of(&recipient)
             .ok_or_else(|| Error::failed_precondition("KEYS_NOT_PUBLISHED", "the recipient has not published keys"))?;
         if envelope.sender_identity_key_id != own.key_id
             || sender_copy.sender_identity_key_id != own.key_id
@@ -354,45 +357,79 @@ impl MessagingDomain {
         let sender_bytes = sender_copy.encode_to_vec();
         let now = self.now();
         let (_turn, txn) = self.begin_write().await?;
-        self.order_deliveries(&txn, &recipient).await?;
-        if let Some(existing) = message::Entity::find()
-            .filter(message::Column::MessageId.eq(message_id.clone()))
-            .one(&txn)
-            .await?
-        {
-            let same = existing.sender_user_id == principal.user_id
-                && existing.recipient_user_id == recipient
-                && existing.recipient_envelope.as_deref() == Some(recipient_bytes.as_slice())
-                && existing.sender_envelope.as_deref() == Some(sender_bytes.as_slice());
-            return resend(existing, same, &principal.user_id);
-        }
+        // PostgreSQL: the recipient's delivery-log lock, and the wake-up sent on commit.
+        self.order_and_notify(&txn, &recipient).await?;
         let expire_at = lifespan
             .and_then(|lifespan| TimeDelta::from_std(lifespan).ok())
             .map(|lifespan| now + lifespan);
-        let row = message::ActiveModel {
-            message_id: Set(message_id.clone()),
-            conversation_id: Set(conversation_id(&principal.user_id, &recipient)),
-            sender_user_id: Set(principal.user_id.clone()),
-            recipient_user_id: Set(recipient.clone()),
-            recipient_envelope: Set(Some(recipient_bytes)),
-            sender_envelope: Set(Some(sender_bytes)),
-            created_at: Set(now),
-            expire_at: Set(expire_at),
-            recalled_at: Set(None),
-            delivered_at: Set(None),
-            read_at: Set(None),
-            ..Default::default()
-        }
-        .insert(&txn)
-        .await?;
-        delivery::ActiveModel {
+        // Idempotent by message id: the insert does nothing when the id is taken, and the stored
+        // message is compared with this one (same: answered again; different: refused).
+        let mut row = message::Model {
+            seq: 0,
+            message_id: message_id.clone(),
+            conversation_id: conversation_id(&principal.user_id, &recipient),
+            sender_user_id: principal.user_id.clone(),
+            recipient_user_id: recipient.clone(),
+            recipient_envelope: Some(recipient_bytes),
+            sender_envelope: Some(sender_bytes),
+            created_at: now,
+            expire_at,
+            recalled_at: None,
+            delivered_at: None,
+            read_at: None,
+            kind: KIND_DIRECT.to_owned(),
+            policy: String::new(),
+            group_envelope: None,
+        };
+        let mut active: message::ActiveModel = row.clone().into();
+        active.seq = NotSet;
+        let insert = message::Entity::insert(active)
+            .on_conflict(OnConflict::column(message::Column::MessageId).do_nothing().to_owned())
+            .try_insert();
+        // One statement either way: PostgreSQL returns the stored row (its timestamps at the
+        // database's precision); SQLite (no RETURNING here) stores exactly the row built above,
+        // so only its `seq` is needed and nothing is read back.
+        let inserted = if self.pg.is_some() {
+            // (`_many`: a conflict returns no rows, which the single-row form reports as an error.)
+            match insert.exec_with_returning_many(&txn).await? {
+                TryInsertResult::Inserted(stored) => stored.into_iter().next(),
+                TryInsertResult::Conflicted | TryInsertResult::Empty => None,
+            }
+        } else {
+            match insert.exec(&txn).await? {
+                TryInsertResult::Inserted(inserted) => {
+                    row.seq = inserted.last_insert_id;
+                    Some(row.clone())
+                }
+                TryInsertResult::Conflicted | TryInsertResult::Empty => None,
+            }
+        };
+        let row = match inserted {
+            Some(stored) => stored,
+            None => {
+                let existing = message::Entity::find()
+                    .filter(message::Column::MessageId.eq(message_id.clone()))
+                    .one(&txn)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::internal("storing a message", "the insert conflicted but no row was found")
+                    })?;
+                let same = existing.sender_user_id == row.sender_user_id
+                    && existing.recipient_user_id == row.recipient_user_id
+                    && existing.recipient_envelope == row.recipient_envelope
+                    && existing.sender_envelope == row.sender_envelope;
+                return resend(existing, same, &principal.user_id);
+            }
+        };
+        // The delivery-log entry: nothing needs reading back either.
+        delivery::Entity::insert(delivery::ActiveModel {
             user_id: Set(recipient.clone()),
             message_id: Set(message_id.clone()),
             kind: Set("message".to_owned()),
             created_at: Set(now),
             ..Default::default()
-        }
-        .insert(&txn)
+        })
+        .exec_without_returning(&txn)
         .await?;
         self.audit(
             &txn,
@@ -403,7 +440,6 @@ impl MessagingDomain {
             },
         )
         .await?;
-        self.notify_in(&txn, &recipient).await?;
         txn.commit().await?;
         self.notify_local(&recipient);
         self.outbox.wake_relay();

@@ -145,12 +145,14 @@ impl Outbox {
     /// An invalid event fails here, in its own transaction, rather than poisoning the relay.
     pub async fn record<C: ConnectionTrait>(&self, conn: &C, event: &AuditEvent) -> Result<(), Error> {
         validate_event(event)?;
-        entity::ActiveModel {
+        // Inserted without reading the row back (on SQLite that would be a second statement,
+        // inside the caller's write transaction).
+        entity::Entity::insert(entity::ActiveModel {
             event_id: Set(event.event_id.clone()),
             payload: Set(event.encode_to_vec()),
             created_at: Set(self.clock.now()),
-        }
-        .insert(conn)
+        })
+        .exec_without_returning(conn)
         .await?;
         // Waking before the commit is harmless: the relay also polls on an interval.
         self.wake.notify_one();

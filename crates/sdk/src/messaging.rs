@@ -16,7 +16,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use caremesh_crypto::{
@@ -89,13 +90,33 @@ pub struct ContactIdentity {
     pub trust: &'static str,
 }
 
+/// How long the write of an opened message's plaintext (and of the spent one-time prekey's
+/// deletion) may wait, so that a burst of opened messages is written once, not once per message
+/// (each write re-seals the whole state). Whatever the device state on disk is, it is consistent:
+/// before such a write the spent prekey's secret is still there and the message opens again from
+/// the server's copy; after it, the plaintext is there and the secret is gone.
+pub const OPENED_WRITE_DELAY: Duration = Duration::from_millis(200);
+
+/// The device state's files, and the bookkeeping of deferred writes.
+struct Disk {
+    state_path: PathBuf,
+    key_path: PathBuf,
+    /// The local key, once read or created (the file is not read again for every write).
+    key: Mutex<Option<Zeroizing<[u8; 32]>>>,
+    /// Held while writing: writers share one temporary file name.
+    writing: Mutex<()>,
+    /// Changes not written yet.
+    dirty: AtomicBool,
+    /// A deferred write is scheduled.
+    scheduled: AtomicBool,
+}
+
 /// This device's messaging state for one signed-in user.
 pub struct Messenger {
     pub(crate) client: Client,
     user_id: String,
-    state_path: PathBuf,
-    key_path: PathBuf,
-    state: Mutex<State>,
+    disk: Arc<Disk>,
+    state: Arc<Mutex<State>>,
     identities: Mutex<HashMap<(String, String), IdentityPublicKey>>,
     /// The ABE public parameters and their version, fetched on first use.
     pub(crate) abe_params: Mutex<Option<crate::abe::CachedParams>>,
@@ -107,7 +128,7 @@ impl std::fmt::Debug for Messenger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Messenger")
             .field("user_id", &self.user_id)
-            .field("state_path", &self.state_path)
+            .field("state_path", &self.disk.state_path)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +163,74 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SdkError> {
     std::fs::rename(&tmp, path).map_err(fail)
 }
 
+/// Seals the state under the local key (read once, or created on first use) and replaces the
+/// state file.
+fn write_state(state: &Mutex<State>, disk: &Disk) -> Result<(), SdkError> {
+    let _writing = disk
+        .writing
+        .lock()
+        .map_err(|_| SdkError::Local("device state is unusable after an earlier failure".to_owned()))?;
+    // Cleared before the snapshot: a change made after it marks the state dirty again.
+    disk.dirty.store(false, Ordering::SeqCst);
+    let json = {
+        let state = state
+            .lock()
+            .map_err(|_| SdkError::Local("device state is unusable after an earlier failure".to_owned()))?;
+        Zeroizing::new(serde_json::to_vec(&*state).map_err(|error| local("serializing device state", error))?)
+    };
+    let result = seal_and_write(&json, disk);
+    if result.is_err() {
+        disk.dirty.store(true, Ordering::SeqCst);
+    }
+    result
+}
+
+fn seal_and_write(json: &[u8], disk: &Disk) -> Result<(), SdkError> {
+    let mut cached = disk
+        .key
+        .lock()
+        .map_err(|_| SdkError::Local("device state is unusable after an earlier failure".to_owned()))?;
+    let key = match cached.as_ref() {
+        Some(key) => key.clone(),
+        None => {
+            let key = match std::fs::read(&disk.key_path) {
+                Ok(bytes) => {
+                    let bytes = Zeroizing::new(bytes);
+                    let key: [u8; 32] = bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| SdkError::Local(format!("{} is not a 32-byte key", disk.key_path.display())))?;
+                    Zeroizing::new(key)
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    let key = caremesh_crypto::primitives::random_array::<32>()
+                        .map_err(|error| crypto("generating a local key", error))?;
+                    write_private(&disk.key_path, key.as_slice())?;
+                    key
+                }
+                Err(error) => return Err(local(&format!("cannot read {}", disk.key_path.display()), error)),
+            };
+            *cached = Some(key.clone());
+            key
+        }
+    };
+    drop(cached);
+    let nonce =
+        caremesh_crypto::primitives::random_array::<12>().map_err(|error| crypto("generating a nonce", error))?;
+    let ciphertext = caremesh_crypto::primitives::aes256gcm_seal(&key, &nonce, b"caremesh-sdk-device-state-v1", json)
+        .map_err(|error| crypto("sealing device state", error))?;
+    let mut file = nonce.to_vec();
+    file.extend_from_slice(&ciphertext);
+    write_private(&disk.state_path, &file)
+}
+
+impl Drop for Messenger {
+    fn drop(&mut self) {
+        // Deferred changes are written before the state goes away.
+        let _ = self.flush();
+    }
+}
+
 impl Messenger {
     /// Loads this profile's device keys from `dir` (or generates them on first use) and makes
     /// sure the key directory has them (publishing, topping up, rotating as needed).
@@ -167,9 +256,15 @@ impl Messenger {
         let messenger = Self {
             client,
             user_id: session.user_id.clone(),
-            state_path,
-            key_path,
-            state: Mutex::new(state),
+            disk: Arc::new(Disk {
+                state_path,
+                key_path,
+                key: Mutex::new(None),
+                writing: Mutex::new(()),
+                dirty: AtomicBool::new(false),
+                scheduled: AtomicBool::new(false),
+            }),
+            state: Arc::new(Mutex::new(state)),
             identities: Mutex::new(HashMap::new()),
             abe_params: Mutex::new(None),
             parsed_keys: Mutex::new(HashMap::new()),
@@ -213,34 +308,42 @@ impl Messenger {
             .map_err(|error| local(&format!("{} is not device state", state_path.display()), error))
     }
 
-    /// Writes the state (sealed under the local key, created on first use).
+    /// Writes the state now (sealed under the local key, created on first use).
     pub(crate) fn persist(&self) -> Result<(), SdkError> {
-        let json = {
-            let state = self.lock()?;
-            Zeroizing::new(serde_json::to_vec(&*state).map_err(|error| local("serializing device state", error))?)
+        write_state(&self.state, &self.disk)
+    }
+
+    /// Writes the state within [`OPENED_WRITE_DELAY`] (at once outside a tokio runtime), once
+    /// for all changes made until then. Only for changes whose loss in a crash loses nothing
+    /// (see [`OPENED_WRITE_DELAY`]); everything else is written with [`Self::persist`].
+    fn persist_soon(&self) -> Result<(), SdkError> {
+        self.disk.dirty.store(true, Ordering::SeqCst);
+        if self.disk.scheduled.swap(true, Ordering::SeqCst) {
+            return Ok(()); // the scheduled write will include this change
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.disk.scheduled.store(false, Ordering::SeqCst);
+            return self.persist();
         };
-        let key = match std::fs::read(&self.key_path) {
-            Ok(bytes) => Zeroizing::new(bytes),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let key = caremesh_crypto::primitives::random_array::<32>()
-                    .map_err(|error| crypto("generating a local key", error))?;
-                write_private(&self.key_path, key.as_slice())?;
-                Zeroizing::new(key.to_vec())
+        let state = Arc::clone(&self.state);
+        let disk = Arc::clone(&self.disk);
+        runtime.spawn(async move {
+            tokio::time::sleep(OPENED_WRITE_DELAY).await;
+            disk.scheduled.store(false, Ordering::SeqCst);
+            if disk.dirty.load(Ordering::SeqCst) {
+                // A failure leaves the change unwritten: the next write (or the drop) retries.
+                let _ = tokio::task::spawn_blocking(move || write_state(&state, &disk)).await;
             }
-            Err(error) => return Err(local(&format!("cannot read {}", self.key_path.display()), error)),
-        };
-        let key: &[u8; 32] = key
-            .as_slice()
-            .try_into()
-            .map_err(|_| SdkError::Local(format!("{} is not a 32-byte key", self.key_path.display())))?;
-        let nonce =
-            caremesh_crypto::primitives::random_array::<12>().map_err(|error| crypto("generating a nonce", error))?;
-        let ciphertext =
-            caremesh_crypto::primitives::aes256gcm_seal(key, &nonce, b"caremesh-sdk-device-state-v1", &json)
-                .map_err(|error| crypto("sealing device state", error))?;
-        let mut file = nonce.to_vec();
-        file.extend_from_slice(&ciphertext);
-        write_private(&self.state_path, &file)
+        });
+        Ok(())
+    }
+
+    /// Writes any deferred changes now.
+    pub fn flush(&self) -> Result<(), SdkError> {
+        if self.disk.dirty.load(Ordering::SeqCst) {
+            self.persist()?;
+        }
+        Ok(())
     }
 
     pub(crate) fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, SdkError> {
@@ -509,7 +612,7 @@ impl Messenger {
             (plaintext, spent)
         };
         if spent {
-            self.persist()?;
+            self.persist_soon()?;
         }
         Ok(Content::Plain(plaintext))
     }

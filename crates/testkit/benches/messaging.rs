@@ -12,7 +12,8 @@
 //! Goals (issue #4): messaging at least 40% of the echo's rate on SQLite, 30% on PostgreSQL.
 //!
 //! Run: `cargo bench -p caremesh-testkit --bench messaging` (env `BENCH_CONVERSATIONS`,
-//! `BENCH_MESSAGES` to change the load).
+//! `BENCH_MESSAGES` to change the load, `BENCH_FLOOR_MESSAGES` for the crypto floor's messages
+//! per thread).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
@@ -39,6 +40,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
+}
+
+/// CPU time (user + system) this process has used so far, where the OS tells (Linux).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // Clock ticks; 100 per second on Linux.
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 struct Figures {
@@ -100,6 +112,120 @@ async fn echo(mesh: &TestMesh, conversations: usize, per_task: usize, pace: Opti
     let elapsed = started.elapsed();
     echo.stop().await;
     figures(latencies, elapsed)
+}
+
+/// What the cryptography alone allows on this machine, measured in the same run. Per message: the
+/// recipient's bundle is verified (identity binding and signed-prekey signature: two Ed25519
+/// verifications), the message is sealed to the recipient (fresh ephemeral key; DH with the
+/// identity, signed and one-time prekey) and to the sender's own keys (fresh ephemeral key, three
+/// DHs), and the recipient opens it (four DHs): 13 X25519 operations, 2 Ed25519 verifications,
+/// 3 HKDF and 3 AES-256-GCM of 1 KB. No network, no storage, no server: one OS thread per core,
+/// each with its own sender and recipient keys.
+struct CryptoFloor {
+    threads: usize,
+    /// Messages per second, all cores.
+    rate: f64,
+    /// The same without the two signature checks (a bundle verified once per key and cached).
+    rate_unverified: f64,
+    /// Single-thread costs, in microseconds: one X25519 key generation, one Ed25519 verification.
+    x25519_us: f64,
+    ed25519_verify_us: f64,
+}
+
+fn crypto_floor(messages_per_thread: usize) -> CryptoFloor {
+    use caremesh_crypto::{DeviceKeys, MessageContext, new_id, open, seal, seal_to_self, verify_bundle};
+    use caremesh_proto::messaging::v1 as pb;
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let body = vec![b'm'; 1024];
+    // Returns messages per second over all threads (each thread times its own loop).
+    let run = |verify_each: bool| {
+        let elapsed: Vec<Duration> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let body = &body;
+                    scope.spawn(move || {
+                        let sender_id = new_id();
+                        let recipient_id = new_id();
+                        let mut sender = DeviceKeys::generate(&sender_id).unwrap();
+                        let mut recipient = DeviceKeys::generate(&recipient_id).unwrap();
+                        let published = recipient.publish_request(0).unwrap();
+                        let sender_identity =
+                            caremesh_crypto::verify_identity(&sender.identity_proto().unwrap(), &sender_id).unwrap();
+                        // One-time prekeys are made ahead of time by the recipient's device.
+                        let mut prekeys = Vec::with_capacity(messages_per_thread);
+                        while prekeys.len() < messages_per_thread {
+                            let batch = (messages_per_thread - prekeys.len()).min(100);
+                            prekeys.extend(recipient.top_up_request(batch).unwrap().one_time_prekeys);
+                        }
+                        let bundles: Vec<pb::KeyBundle> = prekeys
+                            .into_iter()
+                            .map(|prekey| pb::KeyBundle {
+                                user_id: recipient_id.clone(),
+                                identity_key: published.identity_key.clone(),
+                                signed_prekey: published.signed_prekey.clone(),
+                                one_time_prekey: Some(prekey),
+                            })
+                            .collect();
+                        let preverified: Vec<_> = if verify_each {
+                            Vec::new()
+                        } else {
+                            bundles
+                                .iter()
+                                .map(|bundle| verify_bundle(bundle, &recipient_id).unwrap())
+                                .collect()
+                        };
+                        let started = Instant::now();
+                        for (index, bundle) in bundles.iter().enumerate() {
+                            let verified = if verify_each {
+                                verify_bundle(bundle, &recipient_id).unwrap()
+                            } else {
+                                preverified[index].clone()
+                            };
+                            let message_id = new_id();
+                            let context = MessageContext {
+                                sender_user_id: &sender_id,
+                                recipient_user_id: &recipient_id,
+                                message_id: &message_id,
+                            };
+                            let envelope = seal(sender.identity(), &context, &verified, body).unwrap();
+                            std::hint::black_box(seal_to_self(&sender, &context, body).unwrap());
+                            let opened = open(&mut recipient, &sender_identity, &context, &envelope).unwrap();
+                            assert_eq!(opened.len(), body.len());
+                        }
+                        let elapsed = started.elapsed();
+                        drop(sender.publish_request(0));
+                        elapsed
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+        });
+        let slowest = elapsed.into_iter().max().unwrap_or_default();
+        (threads * messages_per_thread) as f64 / slowest.as_secs_f64()
+    };
+    let rate = run(true);
+    let rate_unverified = run(false);
+    // Primitive costs on one thread: a one-time prekey is one X25519 key generation (a scalar
+    // multiplication, the same work as a DH); an identity check is one Ed25519 verification.
+    let mut keys = DeviceKeys::generate(&new_id()).unwrap();
+    let started = Instant::now();
+    keys.top_up_request(100).unwrap();
+    let x25519_us = started.elapsed().as_secs_f64() * 1e6 / 100.0;
+    let user_id = new_id();
+    let identity = DeviceKeys::generate(&user_id).unwrap().identity_proto().unwrap();
+    let rounds = 500;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        caremesh_crypto::verify_identity(&identity, &user_id).unwrap();
+    }
+    let ed25519_verify_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
+    CryptoFloor {
+        threads,
+        rate,
+        rate_unverified,
+        x25519_us,
+        ed25519_verify_us,
+    }
 }
 
 struct Pair {
@@ -252,8 +378,17 @@ async fn run(backend: Backend) {
     messaging(&pairs, 2, None).await;
     breakdown(&mesh, &pairs[0]).await;
 
+    let floor_messages = env_number("BENCH_FLOOR_MESSAGES", 400).max(1);
+    let floor = tokio::task::spawn_blocking(move || crypto_floor(floor_messages))
+        .await
+        .unwrap();
     let echo_max = echo(&mesh, conversations, per_task * 4, None).await;
+    let cpu_before = process_cpu();
     let max = messaging(&pairs, per_task, None).await;
+    // Everything in this process (SDK, all five services, SQLite) per message at the maximum rate.
+    let cpu_per_message = cpu_before
+        .zip(process_cpu())
+        .map(|(before, after)| after.saturating_sub(before).as_secs_f64() * 1000.0 / (conversations * per_task) as f64);
     let half_rate = max.rate / 2.0;
     let pace = Duration::from_secs_f64(conversations as f64 / half_rate);
     let half = messaging(&pairs, per_task, Some(pace)).await;
@@ -280,6 +415,9 @@ async fn run(backend: Backend) {
         ms(max.p50),
         ms(max.p99)
     );
+    if let Some(cpu) = cpu_per_message {
+        println!("  CPU per message at max (whole process: SDK, services, database) {cpu:.2} ms");
+    }
     println!(
         "  messaging at half max rate           {:>8.0} msg/s   p50 {:>6.2} ms   p99 {:>6.2} ms   goal p99 < 25 ms: {}",
         half.rate,
@@ -294,10 +432,27 @@ async fn run(backend: Backend) {
         ms(echo_half.p99)
     );
     println!(
+        "  crypto floor, no network ({} threads) {:>8.0} msg/s   = {:.1} % of the echo (bundle signatures checked each time)",
+        floor.threads,
+        floor.rate,
+        floor.rate / echo_max.rate * 100.0
+    );
+    println!(
+        "  crypto floor, signatures cached      {:>8.0} msg/s   = {:.1} % of the echo (X25519 {:.0} us, Ed25519 verify {:.0} us)",
+        floor.rate_unverified,
+        floor.rate_unverified / echo_max.rate * 100.0,
+        floor.x25519_us,
+        floor.ed25519_verify_us
+    );
+    println!(
         "  messaging / echo rate                {:>8.1} %       goal >= {:.0} %: {}",
         share * 100.0,
         goal * 100.0,
         verdict(share >= goal)
+    );
+    println!(
+        "  messaging / crypto floor             {:>8.1} %",
+        max.rate / floor.rate * 100.0
     );
     drop(pairs);
     mesh.shutdown().await;

@@ -605,3 +605,87 @@ async fn a_changed_identity_key_is_refused_until_accepted() {
     assert_eq!(opened.content.text(), "second");
     mesh.shutdown().await;
 }
+
+/// Sending is idempotent by message id: the same request again gets the stored message back (and
+/// it is stored once), the same id with other content is refused.
+#[tokio::test]
+async fn a_resent_message_is_stored_once_and_a_reused_id_is_refused() {
+    for backend in backends() {
+        let mesh = TestMesh::builder().backend(backend.clone()).start().await;
+        let patient = mesh.patient().await;
+        let doctor = mesh.staff(Role::Doctor, &[]).await;
+        let (_p, _pd) = messenger(&mesh, &patient).await;
+        let (_d, _dd) = messenger(&mesh, &doctor).await;
+        let mut keys = KeyDirectoryServiceClient::new(mesh.channel(Service::Messaging, Caller::Anonymous));
+        let mut identity_of = async |user: &TestUser| {
+            keys.get_identity_key(
+                patient
+                    .session
+                    .request(pb::GetIdentityKeyRequest {
+                        user_id: user.user_id.clone(),
+                        key_id: String::new(),
+                    })
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .into_inner()
+            .identity_key
+            .unwrap()
+            .key_id
+        };
+        let own = identity_of(&patient).await;
+        let theirs = identity_of(&doctor).await;
+        // The server checks structure and key ids only; it never opens envelopes.
+        let prekey_id = caremesh_crypto::new_id();
+        let envelope = |sender: &str, recipient: &str, fill: u8| pb::Envelope {
+            version: 1,
+            sender_identity_key_id: sender.to_owned(),
+            recipient_identity_key_id: recipient.to_owned(),
+            recipient_signed_prekey_id: prekey_id.clone(),
+            recipient_one_time_prekey_id: String::new(),
+            ephemeral_public_key: vec![9; 32],
+            nonce: vec![fill; 12],
+            ciphertext: vec![fill; 64],
+        };
+        let message_id = caremesh_crypto::new_id();
+        let request = |fill: u8| pb::SendMessageRequest {
+            message_id: message_id.clone(),
+            content: Some(pb::send_message_request::Content::Direct(pb::DirectContent {
+                recipient_user_id: doctor.user_id.clone(),
+                envelope: Some(envelope(&own, &theirs, fill)),
+            })),
+            sender_copy: Some(envelope(&own, &own, fill)),
+            lifespan: None,
+        };
+        let mut api = MessagingServiceClient::new(mesh.channel(Service::Messaging, Caller::Anonymous));
+        let first = api
+            .send_message(patient.session.request(request(1)).unwrap())
+            .await
+            .unwrap()
+            .into_inner()
+            .message
+            .unwrap();
+        let again = api
+            .send_message(patient.session.request(request(1)).unwrap())
+            .await
+            .unwrap()
+            .into_inner()
+            .message
+            .unwrap();
+        assert_eq!(again, first, "{}: the same message again", backend.name());
+        let other = api
+            .send_message(patient.session.request(request(2)).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(other.code(), tonic::Code::AlreadyExists, "{}", backend.name());
+        let inbox = raw_inbox(&mesh, &doctor).await;
+        assert_eq!(
+            inbox.iter().filter(|message| message.message_id == message_id).count(),
+            1,
+            "{}: stored once",
+            backend.name()
+        );
+        mesh.shutdown().await;
+    }
+}
