@@ -74,7 +74,6 @@ pub(crate) struct Shared {
     pub auditor: Actor,
     pub records: RwLock<Vec<(String, usize)>>,
     pub rotation: Mutex<Rotation>,
-    pub mix: Mix,
     pub body: Vec<u8>,
     pub done: AtomicU64,
     pub failed: AtomicU64,
@@ -233,11 +232,11 @@ async fn execute(shared: &Shared, op: Op, rng: &mut Rng, started: &mut Instant) 
     Ok(Outcome::Done)
 }
 
-async fn worker(shared: Arc<Shared>, seed: u64, deadline: Instant) -> BTreeMap<Op, OpStats> {
+async fn worker(shared: Arc<Shared>, mix: Arc<Mix>, seed: u64, deadline: Instant) -> BTreeMap<Op, OpStats> {
     let mut rng = Rng::new(seed);
     let mut stats: BTreeMap<Op, OpStats> = BTreeMap::new();
     while Instant::now() < deadline {
-        let op = rng.pick(&shared.mix);
+        let op = rng.pick(&mix);
         let mut started = Instant::now();
         let result = execute(&shared, op, &mut rng, &mut started).await;
         let elapsed = started.elapsed();
@@ -320,6 +319,7 @@ pub(crate) struct Phase {
 /// `workers` tasks for `seconds`, with the refresher and (if `show_progress`) the progress line.
 pub(crate) async fn load(
     shared: &Arc<Shared>,
+    mix: &Mix,
     label: &str,
     workers: usize,
     seconds: u64,
@@ -333,8 +333,9 @@ pub(crate) async fn load(
         show_progress.then(|| tokio::spawn(progress(Arc::clone(shared), label.to_owned(), seconds, stop.clone())));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
+    let mix = Arc::new(mix.clone());
     let tasks: Vec<_> = (0..workers)
-        .map(|index| tokio::spawn(worker(Arc::clone(shared), index as u64 + 1, deadline)))
+        .map(|index| tokio::spawn(worker(Arc::clone(shared), Arc::clone(&mix), index as u64 + 1, deadline)))
         .collect();
     let mut stats: BTreeMap<Op, OpStats> = BTreeMap::new();
     let mut failure = None;

@@ -195,7 +195,6 @@ pub async fn run(target: &Target, settings: &Settings) -> Result<Report, LoadErr
         auditor,
         records: RwLock::new(Vec::new()),
         rotation: Mutex::new(Rotation::new(last_steps)),
-        mix: settings.mix.clone(),
         body: vec![b'm'; 1024],
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -228,8 +227,12 @@ pub async fn run(target: &Target, settings: &Settings) -> Result<Report, LoadErr
         settings.warmup_seconds
     );
     if settings.warmup_seconds > 0 {
+        // No logins in the warm-up: on real time they would spend the users' current TOTP
+        // step, and a measured run shorter than a step would then have none.
+        let warmup_mix = settings.mix.without(Op::Login).unwrap_or_else(|| settings.mix.clone());
         let warmup = driver::load(
             &shared,
+            &warmup_mix,
             &format!("{label} warm-up"),
             workers,
             settings.warmup_seconds,
@@ -252,7 +255,15 @@ pub async fn run(target: &Target, settings: &Settings) -> Result<Report, LoadErr
         "[{label}] load: {workers} workers for {} s, mix {}",
         settings.seconds, settings.mix
     );
-    let phase = driver::load(&shared, label, workers, settings.seconds.max(1), settings.progress).await?;
+    let phase = driver::load(
+        &shared,
+        &settings.mix,
+        label,
+        workers,
+        settings.seconds.max(1),
+        settings.progress,
+    )
+    .await?;
     target.memory.after_load(&mut memory);
     let logins = {
         let rotation = lock(&shared.rotation);

@@ -70,6 +70,16 @@ impl Mix {
         &self.0
     }
 
+    /// This mix without `op`; `None` when nothing else is left.
+    pub fn without(&self, op: Op) -> Option<Self> {
+        let rest: Vec<(Op, u32)> = self
+            .0
+            .iter()
+            .map(|(o, weight)| (*o, if *o == op { 0 } else { *weight }))
+            .collect();
+        rest.iter().any(|(_, weight)| *weight > 0).then_some(Self(rest))
+    }
+
     /// Whether `op` can be drawn.
     pub fn includes(&self, op: Op) -> bool {
         self.0.iter().any(|(o, weight)| *o == op && *weight > 0)
@@ -162,6 +172,16 @@ mod tests {
         assert!(Mix::parse("fly=1").unwrap_err().contains("unknown operation"));
         assert!(Mix::parse("login=x").unwrap_err().contains("whole number"));
         assert!(Mix::parse("login=0").unwrap_err().contains("no operation"));
+    }
+
+    #[test]
+    fn a_mix_without_an_operation_never_draws_it() {
+        let rest = Mix::default().without(Op::Login).unwrap();
+        assert!(!rest.includes(Op::Login));
+        assert!(rest.includes(Op::Message));
+        let mut rng = Rng::new(3);
+        assert!((0..2000).all(|_| rng.pick(&rest) != Op::Login));
+        assert_eq!(Mix::parse("login=2").unwrap().without(Op::Login), None);
     }
 
     #[test]
