@@ -4,78 +4,21 @@
 //! file `caremesh up` writes (and removes when it stops).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+mod common;
 
-use caremesh_sdk::ServiceName;
-
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().unwrap().port())
-        .collect()
-}
-
-/// The same environment for `caremesh up` and `caremesh bench`: ports, and auth-svc's
-/// per-address throttles raised (one load generator stands in for many people).
-fn mesh_env(command: &mut Command, ports: &[u16]) {
-    command
-        .env_remove("CAREMESH_DATABASE_URL")
-        .env_remove("CAREMESH_DATA_DIR")
-        .env("CAREMESH_AUTH_LOGIN_RATE_PER_MINUTE", "1000000")
-        .env("CAREMESH_AUTH_REGISTER_RATE_PER_MINUTE", "1000000");
-    for (index, service) in ServiceName::ALL.into_iter().enumerate() {
-        let prefix = service.env_prefix();
-        command
-            .env(
-                format!("CAREMESH_{prefix}_LISTEN"),
-                format!("127.0.0.1:{}", ports[index]),
-            )
-            .env(
-                format!("CAREMESH_{prefix}_OPS_LISTEN"),
-                format!("127.0.0.1:{}", ports[index + 5]),
-            )
-            .env(
-                format!("CAREMESH_{prefix}_ENDPOINT"),
-                format!("127.0.0.1:{}", ports[index]),
-            );
-    }
-}
+use std::process::Command;
 
 #[test]
 fn caremesh_bench_drives_a_running_caremesh_up_with_every_operation_and_no_errors() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let ports = free_ports(10);
-    let mut up = Command::new(env!("CARGO_BIN_EXE_caremesh"));
-    up.args(["up", "--data-dir"])
-        .arg(&data)
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    mesh_env(&mut up, &ports);
-    let mut child = up.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if lines_tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
+    let ports = common::free_ports(10);
+    // auth-svc's per-address throttles raised: one load generator stands in for many people.
+    let common::Up { mut child, .. } = common::start_up(dir.path(), &data, &ports, |command| {
+        command
+            .env("CAREMESH_AUTH_LOGIN_RATE_PER_MINUTE", "1000000")
+            .env("CAREMESH_AUTH_REGISTER_RATE_PER_MINUTE", "1000000");
     });
-    let mut ready = false;
-    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(60)) {
-        if line.contains("Ctrl-C stops the mesh") {
-            ready = true;
-            break;
-        }
-    }
-    assert!(ready, "caremesh up did not come up");
     let pid_file = data.join("caremesh.pid");
     assert_eq!(
         std::fs::read_to_string(&pid_file).unwrap().trim(),
@@ -106,16 +49,12 @@ fn caremesh_bench_drives_a_running_caremesh_up_with_every_operation_and_no_error
         ])
         .arg(&json_path)
         .current_dir(dir.path());
-    mesh_env(&mut bench, &ports);
+    common::mesh_env(&mut bench, &ports);
     let output = bench.output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
 
-    let interrupted = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupted.success());
+    common::interrupt(&child);
     let exit = child.wait().unwrap();
 
     assert!(output.status.success(), "caremesh bench failed:\n{stdout}\n{stderr}");

@@ -2,71 +2,22 @@
 //! services healthy, a clean stop on Ctrl-C.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use caremesh_sdk::{Client, ConnectOptions, Health, ServiceName};
 
-/// Free ports, found by binding port 0 (the listeners are dropped before the mesh binds them).
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().unwrap().port())
-        .collect()
-}
-
 #[tokio::test]
 async fn caremesh_up_runs_the_whole_mesh_on_the_embedded_default_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(10);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_caremesh"));
-    command
-        .args(["up", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .current_dir(dir.path())
-        .env_remove("CAREMESH_DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (index, service) in ServiceName::ALL.into_iter().enumerate() {
-        let prefix = service.env_prefix();
-        command
-            .env(
-                format!("CAREMESH_{prefix}_LISTEN"),
-                format!("127.0.0.1:{}", ports[index]),
-            )
-            .env(
-                format!("CAREMESH_{prefix}_OPS_LISTEN"),
-                format!("127.0.0.1:{}", ports[index + 5]),
-            )
-            .env(
-                format!("CAREMESH_{prefix}_ENDPOINT"),
-                format!("127.0.0.1:{}", ports[index]),
-            );
-    }
+    let ports = common::free_ports(10);
     let started = Instant::now();
-    let mut child = command.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    // Keep reading stdout to the end, so the mesh can still print while it stops.
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if lines_tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut banner = String::new();
-    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(60)) {
-        banner.push_str(&line);
-        banner.push('\n');
-        if line.contains("Ctrl-C stops the mesh") {
-            break;
-        }
-    }
+    let common::Up {
+        mut child,
+        lines: lines_rx,
+        banner,
+    } = common::start_up(dir.path(), &dir.path().join("data"), &ports, |_| {});
     let ready_after = started.elapsed();
     assert!(banner.contains("embedded default"), "{banner}");
     assert!(banner.contains("grpcurl -cacert"), "{banner}");
@@ -87,11 +38,7 @@ async fn caremesh_up_runs_the_whole_mesh_on_the_embedded_default_and_stops_on_ct
         assert_eq!(status.health, Health::Serving, "{status:?}");
     }
 
-    let interrupted = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupted.success());
+    common::interrupt(&child);
     let exit = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
