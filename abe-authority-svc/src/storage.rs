@@ -183,29 +183,19 @@ impl MigrationTrait for CreateIssuance {
                 g::Column::PatientId.into_iden(),
             ),
         ] {
-            manager
-                .create_index(
-                    Index::create()
-                        .if_not_exists()
-                        .name(name)
-                        .table(table)
-                        .col(column)
-                        .to_owned(),
-                )
-                .await?;
+            caremesh_runtime::migration::create_index(manager, name, table, vec![column], false).await?;
         }
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            emergency_grant::Entity.into_table_ref(),
-            user_key::Entity.into_table_ref(),
-        ] {
-            manager
-                .drop_table(Table::drop().table(table).if_exists().to_owned())
-                .await?;
-        }
-        Ok(())
+        caremesh_runtime::migration::drop_tables(
+            manager,
+            [
+                emergency_grant::Entity.into_table_ref(),
+                user_key::Entity.into_table_ref(),
+            ],
+        )
+        .await
     }
 }

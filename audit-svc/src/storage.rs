@@ -261,15 +261,9 @@ impl MigrationTrait for CreateAuditTree {
             ("audit_events_entity", vec![E::EntityId], false),
         ];
         for (name, columns, unique) in indexes {
-            let mut index = Index::create();
-            index.name(name).table(event::Entity).if_not_exists();
-            for column in columns {
-                index.col(column);
-            }
-            if unique {
-                index.unique();
-            }
-            manager.create_index(index.to_owned()).await?;
+            let columns = columns.into_iter().map(IntoIden::into_iden).collect();
+            caremesh_runtime::migration::create_index(manager, name, event::Entity.into_table_ref(), columns, unique)
+                .await?;
         }
 
         manager
@@ -366,15 +360,16 @@ impl MigrationTrait for CreateAuditTree {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            alert::Entity.into_table_ref(),
-            signing_key::Entity.into_table_ref(),
-            checkpoint::Entity.into_table_ref(),
-            tree_state::Entity.into_table_ref(),
-            node::Entity.into_table_ref(),
-        ] {
-            manager.drop_table(Table::drop().table(table).to_owned()).await?;
-        }
-        Ok(())
+        caremesh_runtime::migration::drop_tables(
+            manager,
+            [
+                alert::Entity.into_table_ref(),
+                signing_key::Entity.into_table_ref(),
+                checkpoint::Entity.into_table_ref(),
+                tree_state::Entity.into_table_ref(),
+                node::Entity.into_table_ref(),
+            ],
+        )
+        .await
     }
 }

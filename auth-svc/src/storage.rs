@@ -318,34 +318,24 @@ impl MigrationTrait for CreateAuthTables {
                 rt::Column::SessionId.into_iden(),
             ),
         ] {
-            manager
-                .create_index(
-                    Index::create()
-                        .if_not_exists()
-                        .name(name)
-                        .table(table)
-                        .col(column)
-                        .to_owned(),
-                )
-                .await?;
+            caremesh_runtime::migration::create_index(manager, name, table, vec![column], false).await?;
         }
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            signing_key::Entity.into_table_ref(),
-            login_challenge::Entity.into_table_ref(),
-            refresh_token::Entity.into_table_ref(),
-            session::Entity.into_table_ref(),
-            recovery_code::Entity.into_table_ref(),
-            user::Entity.into_table_ref(),
-        ] {
-            manager
-                .drop_table(Table::drop().table(table).if_exists().to_owned())
-                .await?;
-        }
-        Ok(())
+        caremesh_runtime::migration::drop_tables(
+            manager,
+            [
+                signing_key::Entity.into_table_ref(),
+                login_challenge::Entity.into_table_ref(),
+                refresh_token::Entity.into_table_ref(),
+                session::Entity.into_table_ref(),
+                recovery_code::Entity.into_table_ref(),
+                user::Entity.into_table_ref(),
+            ],
+        )
+        .await
     }
 }
 

@@ -26,13 +26,12 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::{Audited, Caller, MessagingDomain, check_uuid_v7};
 use crate::keys::identity_proto;
-use crate::messages::{MAX_CIPHERTEXT_LEN, MessageView, check_envelope, check_lifespan, resend};
+use crate::messages::{MessageView, check_envelope, check_lifespan, check_sealed_body, resend};
 use crate::storage::{GROUP_LOG, KIND_GROUP, delivery, message};
 
 /// Largest CP-ABE encapsulation accepted (a 64-attribute policy needs about 10 KiB).
 pub const MAX_ENCAPSULATED_KEY_LEN: usize = 64 * 1024;
 const MAX_PARAMS_VERSION_LEN: usize = 128;
-const TAG_LEN: usize = 16;
 const SIGNATURE_LEN: usize = 64;
 /// Parsed policies kept for visibility checks (cleared beyond this).
 const MAX_CACHED_POLICIES: usize = 100_000;
@@ -99,18 +98,7 @@ fn check_group_envelope(envelope: &pb::GroupEnvelope, canonical_policy: &str) ->
     }
     check_uuid_v7(&envelope.sender_identity_key_id, "sender_identity_key_id")
         .map_err(|_| bad("sender_identity_key_id must be a canonical UUIDv7 (your identity key id)".to_owned()))?;
-    if envelope.nonce.len() != 12 {
-        return Err(bad("nonce must be 12 bytes".to_owned()));
-    }
-    if envelope.ciphertext.len() < TAG_LEN {
-        return Err(bad("ciphertext is shorter than the 16-byte tag".to_owned()));
-    }
-    if envelope.ciphertext.len() > MAX_CIPHERTEXT_LEN {
-        return Err(bad(format!(
-            "ciphertext is {} bytes; at most {MAX_CIPHERTEXT_LEN} (256 KiB) are accepted",
-            envelope.ciphertext.len()
-        )));
-    }
+    check_sealed_body(&envelope.nonce, &envelope.ciphertext).map_err(bad)?;
     if envelope.encapsulated_key.is_empty() || envelope.encapsulated_key.len() > MAX_ENCAPSULATED_KEY_LEN {
         return Err(bad(format!(
             "encapsulated_key must be 1 to {MAX_ENCAPSULATED_KEY_LEN} bytes (the CP-ABE encapsulation of the data key)"

@@ -157,17 +157,23 @@ pub(crate) fn check_envelope(envelope: &pb::Envelope, what: &str) -> Result<(), 
     if envelope.ephemeral_public_key.len() != 32 {
         return Err(bad("ephemeral_public_key must be 32 bytes".to_owned()));
     }
-    if envelope.nonce.len() != 12 {
-        return Err(bad("nonce must be 12 bytes".to_owned()));
+    check_sealed_body(&envelope.nonce, &envelope.ciphertext).map_err(bad)
+}
+
+/// The AES-256-GCM part every envelope (direct or group) carries: a 12-byte nonce and a
+/// ciphertext of at least the tag and at most [`MAX_CIPHERTEXT_LEN`]. The problem, if any.
+pub(crate) fn check_sealed_body(nonce: &[u8], ciphertext: &[u8]) -> Result<(), String> {
+    if nonce.len() != 12 {
+        return Err("nonce must be 12 bytes".to_owned());
     }
-    if envelope.ciphertext.len() < TAG_LEN {
-        return Err(bad("ciphertext is shorter than the 16-byte tag".to_owned()));
+    if ciphertext.len() < TAG_LEN {
+        return Err("ciphertext is shorter than the 16-byte tag".to_owned());
     }
-    if envelope.ciphertext.len() > MAX_CIPHERTEXT_LEN {
-        return Err(bad(format!(
+    if ciphertext.len() > MAX_CIPHERTEXT_LEN {
+        return Err(format!(
             "ciphertext is {} bytes; at most {MAX_CIPHERTEXT_LEN} (256 KiB) are accepted",
-            envelope.ciphertext.len()
-        )));
+            ciphertext.len()
+        ));
     }
     Ok(())
 }

@@ -283,29 +283,23 @@ impl MigrationTrait for CreateMessagingTables {
             ),
         ];
         for (name, table, columns) in indexes {
-            let mut index = Index::create();
-            index.if_not_exists().name(name).table(table);
-            for column in columns {
-                index.col(column);
-            }
-            manager.create_index(index.to_owned()).await?;
+            caremesh_runtime::migration::create_index(manager, name, table, columns, false).await?;
         }
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            delivery::Entity.into_table_ref(),
-            message::Entity.into_table_ref(),
-            one_time_prekey::Entity.into_table_ref(),
-            signed_prekey::Entity.into_table_ref(),
-            identity_key::Entity.into_table_ref(),
-        ] {
-            manager
-                .drop_table(Table::drop().table(table).if_exists().to_owned())
-                .await?;
-        }
-        Ok(())
+        caremesh_runtime::migration::drop_tables(
+            manager,
+            [
+                delivery::Entity.into_table_ref(),
+                message::Entity.into_table_ref(),
+                one_time_prekey::Entity.into_table_ref(),
+                signed_prekey::Entity.into_table_ref(),
+                identity_key::Entity.into_table_ref(),
+            ],
+        )
+        .await
     }
 }
 
@@ -353,12 +347,8 @@ impl MigrationTrait for AddGroupMessages {
             ),
         ];
         for (name, columns) in indexes {
-            let mut index = Index::create();
-            index.if_not_exists().name(name).table(m::Entity);
-            for column in columns {
-                index.col(column);
-            }
-            manager.create_index(index.to_owned()).await?;
+            caremesh_runtime::migration::create_index(manager, name, m::Entity.into_table_ref(), columns, false)
+                .await?;
         }
         Ok(())
     }

@@ -160,11 +160,10 @@ impl MigrationTrait for CreateRecordsTables {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [record_version::Entity.into_table_ref(), record::Entity.into_table_ref()] {
-            manager
-                .drop_table(Table::drop().table(table).if_exists().to_owned())
-                .await?;
-        }
-        Ok(())
+        caremesh_runtime::migration::drop_tables(
+            manager,
+            [record_version::Entity.into_table_ref(), record::Entity.into_table_ref()],
+        )
+        .await
     }
 }

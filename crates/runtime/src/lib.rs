@@ -22,6 +22,7 @@ pub mod grpc;
 pub mod ids;
 pub mod kek;
 pub mod mesh;
+pub mod migration;
 pub mod outbox;
 pub mod telemetry;
 pub mod time;
