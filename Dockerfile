@@ -26,6 +26,7 @@ FROM build AS planner
 COPY . .
 RUN set -eux; \
     mkdir -p /recipe; \
+    cp -r .cargo /recipe/.cargo; \
     for manifest in Cargo.toml Cargo.lock proto/Cargo.toml */Cargo.toml crates/*/Cargo.toml; do \
       mkdir -p "/recipe/$(dirname "$manifest")"; cp "$manifest" "/recipe/$manifest"; \
     done; \
