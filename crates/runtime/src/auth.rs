@@ -1,7 +1,9 @@
 //! How every service authenticates users: the bearer token from the `authorization` metadata,
 //! verified locally against auth-svc's published Ed25519 keys ([`KeySetVerifier`]), with the
 //! caller's time. Keys are cached; a token naming an unknown key id triggers one refresh (rate
-//! limited), so signing-key rotation needs no restart anywhere.
+//! limited), so signing-key rotation needs no restart anywhere. Tokens whose signature checked
+//! out are remembered ([`VerifiedTokens`]), so a client's every call costs one signature check
+//! per token, not per call.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use caremesh_proto::auth::v1::GetVerificationKeysRequest;
 use caremesh_proto::auth::v1::auth_service_client::AuthServiceClient;
-use caremesh_token::{Claims, TokenError};
+use caremesh_token::{Claims, TokenError, VerifiedTokens};
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 
@@ -112,6 +114,10 @@ pub fn token_error(error: TokenError) -> Error {
 /// hammer auth-svc, and a freshly rotated key is picked up after at most this delay.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How many verified tokens a service remembers (about 1 MiB): more than the live sessions of a
+/// hospital's busiest hour; beyond it, the cache starts over.
+const VERIFIED_TOKENS: usize = 4096;
+
 #[derive(Debug, Default)]
 struct KeyCache {
     keys: HashMap<String, (VerifyingKey, Option<DateTime<Utc>>)>,
@@ -125,6 +131,7 @@ pub struct KeySetVerifier {
     client: AuthServiceClient<MeshChannel>,
     cache: RwLock<KeyCache>,
     refreshing: tokio::sync::Mutex<()>,
+    verified: VerifiedTokens,
 }
 
 impl KeySetVerifier {
@@ -133,6 +140,7 @@ impl KeySetVerifier {
             client: AuthServiceClient::new(auth),
             cache: RwLock::new(KeyCache::default()),
             refreshing: tokio::sync::Mutex::new(()),
+            verified: VerifiedTokens::new(VERIFIED_TOKENS),
         }
     }
 
@@ -218,12 +226,15 @@ impl TokenVerifier for KeySetVerifier {
                 tracing::warn!(%error, "token keys not refreshed; using the cached ones");
             }
         }
-        let checked = caremesh_token::verify(token, |kid| self.lookup(kid, now), now.timestamp());
-        let claims = match checked {
+        let verify = || {
+            self.verified
+                .verify(token, |kid| self.lookup(kid, now), now.timestamp())
+        };
+        let claims = match verify() {
             // A key we have not seen yet (a rotation): fetch the published keys and try again.
             Err(TokenError::UnknownKey(kid)) => {
                 self.refresh(&kid, now).await?;
-                caremesh_token::verify(token, |kid| self.lookup(kid, now), now.timestamp())
+                verify()
             }
             other => other,
         };

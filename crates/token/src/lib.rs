@@ -7,8 +7,11 @@
 //! selects a verification key; the claims are trusted only after the signature checks out, and
 //! after that the expiry and issue time are checked against the caller's clock.
 //!
-//! auth-svc signs ([`sign`]); every service verifies locally ([`verify`]) with the keys auth-svc
-//! publishes, found by key id.
+//! auth-svc signs ([`sign`]); every service verifies locally ([`verify`], or through a
+//! [`VerifiedTokens`] cache) with the keys auth-svc publishes, found by key id.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -119,14 +122,84 @@ pub fn verify(token: &str, lookup: impl FnOnce(&str) -> Option<VerifyingKey>, no
     }
     key.verify_strict(parts.signed.as_bytes(), &parts.signature)
         .map_err(|_| TokenError::BadSignature)?;
-    let claims = parts.claims;
+    check_lifetime(&parts.claims, now)?;
+    Ok(parts.claims)
+}
+
+/// Whether `claims` are valid at `now` (Unix seconds): not expired, not issued in the future.
+fn check_lifetime(claims: &Claims, now: i64) -> Result<(), TokenError> {
     if now >= claims.exp {
         return Err(TokenError::Expired);
     }
     if claims.iat > now + CLOCK_SKEW_SECONDS {
         return Err(TokenError::NotYetValid);
     }
-    Ok(claims)
+    Ok(())
+}
+
+/// Tokens whose signature already checked out, by SHA-256 of the whole token. A client sends the
+/// same token with every call until it expires, and one Ed25519 verification costs more than the
+/// rest of a small call's authentication; a remembered token skips only that. On every use the
+/// lifetime is checked at the caller's `now` and the signing key must still be one `lookup` knows
+/// (not retired), so answers are those of [`verify`]. Bounded: when full, expired entries go, and
+/// if that is not enough, all of them.
+#[derive(Debug)]
+pub struct VerifiedTokens {
+    by_digest: RwLock<HashMap<[u8; 32], Claims>>,
+    capacity: usize,
+}
+
+impl VerifiedTokens {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            by_digest: RwLock::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    /// [`verify`], skipping the signature check for a token verified before.
+    pub fn verify(
+        &self,
+        token: &str,
+        lookup: impl Fn(&str) -> Option<VerifyingKey>,
+        now: i64,
+    ) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let remembered = self
+            .by_digest
+            .read()
+            .ok()
+            .and_then(|verified| verified.get(&digest).cloned());
+        if let Some(claims) = remembered
+            && lookup(&claims.kid).is_some()
+        {
+            check_lifetime(&claims, now)?;
+            return Ok(claims);
+        }
+        let claims = verify(token, lookup, now)?;
+        if let Ok(mut verified) = self.by_digest.write() {
+            if verified.len() >= self.capacity {
+                verified.retain(|_, claims| now < claims.exp);
+                if verified.len() >= self.capacity {
+                    verified.clear();
+                }
+            }
+            verified.insert(digest, claims.clone());
+        }
+        Ok(claims)
+    }
+
+    /// How many tokens are remembered.
+    pub fn len(&self) -> usize {
+        self.by_digest.read().map_or(0, |verified| verified.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]
@@ -150,7 +223,7 @@ mod tests {
         }
     }
 
-    fn lookup(key: &SigningKey) -> impl FnOnce(&str) -> Option<VerifyingKey> + '_ {
+    fn lookup(key: &SigningKey) -> impl Fn(&str) -> Option<VerifyingKey> + '_ {
         move |kid| (kid == key_id(&key.verifying_key())).then(|| key.verifying_key())
     }
 
@@ -216,5 +289,53 @@ mod tests {
             verify(&token, |_| Some(good.verifying_key()), 1_100),
             Err(TokenError::UnknownKey(_))
         ));
+    }
+
+    #[test]
+    fn remembered_tokens_get_the_answers_of_a_full_verification() {
+        let (good, evil) = (key(1), key(2));
+        let cache = VerifiedTokens::new(2);
+        let token = sign(&claims(&good), &good).unwrap();
+        assert_eq!(cache.verify(&token, lookup(&good), 1_100).unwrap(), claims(&good));
+        assert_eq!(cache.len(), 1);
+        // Remembered: still refused once expired, or when its key is no longer known (retired).
+        assert_eq!(cache.verify(&token, lookup(&good), 1_100).unwrap(), claims(&good));
+        assert_eq!(cache.verify(&token, lookup(&good), 1_600), Err(TokenError::Expired));
+        assert_eq!(
+            cache.verify(&token, |_| None, 1_100),
+            Err(TokenError::UnknownKey(claims(&good).kid))
+        );
+        assert_eq!(cache.verify(&token, lookup(&good), 900), Err(TokenError::NotYetValid));
+        // Failures are not remembered: a forged token fails every time.
+        let forged = sign(&claims(&good), &evil).unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                cache.verify(&forged, lookup(&good), 1_100),
+                Err(TokenError::BadSignature)
+            );
+        }
+        assert_eq!(cache.len(), 1);
+        // Bounded: a full cache drops expired entries first, then everything.
+        let later = Claims {
+            iat: 1_500,
+            exp: 2_000,
+            ..claims(&good)
+        };
+        let second = sign(&later, &good).unwrap();
+        cache.verify(&second, lookup(&good), 1_550).unwrap();
+        assert_eq!(cache.len(), 2);
+        let third = sign(
+            &Claims {
+                exp: 2_001,
+                ..later.clone()
+            },
+            &good,
+        )
+        .unwrap();
+        cache.verify(&third, lookup(&good), 1_700).unwrap();
+        assert_eq!(cache.len(), 2, "the expired first token made room");
+        let fourth = sign(&Claims { exp: 2_002, ..later }, &good).unwrap();
+        cache.verify(&fourth, lookup(&good), 1_700).unwrap();
+        assert_eq!(cache.len(), 1, "nothing had expired, so all were dropped");
     }
 }
