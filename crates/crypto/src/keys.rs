@@ -464,6 +464,8 @@ pub struct VerifiedBundle {
     identity: IdentityPublicKey,
     signed_prekey: PublicPrekey,
     one_time_prekey: Option<PublicPrekey>,
+    /// The identity key and signed prekey exactly as verified (none for our own bundle).
+    verified_as: Option<(proto::IdentityKey, proto::SignedPrekey)>,
 }
 
 impl VerifiedBundle {
@@ -486,6 +488,30 @@ impl VerifiedBundle {
     pub fn one_time_prekey(&self) -> Option<&PublicPrekey> {
         self.one_time_prekey.as_ref()
     }
+
+    /// Verifies the same user's next fetched `bundle` as [`verify_bundle`] does, but when its
+    /// identity key and signed prekey are exactly those verified here (the contact has not
+    /// rotated since), their two signatures are not checked again: only the one-time prekey,
+    /// which is never signed, is new.
+    pub fn verify_next(
+        &self,
+        bundle: &proto::KeyBundle,
+        expected_user_id: &str,
+    ) -> Result<VerifiedBundle, CryptoError> {
+        let unchanged = self.verified_as.as_ref().is_some_and(|(identity, signed_prekey)| {
+            self.user_id == expected_user_id
+                && bundle.user_id == expected_user_id
+                && bundle.identity_key.as_ref() == Some(identity)
+                && bundle.signed_prekey.as_ref() == Some(signed_prekey)
+        });
+        if !unchanged {
+            return verify_bundle(bundle, expected_user_id);
+        }
+        Ok(VerifiedBundle {
+            one_time_prekey: bundle.one_time_prekey.as_ref().map(check_one_time_prekey).transpose()?,
+            ..self.clone()
+        })
+    }
 }
 
 /// Verifies a fetched `KeyBundle` of `expected_user_id` (the user the caller asked for, not the
@@ -496,22 +522,23 @@ pub fn verify_bundle(bundle: &proto::KeyBundle, expected_user_id: &str) -> Resul
     if bundle.user_id != expected_user_id {
         return Err(CryptoError::KeyMismatch("the bundle belongs to another user"));
     }
-    let identity = bundle.identity_key.as_ref().ok_or(CryptoError::InvalidKey {
+    let identity_proto = bundle.identity_key.as_ref().ok_or(CryptoError::InvalidKey {
         what: "key bundle",
         reason: "has no identity key",
     })?;
-    let identity = verify_identity(identity, expected_user_id)?;
-    let signed_prekey = bundle.signed_prekey.as_ref().ok_or(CryptoError::InvalidKey {
+    let identity = verify_identity(identity_proto, expected_user_id)?;
+    let signed_prekey_proto = bundle.signed_prekey.as_ref().ok_or(CryptoError::InvalidKey {
         what: "key bundle",
         reason: "has no signed prekey",
     })?;
-    let signed_prekey = verify_signed_prekey(signed_prekey, expected_user_id, &identity)?;
+    let signed_prekey = verify_signed_prekey(signed_prekey_proto, expected_user_id, &identity)?;
     let one_time_prekey = bundle.one_time_prekey.as_ref().map(check_one_time_prekey).transpose()?;
     Ok(VerifiedBundle {
         user_id: expected_user_id.to_owned(),
         identity,
         signed_prekey,
         one_time_prekey,
+        verified_as: Some((identity_proto.clone(), signed_prekey_proto.clone())),
     })
 }
 
@@ -686,6 +713,7 @@ impl DeviceKeys {
                 public_key: self.signed_prekey.public,
             },
             one_time_prekey: None,
+            verified_as: None,
         }
     }
 

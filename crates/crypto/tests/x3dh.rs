@@ -498,9 +498,19 @@ fn bundles_with_bad_signatures_or_owners_are_refused() {
     let mut bad = good.clone();
     bad.user_id = CAROL.to_owned();
     cases.push(("claims another owner", bad));
+    // A bundle verified before does not vouch for a changed one.
+    let verified_before = verify_bundle(&bob.bundle(Some(1)), BOB).unwrap();
     for (what, bundle) in &cases {
         assert!(verify_bundle(bundle, BOB).is_err(), "{what}");
+        assert!(
+            verified_before.verify_next(bundle, BOB).is_err(),
+            "{what}, after a good bundle"
+        );
     }
+    assert!(
+        verified_before.verify_next(&good, CAROL).is_err(),
+        "asked for another user"
+    );
     let mut flipped = good.clone();
     flipped.signed_prekey.as_mut().unwrap().signature[0] ^= 0x01;
     assert_eq!(
@@ -820,4 +830,44 @@ fn publishing_respects_the_upload_limit() {
         caremesh_crypto::check_one_time_prekey(prekey).unwrap();
     }
     assert!(matches!(DeviceKeys::generate(""), Err(CryptoError::InvalidId { .. })));
+}
+
+#[test]
+fn the_next_bundle_of_an_unchanged_contact_reuses_the_signature_checks() {
+    let alice = Device::new(ALICE);
+    let mut bob = Device::new(BOB);
+    let first = bob.verified(Some(0));
+    for (index, one_time) in [Some(1), None, Some(2)].into_iter().enumerate() {
+        let next = first.verify_next(&bob.bundle(one_time), BOB).unwrap();
+        assert_eq!(next.identity(), first.identity());
+        assert_eq!(next.signed_prekey(), first.signed_prekey());
+        assert_eq!(
+            next.one_time_prekey().map(|prekey| prekey.key_id().to_owned()),
+            one_time.map(|n| bob.published.one_time_prekeys[n].key_id.clone())
+        );
+        // And it seals to the right keys.
+        let message_id = new_id();
+        let text = format!("message {index}");
+        let envelope = seal(
+            alice.keys.identity(),
+            &context(ALICE, BOB, &message_id),
+            &next,
+            text.as_bytes(),
+        )
+        .unwrap();
+        let opened = open(
+            &mut bob.keys,
+            &alice.identity(),
+            &context(ALICE, BOB, &message_id),
+            &envelope,
+        )
+        .unwrap();
+        assert_eq!(opened.as_slice(), text.as_bytes());
+    }
+    // After Bob rotates his signed prekey, the new bundle is verified in full and works.
+    bob.keys.rotate_signed_prekey().unwrap();
+    bob.published = bob.keys.publish_request(3).unwrap();
+    let rotated = first.verify_next(&bob.bundle(Some(0)), BOB).unwrap();
+    assert_ne!(rotated.signed_prekey(), first.signed_prekey());
+    assert_eq!(rotated.signed_prekey().key_id(), bob.keys.signed_prekey().key_id());
 }

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use caremesh_crypto::{
-    DeviceKeys, IdentityPublicKey, MessageContext, TrustCheck, TrustStore, new_id, open, seal, seal_to_self,
-    verify_bundle, verify_identity,
+    CryptoError, DeviceKeys, IdentityPublicKey, MessageContext, TrustCheck, TrustStore, VerifiedBundle, new_id, open,
+    seal, seal_to_self, verify_bundle, verify_identity,
 };
 use caremesh_proto::messaging::v1 as pb;
 use caremesh_proto::messaging::v1::key_directory_service_client::KeyDirectoryServiceClient;
@@ -118,6 +118,9 @@ pub struct Messenger {
     disk: Arc<Disk>,
     state: Arc<Mutex<State>>,
     identities: Mutex<HashMap<(String, String), IdentityPublicKey>>,
+    /// Each contact's last verified bundle: their next one, while unrotated, needs no new
+    /// signature checks (see [`VerifiedBundle::verify_next`]).
+    bundles: Mutex<HashMap<String, VerifiedBundle>>,
     /// The ABE public parameters and their version, fetched on first use.
     pub(crate) abe_params: Mutex<Option<crate::abe::CachedParams>>,
     /// Attribute keys already parsed (and point-checked), by key id.
@@ -266,6 +269,7 @@ impl Messenger {
             }),
             state: Arc::new(Mutex::new(state)),
             identities: Mutex::new(HashMap::new()),
+            bundles: Mutex::new(HashMap::new()),
             abe_params: Mutex::new(None),
             parsed_keys: Mutex::new(HashMap::new()),
         };
@@ -457,8 +461,9 @@ impl Messenger {
             .into_inner()
             .bundle
             .ok_or(SdkError::Protocol("no bundle in the answer"))?;
-        let verified =
-            verify_bundle(&bundle, recipient_user_id).map_err(|error| crypto("the recipient's key bundle", error))?;
+        let verified = self
+            .verify_bundle(&bundle, recipient_user_id)
+            .map_err(|error| crypto("the recipient's key bundle", error))?;
         let message_id = new_id();
         let (envelope, sender_copy, pinned) = {
             let mut state = self.lock()?;
@@ -492,6 +497,24 @@ impl Messenger {
             lifespan: lifespan.and_then(|lifespan| prost_types::Duration::try_from(lifespan).ok()),
         };
         self.submit(session, request).await
+    }
+
+    /// Verifies `recipient_user_id`'s fetched bundle, reusing the signature checks of their last
+    /// one when their identity key and signed prekey have not changed.
+    fn verify_bundle(&self, bundle: &pb::KeyBundle, recipient_user_id: &str) -> Result<VerifiedBundle, CryptoError> {
+        let last = self
+            .bundles
+            .lock()
+            .ok()
+            .and_then(|bundles| bundles.get(recipient_user_id).cloned());
+        let verified = match last {
+            Some(last) => last.verify_next(bundle, recipient_user_id)?,
+            None => verify_bundle(bundle, recipient_user_id)?,
+        };
+        if let Ok(mut bundles) = self.bundles.lock() {
+            bundles.insert(recipient_user_id.to_owned(), verified.clone());
+        }
+        Ok(verified)
     }
 
     /// Sends a sealed message, retrying once with the very same request when messaging-svc is
