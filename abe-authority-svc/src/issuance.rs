@@ -14,15 +14,15 @@
 use caremesh_abe::rand_core::OsRng;
 use caremesh_crypto::policy_envelope::seal_user_key;
 use caremesh_proto::abe::v1::SealedUserKey;
-use caremesh_proto::audit::v1::{AuditAction, AuditActor, AuditOutcome};
+use caremesh_proto::audit::v1::{AuditAction, AuditOutcome};
 use caremesh_proto::auth::v1::Role;
 use caremesh_runtime::Error;
 use caremesh_runtime::auth::Principal;
 use caremesh_runtime::clock::SharedClock;
-use caremesh_runtime::db::begin_write;
+use caremesh_runtime::db::Writer;
 use caremesh_runtime::outbox::{Actor, Audited, Outbox};
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
+use sea_orm::{ActiveModelTrait, Set};
 
 use crate::authority::Authority;
 use crate::peers::Peers;
@@ -70,7 +70,8 @@ pub struct EmergencyRequest<'a> {
 pub struct Issuer {
     pub(crate) authority: Authority,
     pub(crate) peers: Peers,
-    pub(crate) db: DatabaseConnection,
+    /// This process's writers, in turn (shared with the audit relay).
+    pub(crate) writer: Writer,
     pub(crate) outbox: Outbox,
     pub(crate) clock: SharedClock,
     pub(crate) settings: AbeSettings,
@@ -108,11 +109,12 @@ impl Issuer {
             outcome,
             reason,
             purpose_of_use: "",
+            emergency: false,
         };
         let actor = actor(principal, source_address);
         match key {
             Ok(key) => {
-                let txn = begin_write(&self.db).await?;
+                let (_turn, txn) = self.writer.begin().await?;
                 store_key(&txn, &key, None).await?;
                 self.outbox
                     .record_action(
@@ -150,6 +152,7 @@ impl Issuer {
             outcome,
             reason,
             purpose_of_use: "ETREAT",
+            emergency: false,
         };
         let checked = check_emergency_request(principal, &request);
         if let Err(error) = checked {
@@ -182,7 +185,7 @@ impl Issuer {
                 return Err(self.denied(&actor, audited(AuditOutcome::Denied, ""), error).await);
             }
         };
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         emergency_grant::ActiveModel {
             grant_id: Set(grant.grant_id.clone()),
             user_id: Set(grant.user_id.clone()),
@@ -194,24 +197,19 @@ impl Issuer {
         .insert(&txn)
         .await?;
         store_key(&txn, &key, Some(&grant.grant_id)).await?;
-        // Built by hand for the emergency flag, which is what makes audit-svc raise the alert.
-        let mut event = self.outbox.new_event();
-        event.actor = Some(AuditActor {
-            user_id: actor.user_id.clone(),
-            role: actor.role.clone(),
-            session_id: actor.session_id.clone(),
-            source_address: actor.source_address.clone(),
-            peer_identity: String::new(),
-        });
-        event.set_action(AuditAction::Execute);
-        event.operation = "RequestEmergencyAccess".to_owned();
-        event.entity_type = "emergency_grant".to_owned();
-        event.entity_id = grant.grant_id.clone();
-        event.patient_id = grant.patient_id.clone();
-        event.set_outcome(AuditOutcome::Success);
-        event.purpose_of_use = "ETREAT".to_owned();
-        event.emergency = true;
-        self.outbox.record(&txn, &event).await?;
+        // The emergency flag is what makes audit-svc raise the alert.
+        self.outbox
+            .record_action(
+                &txn,
+                &actor,
+                Audited {
+                    entity_id: &grant.grant_id,
+                    patient_id: &grant.patient_id,
+                    emergency: true,
+                    ..audited(AuditOutcome::Success, "")
+                },
+            )
+            .await?;
         txn.commit().await?;
         self.outbox.wake_relay();
         Ok((grant, key))
@@ -305,7 +303,7 @@ impl Issuer {
 
     /// Records a refused request, then returns the refusal.
     async fn denied(&self, actor: &Actor, audited: Audited<'_>, error: Error) -> Error {
-        self.outbox.record_refusal(&self.db, actor, audited, error).await
+        self.outbox.record_refusal(&self.writer, actor, audited, error).await
     }
 }
 

@@ -59,7 +59,7 @@ pub async fn serve(
     let issuer = issuance::Issuer {
         authority,
         peers: peers::Peers::new(auth, messaging),
-        db: runtime.db.clone(),
+        writer: runtime.writer.clone(),
         outbox: runtime.outbox.clone(),
         clock: std::sync::Arc::clone(&runtime.clock),
         settings: config.abe,

@@ -5,7 +5,6 @@
 use caremesh_proto::audit::v1::{AuditAction, AuditOutcome};
 use caremesh_runtime::Error;
 use caremesh_runtime::auth::Principal;
-use caremesh_runtime::db::begin_write;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr};
@@ -169,7 +168,7 @@ impl AuthDomain {
             approved_at: Set((status == "active" && new.role != "patient").then_some(now)),
             version: Set(1),
         };
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         let row = row.insert(&txn).await.map_err(|error| match error.sql_err() {
             Some(SqlErr::UniqueConstraintViolation(_)) => {
                 Error::already_exists("USERNAME_TAKEN", "that username is taken; choose another")
@@ -386,7 +385,7 @@ impl AuthDomain {
     pub async fn admin_revoke_sessions(&self, admin: &Principal, caller: &Caller, user_id: &str) -> Result<u64, Error> {
         admin.require_role(&["admin"])?;
         self.find_user(&self.db, user_id).await?;
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         let revoked = revoke_sessions(&txn, user_id, None, "revoked by admin", self.now()).await?;
         self.audit(
             &txn,
@@ -428,7 +427,7 @@ impl AuthDomain {
     {
         admin.require_role(&["admin"])?;
         let now = self.now();
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         let row = self.find_user(&txn, user_id).await?;
         check_etag(etag, row.version, etag_required)?;
         let mut update = user::Entity::update_many()

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use caremesh_proto::audit::v1::{AuditAction, AuditOutcome};
 use caremesh_runtime::Error;
-use caremesh_runtime::db::begin_write;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
 
 use crate::domain::{Audited, AuthDomain, Caller};
@@ -42,7 +41,7 @@ impl AuthDomain {
             .kek
             .seal(&totp_purpose(&id), secret.as_ref())
             .map_err(|error| Error::internal("sealing a TOTP secret", error.to_string()))?;
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         user::ActiveModel {
             id: Set(id.clone()),
             username: Set(BOOTSTRAP_USERNAME.to_owned()),
@@ -130,7 +129,7 @@ impl AuthDomain {
         admin.require_role(&["admin"])?;
         let overlap = self.settings.access_token_ttl + std::time::Duration::from_secs(60);
         let key = self.keys.rotate(&self.db, &self.kek, self.now(), overlap).await?;
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         self.audit(
             &txn,
             caller,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use caremesh_proto::audit::v1::{AuditAction, AuditOutcome};
 use caremesh_runtime::auth::Principal;
 use caremesh_runtime::clock::SharedClock;
+use caremesh_runtime::db::Writer;
 use caremesh_runtime::kek::Kek;
 pub(crate) use caremesh_runtime::outbox::Audited;
 use caremesh_runtime::outbox::{Actor, Outbox};
@@ -65,6 +66,8 @@ impl Caller {
 #[derive(Clone, Debug)]
 pub struct AuthDomain {
     pub(crate) db: DatabaseConnection,
+    /// This process's writers, in turn (shared with the audit relay).
+    pub(crate) writer: Writer,
     pub(crate) clock: SharedClock,
     pub(crate) kek: Arc<Kek>,
     pub(crate) outbox: Outbox,
@@ -91,6 +94,7 @@ impl AuthDomain {
         let parallelism = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         Ok(Self {
             db: runtime.db.clone(),
+            writer: runtime.writer.clone(),
             clock: Arc::clone(&runtime.clock),
             kek: Arc::clone(&runtime.kek),
             outbox: runtime.outbox.clone(),
@@ -163,9 +167,10 @@ impl AuthDomain {
             outcome: AuditOutcome::Denied,
             reason: "",
             purpose_of_use: "HSYSADMIN",
+            emergency: false,
         };
         self.outbox
-            .record_refusal(&self.db, &caller.actor(), audited, refusal)
+            .record_refusal(&self.writer, &caller.actor(), audited, refusal)
             .await
     }
 

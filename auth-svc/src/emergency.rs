@@ -3,7 +3,6 @@
 //! `emergency:<patient_id>`, and no access token outlives the grant it carries.
 
 use caremesh_runtime::Error;
-use caremesh_runtime::db::begin_write;
 use chrono::{DateTime, Utc};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 
@@ -65,7 +64,7 @@ impl AuthDomain {
                 "expire_time must be in the future",
             ));
         }
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         if let Some(existing) = emergency_grant::Entity::find_by_id(grant.grant_id.to_owned())
             .one(&txn)
             .await?

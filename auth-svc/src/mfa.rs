@@ -5,7 +5,6 @@
 use caremesh_proto::audit::v1::{AuditAction, AuditOutcome};
 use caremesh_runtime::Error;
 use caremesh_runtime::auth::Principal;
-use caremesh_runtime::db::begin_write;
 use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
@@ -58,7 +57,7 @@ impl AuthDomain {
             .map_err(|error| Error::internal("sealing a TOTP secret", error.to_string()))?;
         let expires_at =
             self.now() + TimeDelta::from_std(self.settings.enrollment_ttl).unwrap_or(TimeDelta::minutes(10));
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         user::Entity::update_many()
             .col_expr(user::Column::TotpPendingSecret, Expr::value(Some(sealed)))
             .col_expr(user::Column::TotpPendingExpiresAt, Expr::value(Some(expires_at)))
@@ -107,7 +106,7 @@ impl AuthDomain {
             .open(&pending_purpose(&row.id), pending)
             .map_err(|error| Error::internal("unsealing a TOTP secret", error.to_string()))?;
         let Some(step) = totp::verify(&secret, code, now.timestamp(), None) else {
-            let txn = begin_write(&self.db).await?;
+            let (_turn, txn) = self.writer.begin().await?;
             self.audit(
                 &txn,
                 caller,
@@ -124,7 +123,7 @@ impl AuthDomain {
             .kek
             .seal(&totp_purpose(&row.id), &secret)
             .map_err(|error| Error::internal("sealing a TOTP secret", error.to_string()))?;
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         user::Entity::update_many()
             .col_expr(user::Column::TotpSecret, Expr::value(Some(sealed)))
             .col_expr(user::Column::TotpPendingSecret, Expr::value(Option::<Vec<u8>>::None))
@@ -166,7 +165,7 @@ impl AuthDomain {
     ) -> Result<Vec<String>, Error> {
         principal.require_aal2()?;
         self.live_session(principal).await?;
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         let codes = replace_recovery_codes(&txn, &principal.user_id, self.now()).await?;
         self.audit(
             &txn,

@@ -10,7 +10,6 @@
 use caremesh_proto::audit::v1::{AuditAction, AuditOutcome};
 use caremesh_runtime::Error;
 use caremesh_runtime::auth::Principal;
-use caremesh_runtime::db::begin_write;
 use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
@@ -146,7 +145,7 @@ impl AuthDomain {
         } else {
             None
         };
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         if row.failed_attempts != 0 || rehashed.is_some() {
             let mut changes = user::Entity::update_many().col_expr(user::Column::FailedAttempts, Expr::value(0));
             if let Some(rehashed) = rehashed {
@@ -186,7 +185,7 @@ impl AuthDomain {
 
     /// Counts a failed password against the account (locking it at the threshold) and audits it.
     async fn record_failed_login(&self, caller: &Caller, username: &str) -> Result<(), Error> {
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         let row = user::Entity::find()
             .filter(user::Column::Username.eq(username))
             .one(&txn)
@@ -240,7 +239,7 @@ impl AuthDomain {
             None
         };
         if let Some((reason, message)) = refusal {
-            let txn = begin_write(&self.db).await?;
+            let (_turn, txn) = self.writer.begin().await?;
             self.audit(
                 &txn,
                 caller,
@@ -282,7 +281,7 @@ impl AuthDomain {
         self.refuse_unusable_account(&caller, &row, "login_second_factor")
             .await?;
 
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         let accepted = match &factor {
             SecondFactor::Totp(code) => self.accept_totp(&txn, &row, code, now).await?,
             SecondFactor::RecoveryCode(code) => {
@@ -468,7 +467,7 @@ impl AuthDomain {
             .one(&self.db)
             .await?
             .ok_or_else(invalid)?;
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         let current = session::Entity::find_by_id(record.session_id.clone())
             .one(&txn)
             .await?
@@ -554,7 +553,7 @@ impl AuthDomain {
             // Logging out twice is not an error.
             return Ok(());
         };
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         let ended = session::Entity::update_many()
             .col_expr(session::Column::RevokedAt, Expr::value(Some(now)))
             .col_expr(session::Column::RevokedReason, Expr::value(Some("logout".to_owned())))
@@ -617,7 +616,7 @@ impl AuthDomain {
         password::check_strength(new, &row.username, &row.display_name)?;
         let hash = self.hash_password(new).await?;
         let now = self.now();
-        let txn = begin_write(&self.db).await?;
+        let (_turn, txn) = self.writer.begin().await?;
         user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, Expr::value(hash))
             .col_expr(user::Column::UpdatedAt, Expr::value(now))

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use caremesh_proto::audit::v1::AuditOutcome;
 use caremesh_runtime::auth::Principal;
 use caremesh_runtime::clock::SharedClock;
+use caremesh_runtime::db::{WriteTxn, Writer};
 use caremesh_runtime::outbox::Outbox;
 use caremesh_runtime::{Error, ServiceName, ServiceRuntime};
 use chrono::{DateTime, Utc};
@@ -39,15 +39,11 @@ pub struct MessagingDomain {
     pub(crate) shutdown: CancellationToken,
     /// PostgreSQL only: the NOTIFY channel and the advisory lock that orders deliveries.
     pub(crate) pg: Option<Arc<PgLive>>,
-    /// SQLite only: this process's writers queue here instead of in SQLite's busy handler,
-    /// which sleeps in steps of up to 100 ms under contention.
-    pub(crate) write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// This process's writers, in turn (shared with the audit relay).
+    pub(crate) writer: Writer,
     /// The policies of stored group messages, parsed (see `groups`).
     pub(crate) group_policies: Arc<std::sync::Mutex<GroupPolicies>>,
 }
-
-/// A write transaction and, on SQLite, this process's turn to write.
-pub(crate) type WriteTxn = (Option<tokio::sync::OwnedMutexGuard<()>>, sea_orm::DatabaseTransaction);
 
 #[derive(Debug)]
 pub(crate) struct PgLive {
@@ -72,9 +68,8 @@ impl MessagingDomain {
         } else {
             None
         };
-        let write_gate = pg.is_none().then(|| Arc::new(tokio::sync::Mutex::new(())));
         let domain = Self {
-            write_gate,
+            writer: runtime.writer.clone(),
             db: runtime.db.clone(),
             clock: Arc::clone(&runtime.clock),
             outbox: runtime.outbox.clone(),
@@ -104,18 +99,13 @@ impl MessagingDomain {
     /// On SQLite, this process's turn to write (hold it until the write is done); on PostgreSQL
     /// nothing. For single autocommit statements; transactions use [`Self::begin_write`].
     pub(crate) async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        match &self.write_gate {
-            Some(gate) => Some(Arc::clone(gate).lock_owned().await),
-            None => None,
-        }
+        self.writer.turn().await
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, after this process's earlier
     /// writers). Keep the guard until the commit.
     pub(crate) async fn begin_write(&self) -> Result<WriteTxn, Error> {
-        let turn = self.write_turn().await;
-        let txn = caremesh_runtime::db::begin_write(&self.db).await?;
-        Ok((turn, txn))
+        Ok(self.writer.begin().await?)
     }
 
     /// Whether `sender` may write to `recipient_id` (and fetch their bundle): patients to doctors
@@ -174,26 +164,11 @@ impl MessagingDomain {
 
     /// Records a refused access in its own transaction, then returns the refusal.
     pub(crate) async fn denied(&self, caller: &Caller, audited: Audited<'_>, error: Error) -> Error {
-        let reason = error.reason().to_owned();
-        let record = async {
-            let (_turn, txn) = self.begin_write().await?;
-            self.audit(
-                &txn,
-                caller,
-                Audited {
-                    outcome: AuditOutcome::Denied,
-                    reason: &reason,
-                    ..audited
-                },
-            )
-            .await?;
-            txn.commit().await?;
-            Ok::<(), Error>(())
+        let audited = Audited {
+            purpose_of_use: "TREAT",
+            ..audited
         };
-        if let Err(audit_error) = record.await {
-            tracing::error!(reason = audit_error.reason(), "could not record a denied access");
-        }
-        error
+        self.outbox.record_refusal(&self.writer, caller, audited, error).await
     }
 
     /// Inside a write transaction that adds deliveries for `user_id`: on PostgreSQL, takes a

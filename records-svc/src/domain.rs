@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
-use caremesh_proto::audit::v1::{AuditAction, AuditActor, AuditOutcome};
+use caremesh_proto::audit::v1::{AuditAction, AuditOutcome};
 use caremesh_runtime::auth::Principal;
 use caremesh_runtime::clock::SharedClock;
-use caremesh_runtime::outbox::Outbox;
+use caremesh_runtime::db::{WriteTxn, Writer};
+use caremesh_runtime::outbox::{Audited, Outbox};
 use caremesh_runtime::{Error, ServiceName, ServiceRuntime};
 use chrono::{DateTime, SubsecRound, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 use crate::identities::Identities;
 
@@ -27,12 +28,9 @@ pub struct RecordsDomain {
     pub(crate) clock: SharedClock,
     pub(crate) outbox: Outbox,
     pub(crate) identities: Arc<Identities>,
-    /// SQLite only: this process's writers queue here instead of in SQLite's busy handler.
-    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// This process's writers, in turn (shared with the audit relay).
+    writer: Writer,
 }
-
-/// A write transaction and, on SQLite, this process's turn to write.
-pub(crate) type WriteTxn = (Option<tokio::sync::OwnedMutexGuard<()>>, sea_orm::DatabaseTransaction);
 
 /// What an audit event of records-svc says, besides who acted.
 #[derive(Clone, Copy, Debug)]
@@ -64,6 +62,28 @@ impl<'a> Access<'a> {
     pub fn emergency(self, emergency: bool) -> Self {
         Self { emergency, ..self }
     }
+
+    /// The audit event's fields for this access by `caller`.
+    fn audited(self, caller: &Caller, outcome: AuditOutcome, reason: &'a str) -> Audited<'a> {
+        let purpose_of_use = if self.emergency {
+            "ETREAT"
+        } else if caller.role == "patient" {
+            "PATRQT"
+        } else {
+            "TREAT"
+        };
+        Audited {
+            action: self.action,
+            operation: self.operation,
+            entity_type: ENTITY_TYPE,
+            entity_id: self.record_id,
+            patient_id: self.patient_id,
+            outcome,
+            reason,
+            purpose_of_use,
+            emergency: self.emergency,
+        }
+    }
 }
 
 /// A granted access to one record version: whether it needed emergency access.
@@ -77,13 +97,12 @@ impl RecordsDomain {
         let messaging = runtime
             .channel(ServiceName::Messaging, Default::default())
             .map_err(|error| Error::internal("messaging-svc channel", error))?;
-        let sqlite = runtime.db.get_database_backend() == DbBackend::Sqlite;
         Ok(Self {
             db: runtime.db.clone(),
             clock: Arc::clone(&runtime.clock),
             outbox: runtime.outbox.clone(),
             identities: Arc::new(Identities::new(messaging)),
-            write_gate: sqlite.then(|| Arc::new(tokio::sync::Mutex::new(()))),
+            writer: runtime.writer.clone(),
         })
     }
 
@@ -95,12 +114,7 @@ impl RecordsDomain {
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, after this process's earlier
     /// writers). Keep the guard until the commit.
     pub(crate) async fn begin_write(&self) -> Result<WriteTxn, Error> {
-        let turn = match &self.write_gate {
-            Some(gate) => Some(Arc::clone(gate).lock_owned().await),
-            None => None,
-        };
-        let txn = caremesh_runtime::db::begin_write(&self.db).await?;
-        Ok((turn, txn))
+        Ok(self.writer.begin().await?)
     }
 
     /// Writes an audit event through `conn` (the transaction of the change it describes).
@@ -112,31 +126,9 @@ impl RecordsDomain {
         outcome: AuditOutcome,
         reason: &str,
     ) -> Result<(), Error> {
-        let mut event = self.outbox.new_event();
-        event.actor = Some(AuditActor {
-            user_id: caller.user_id.clone(),
-            role: caller.role.clone(),
-            session_id: caller.session_id.clone(),
-            source_address: caller.source_address.clone(),
-            peer_identity: String::new(),
-        });
-        event.set_action(access.action);
-        event.operation = access.operation.to_owned();
-        event.entity_type = ENTITY_TYPE.to_owned();
-        event.entity_id = access.record_id.to_owned();
-        event.patient_id = access.patient_id.to_owned();
-        event.set_outcome(outcome);
-        event.outcome_reason = reason.to_owned();
-        event.purpose_of_use = if access.emergency {
-            "ETREAT"
-        } else if caller.role == "patient" {
-            "PATRQT"
-        } else {
-            "TREAT"
-        }
-        .to_owned();
-        event.emergency = access.emergency;
-        self.outbox.record(conn, &event).await
+        self.outbox
+            .record_action(conn, caller, access.audited(caller, outcome, reason))
+            .await
     }
 
     /// Records a successful read in its own transaction (the read is refused if it cannot be
@@ -151,18 +143,9 @@ impl RecordsDomain {
 
     /// Records a refused access in its own transaction, then returns the refusal.
     pub(crate) async fn denied(&self, caller: &Caller, access: Access<'_>, error: Error) -> Error {
-        let reason = error.reason().to_owned();
-        let record = async {
-            let (_turn, txn) = self.begin_write().await?;
-            self.audit(&txn, caller, access, AuditOutcome::Denied, &reason).await?;
-            txn.commit().await?;
-            Ok::<(), Error>(())
-        };
-        if let Err(audit_error) = record.await {
-            tracing::error!(reason = audit_error.reason(), "could not record a denied access");
-        }
-        self.outbox.wake_relay();
-        error
+        // (The outcome and reason are set from the refusal.)
+        let audited = access.audited(caller, AuditOutcome::Denied, "");
+        self.outbox.record_refusal(&self.writer, caller, audited, error).await
     }
 }
 

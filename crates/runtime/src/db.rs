@@ -1,6 +1,7 @@
 //! Database access: SQLite (one file per service) by default, PostgreSQL (one schema per service)
 //! when the URL says so. Migrations run at start.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -9,6 +10,7 @@ use sea_orm::{
     TransactionOptions, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::config::DatabaseConfig;
 
@@ -30,6 +32,50 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
         ..TransactionOptions::default()
     })
     .await
+}
+
+/// A write transaction and, on SQLite, this process's write turn: keep both until the commit.
+pub type WriteTxn = (Option<OwnedMutexGuard<()>>, DatabaseTransaction);
+
+/// This process's writers to its database, in turn. SQLite lets one transaction write at a time,
+/// and a writer that finds the file locked sleeps in SQLite's busy handler (1 ms, then longer)
+/// with everything it holds; so this process's writers queue here instead, in arrival order, and
+/// reach SQLite when it is free. (Writers in other processes, such as a backup, still meet the
+/// busy timeout.) PostgreSQL locks rows, not the database: there writers go straight through.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    db: DatabaseConnection,
+    turn: Option<Arc<Mutex<()>>>,
+}
+
+impl Writer {
+    pub fn new(db: DatabaseConnection) -> Self {
+        let sqlite = db.get_database_backend() == sea_orm::DbBackend::Sqlite;
+        Self {
+            turn: sqlite.then(|| Arc::new(Mutex::new(()))),
+            db,
+        }
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// This process's turn to write, for one autocommit statement: hold it until the statement
+    /// is done. `None` on PostgreSQL.
+    pub async fn turn(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.turn {
+            Some(turn) => Some(Arc::clone(turn).lock_owned().await),
+            None => None,
+        }
+    }
+
+    /// Begins a write transaction ([`begin_write`]) in this process's turn.
+    pub async fn begin(&self) -> Result<WriteTxn, DbErr> {
+        let turn = self.turn().await;
+        let txn = begin_write(&self.db).await?;
+        Ok((turn, txn))
+    }
 }
 
 /// Connects without migrating (for tools that read a service's database directly).

@@ -147,6 +147,9 @@ pub struct ServiceRuntime {
     pub kek: Arc<Kek>,
     pub tls: Arc<ReloadingMaterial>,
     pub outbox: Outbox,
+    /// This process's writers to `db`, in turn (see [`db::Writer`]): the relay and the service
+    /// share it.
+    pub writer: db::Writer,
     /// Verifies users' access tokens with auth-svc's published keys.
     pub tokens: Arc<dyn TokenVerifier>,
     shutdown: CancellationToken,
@@ -167,6 +170,7 @@ impl ServiceRuntime {
         let auth = mesh_channel(&config, &tls, ServiceName::Auth, ChannelOptions::default())?;
         Ok(Self {
             outbox: Outbox::new(service, Arc::clone(&clock)),
+            writer: db::Writer::new(db.clone()),
             tokens: Arc::new(KeySetVerifier::new(auth)),
             config,
             db,
@@ -215,7 +219,7 @@ impl ServiceRuntime {
                 ..ChannelOptions::default()
             },
         )?;
-        let relay = self.outbox.relay(self.db.clone(), relay_channel, self.config.relay);
+        let relay = self.outbox.relay(self.writer.clone(), relay_channel, self.config.relay);
         let relay_task = tokio::spawn(relay.run(token.child_token()));
 
         let MeshRouter { routes, names } = router;

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::clock::SharedClock;
 use crate::config::RelayConfig;
+use crate::db::Writer;
 use crate::mesh::MeshChannel;
 use crate::{Error, ServiceName, telemetry};
 
@@ -109,6 +110,8 @@ pub struct Audited<'a> {
     pub reason: &'a str,
     /// HL7 PurposeOfUse: `TREAT`, `ETREAT`, `HSYSADMIN`, ...
     pub purpose_of_use: &'a str,
+    /// Done under emergency access (break-glass).
+    pub emergency: bool,
 }
 
 /// Writes audit events into the service's outbox.
@@ -182,20 +185,15 @@ impl Outbox {
         event.set_outcome(audited.outcome);
         event.outcome_reason = audited.reason.to_owned();
         event.purpose_of_use = audited.purpose_of_use.to_owned();
+        event.emergency = audited.emergency;
         self.record(conn, &event).await
     }
 
     /// Records that `actor` was refused `audited` (outcome DENIED, the refusal's reason) in a
-    /// transaction of its own on `db`, and returns the refusal. A refusal changes nothing, so
+    /// transaction of its own (in `writer`'s turn), and returns the refusal. A refusal changes nothing, so
     /// there is no change to share a transaction with; if even this write fails, the failure is
     /// logged and the caller still gets the refusal.
-    pub async fn record_refusal(
-        &self,
-        db: &DatabaseConnection,
-        actor: &Actor,
-        audited: Audited<'_>,
-        refusal: Error,
-    ) -> Error {
+    pub async fn record_refusal(&self, writer: &Writer, actor: &Actor, audited: Audited<'_>, refusal: Error) -> Error {
         let reason = refusal.reason().to_owned();
         let audited = Audited {
             outcome: AuditOutcome::Denied,
@@ -203,7 +201,7 @@ impl Outbox {
             ..audited
         };
         let record = async {
-            let txn = crate::db::begin_write(db).await?;
+            let (_turn, txn) = writer.begin().await?;
             self.record_action(&txn, actor, audited).await?;
             txn.commit().await?;
             Ok::<(), Error>(())
@@ -224,9 +222,9 @@ impl Outbox {
     }
 
     /// The relay that ships this outbox to audit-svc.
-    pub fn relay(&self, db: DatabaseConnection, audit: MeshChannel, config: RelayConfig) -> Relay {
+    pub fn relay(&self, writer: Writer, audit: MeshChannel, config: RelayConfig) -> Relay {
         Relay {
-            db,
+            writer,
             client: AuditInternalServiceClient::new(audit),
             config,
             wake: Arc::clone(&self.wake),
@@ -295,7 +293,7 @@ pub fn validate_event(event: &AuditEvent) -> Result<(), Error> {
 /// Ships outbox rows to audit-svc and deletes them once accepted.
 #[derive(Debug)]
 pub struct Relay {
-    db: DatabaseConnection,
+    writer: Writer,
     client: AuditInternalServiceClient<MeshChannel>,
     config: RelayConfig,
     wake: Arc<Notify>,
@@ -340,7 +338,7 @@ impl Relay {
         let rows = entity::Entity::find()
             .order_by_asc(entity::Column::EventId)
             .limit(self.config.batch_size)
-            .all(&self.db)
+            .all(self.writer.db())
             .await?;
         if rows.is_empty() {
             return Ok(0);
@@ -366,9 +364,12 @@ impl Relay {
             .await
             .map_err(|status| Error::unavailable("AUDIT_UNAVAILABLE", format!("audit-svc: {}", status.message())))?;
         let shipped = ids.len();
+        // In the service's write turn: on SQLite, colliding with one of its writes would put
+        // one of the two to sleep in the busy handler.
+        let _turn = self.writer.turn().await;
         entity::Entity::delete_many()
             .filter(entity::Column::EventId.is_in(ids))
-            .exec(&self.db)
+            .exec(self.writer.db())
             .await?;
         Ok(shipped)
     }
