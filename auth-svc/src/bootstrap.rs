@@ -128,7 +128,7 @@ impl AuthDomain {
     ) -> Result<crate::keys::PublishedKey, Error> {
         admin.require_role(&["admin"])?;
         let overlap = self.settings.access_token_ttl + std::time::Duration::from_secs(60);
-        let key = self.keys.rotate(&self.db, &self.kek, self.now(), overlap).await?;
+        let key = self.keys.rotate(&self.writer, &self.kek, self.now(), overlap).await?;
         let (_turn, txn) = self.writer.begin().await?;
         self.audit(
             &txn,

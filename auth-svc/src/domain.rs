@@ -88,7 +88,7 @@ pub struct AuthDomain {
 impl AuthDomain {
     pub async fn start(runtime: &ServiceRuntime, settings: AuthSettings) -> Result<Self, Error> {
         let keys = SigningKeys::new();
-        keys.ensure(&runtime.db, &runtime.kek, runtime.clock.now()).await?;
+        keys.ensure(&runtime.writer, &runtime.kek, runtime.clock.now()).await?;
         let cost = settings.password_cost;
         let decoy_hash = hash_blocking(String::new(), cost, true).await?;
         let parallelism = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);

@@ -7,11 +7,11 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use caremesh_runtime::Error;
-use caremesh_runtime::db::begin_write;
+use caremesh_runtime::db::Writer;
 use caremesh_runtime::kek::Kek;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use zeroize::Zeroizing;
 
 use crate::storage::signing_key;
@@ -43,8 +43,8 @@ impl SigningKeys {
     }
 
     /// Makes sure a current key exists (creating the first one on a fresh database).
-    pub async fn ensure(&self, db: &DatabaseConnection, kek: &Kek, now: DateTime<Utc>) -> Result<(), Error> {
-        let txn = begin_write(db).await?;
+    pub async fn ensure(&self, writer: &Writer, kek: &Kek, now: DateTime<Utc>) -> Result<(), Error> {
+        let (_turn, txn) = writer.begin().await?;
         let current = signing_key::Entity::find()
             .filter(signing_key::Column::Current.eq(true))
             .one(&txn)
@@ -53,7 +53,7 @@ impl SigningKeys {
             insert_new(&txn, kek, now).await?;
         }
         txn.commit().await?;
-        self.reload(db, kek).await
+        self.reload(writer.db(), kek).await
     }
 
     /// Re-reads the current key from the database.
@@ -92,13 +92,13 @@ impl SigningKeys {
     /// lifetime), then retires.
     pub async fn rotate(
         &self,
-        db: &DatabaseConnection,
+        writer: &Writer,
         kek: &Kek,
         now: DateTime<Utc>,
         overlap: Duration,
     ) -> Result<PublishedKey, Error> {
         let retire_at = now + chrono::TimeDelta::from_std(overlap).unwrap_or(chrono::TimeDelta::minutes(10));
-        let txn = begin_write(db).await?;
+        let (_turn, txn) = writer.begin().await?;
         for old in signing_key::Entity::find()
             .filter(signing_key::Column::Current.eq(true))
             .all(&txn)
@@ -111,7 +111,7 @@ impl SigningKeys {
         }
         let published = insert_new(&txn, kek, now).await?;
         txn.commit().await?;
-        self.reload(db, kek).await?;
+        self.reload(writer.db(), kek).await?;
         Ok(published)
     }
 
