@@ -116,7 +116,7 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How many verified tokens a service remembers (about 1 MiB): more than the live sessions of a
 /// hospital's busiest hour; beyond it, the cache starts over.
-const VERIFIED_TOKENS: usize = 4096;
+pub const VERIFIED_TOKENS: usize = 4096;
 
 #[derive(Debug, Default)]
 struct KeyCache {

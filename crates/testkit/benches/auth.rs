@@ -2,8 +2,10 @@
 //! - login latency (password step, over mTLS through the real services) next to the raw
 //!   Argon2id verification time with the same parameters: the goal is that the hash is at least
 //!   90% of a login, i.e. the service adds little on top of the deliberate cost;
-//! - access-token verifications per second on one core, through the runtime's verifier (cached
-//!   keys) and through the bare token check: the goal is at least 30,000 per second per core.
+//! - access-token verifications per second on one core: a token the runtime's verifier sees for
+//!   the first time (the remembered-token cache misses: digest, signature check, insert; the goal,
+//!   at least 30,000 per second per core, is judged here), a token it has verified before (what
+//!   a client's later calls cost), the bare token check and Ed25519 alone.
 //!
 //! Run: `cargo bench -p caremesh-testkit --bench auth`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -102,6 +104,38 @@ async fn run() {
     }
     let bare_rate = f64::from(iterations) / started.elapsed().as_secs_f64();
 
+    // First sight: distinct tokens (signed here, as auth-svc would, with a key of our own)
+    // through the cache the runtime's verifier uses, at its capacity, so every one misses.
+    let first_sight_rate = {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let kid = caremesh_token::key_id(&key.verifying_key());
+        let public = key.verifying_key();
+        let now = now.timestamp();
+        let tokens: Vec<String> = (0..iterations)
+            .map(|n| {
+                let claims = caremesh_token::Claims {
+                    kid: kid.clone(),
+                    sub: format!("0190b0a0-0000-7000-8000-{n:012}"),
+                    role: "doctor".to_owned(),
+                    attrs: vec!["role:doctor".to_owned(), "dept:cardiology".to_owned()],
+                    sid: format!("0190b0a0-0000-7000-8001-{n:012}"),
+                    aal: 2,
+                    iat: now,
+                    exp: now + 600,
+                };
+                caremesh_token::sign(&claims, &key).unwrap()
+            })
+            .collect();
+        let remembered = caremesh_token::VerifiedTokens::new(caremesh_runtime::auth::VERIFIED_TOKENS);
+        let keys = std::sync::RwLock::new(std::collections::HashMap::from([(kid, public)]));
+        let lookup = |kid: &str| keys.read().unwrap().get(kid).copied();
+        let started = Instant::now();
+        for token in &tokens {
+            std::hint::black_box(remembered.verify(std::hint::black_box(token), lookup, now).unwrap());
+        }
+        f64::from(iterations) / started.elapsed().as_secs_f64()
+    };
+
     // The floor under any token check: one Ed25519 signature verification.
     let signing = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let message = session.access_token.as_bytes();
@@ -130,9 +164,13 @@ async fn run() {
         verdict(share >= 0.9)
     );
     println!(
-        "  token verifications, runtime path  {:>9.0} /s per core   goal >= 30000: {}",
-        runtime_rate,
-        verdict(runtime_rate >= 30_000.0)
+        "  token verifications, first sight   {:>9.0} /s per core   goal >= 30000: {}",
+        first_sight_rate,
+        verdict(first_sight_rate >= 30_000.0)
+    );
+    println!(
+        "  token verifications, seen before   {:>9.0} /s per core   (runtime verifier, remembered token)",
+        runtime_rate
     );
     println!("  token verifications, bare check    {:>9.0} /s per core", bare_rate);
     println!(
