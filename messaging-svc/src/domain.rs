@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use caremesh_proto::audit::v1::AuditEvent;
 use caremesh_runtime::auth::Principal;
 use caremesh_runtime::clock::SharedClock;
 use caremesh_runtime::db::{WriteTxn, Writer};
@@ -17,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::group_commit::DirectSends;
 use crate::groups::GroupPolicies;
 use crate::peers::Profiles;
 use crate::settings::MessagingSettings;
@@ -43,6 +45,8 @@ pub struct MessagingDomain {
     pub(crate) writer: Writer,
     /// The policies of stored group messages, parsed (see `groups`).
     pub(crate) group_policies: Arc<std::sync::Mutex<GroupPolicies>>,
+    /// Direct messages waiting to be stored together (see `group_commit`).
+    pub(crate) direct_sends: Arc<DirectSends>,
 }
 
 #[derive(Debug)]
@@ -79,6 +83,7 @@ impl MessagingDomain {
             shutdown: runtime.shutdown_token(),
             pg,
             group_policies: Arc::default(),
+            direct_sends: Arc::default(),
         };
         if let Some(pg) = &domain.pg {
             tokio::spawn(listen_postgres(
@@ -155,11 +160,18 @@ impl MessagingDomain {
         caller: &Caller,
         audited: Audited<'_>,
     ) -> Result<(), Error> {
-        let audited = Audited {
-            purpose_of_use: "TREAT",
-            ..audited
-        };
-        self.outbox.record_action(conn, caller, audited).await
+        self.outbox.record(conn, &self.audit_event(caller, audited)).await
+    }
+
+    /// The audit event of a messaging action (all of them are for treatment).
+    pub(crate) fn audit_event(&self, caller: &Caller, audited: Audited<'_>) -> AuditEvent {
+        self.outbox.action_event(
+            caller,
+            Audited {
+                purpose_of_use: "TREAT",
+                ..audited
+            },
+        )
     }
 
     /// Records a refused access in its own transaction, then returns the refusal.

@@ -4,6 +4,7 @@
 //! `messaging-svc` binary and the integration tests all start it that way.
 
 mod domain;
+mod group_commit;
 mod groups;
 mod grpc;
 mod keys;

@@ -14,14 +14,11 @@ use caremesh_runtime::auth::Principal;
 use caremesh_runtime::error::ErrorCode;
 use chrono::TimeDelta;
 use prost::Message as _;
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, NotSet, QueryFilter, QueryOrder, QuerySelect, Set,
-    TryInsertResult,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::domain::{Audited, Caller, MessagingDomain, WAKE_ALL, check_uuid_v7, conversation_id};
+use crate::group_commit::{NewDirect, Stored};
 use crate::storage::{GROUP_LOG, KIND_DIRECT, KIND_GROUP, delivery, message};
 
 /// Largest ciphertext in an envelope (including the tag).
@@ -359,27 +356,19 @@ impl MessagingDomain {
             ));
         }
 
-        let recipient_bytes = envelope.encode_to_vec();
-        let sender_bytes = sender_copy.encode_to_vec();
         let now = self.now();
-        let (_turn, txn) = self.begin_write().await?;
-        // PostgreSQL: the recipient's delivery-log lock, and the wake-up sent on commit.
-        self.order_and_notify(&txn, &recipient).await?;
-        let expire_at = lifespan
-            .and_then(|lifespan| TimeDelta::from_std(lifespan).ok())
-            .map(|lifespan| now + lifespan);
-        // Idempotent by message id: the insert does nothing when the id is taken, and the stored
-        // message is compared with this one (same: answered again; different: refused).
-        let mut row = message::Model {
+        let row = message::Model {
             seq: 0,
             message_id: message_id.clone(),
             conversation_id: conversation_id(&principal.user_id, &recipient),
             sender_user_id: principal.user_id.clone(),
             recipient_user_id: recipient.clone(),
-            recipient_envelope: Some(recipient_bytes),
-            sender_envelope: Some(sender_bytes),
+            recipient_envelope: Some(envelope.encode_to_vec()),
+            sender_envelope: Some(sender_copy.encode_to_vec()),
             created_at: now,
-            expire_at,
+            expire_at: lifespan
+                .and_then(|lifespan| TimeDelta::from_std(lifespan).ok())
+                .map(|lifespan| now + lifespan),
             recalled_at: None,
             delivered_at: None,
             read_at: None,
@@ -387,75 +376,37 @@ impl MessagingDomain {
             policy: String::new(),
             group_envelope: None,
         };
-        let mut active: message::ActiveModel = row.clone().into();
-        active.seq = NotSet;
-        let insert = message::Entity::insert(active)
-            .on_conflict(OnConflict::column(message::Column::MessageId).do_nothing().to_owned())
-            .try_insert();
-        // One statement either way: PostgreSQL returns the stored row (its timestamps at the
-        // database's precision); SQLite (no RETURNING here) stores exactly the row built above,
-        // so only its `seq` is needed and nothing is read back.
-        let inserted = if self.pg.is_some() {
-            // (`_many`: a conflict returns no rows, which the single-row form reports as an error.)
-            match insert.exec_with_returning_many(&txn).await? {
-                TryInsertResult::Inserted(stored) => stored.into_iter().next(),
-                TryInsertResult::Conflicted | TryInsertResult::Empty => None,
-            }
-        } else {
-            match insert.exec(&txn).await? {
-                TryInsertResult::Inserted(inserted) => {
-                    row.seq = inserted.last_insert_id;
-                    Some(row.clone())
-                }
-                TryInsertResult::Conflicted | TryInsertResult::Empty => None,
-            }
-        };
-        let row = match inserted {
-            Some(stored) => stored,
-            None => {
-                let existing = message::Entity::find()
-                    .filter(message::Column::MessageId.eq(message_id.clone()))
-                    .one(&txn)
-                    .await?
-                    .ok_or_else(|| {
-                        Error::internal("storing a message", "the insert conflicted but no row was found")
-                    })?;
-                let same = existing.sender_user_id == row.sender_user_id
-                    && existing.recipient_user_id == row.recipient_user_id
-                    && existing.recipient_envelope == row.recipient_envelope
-                    && existing.sender_envelope == row.sender_envelope;
-                return resend(existing, same, &principal.user_id);
-            }
-        };
-        // The delivery-log entry: nothing needs reading back either.
-        delivery::Entity::insert(delivery::ActiveModel {
-            user_id: Set(recipient.clone()),
-            message_id: Set(message_id.clone()),
-            kind: Set("message".to_owned()),
-            created_at: Set(now),
-            ..Default::default()
-        })
-        .exec_without_returning(&txn)
-        .await?;
-        self.audit(
-            &txn,
+        let event = self.audit_event(
             caller,
             Audited {
                 patient_id: &patient_id,
                 ..audited(AuditOutcome::Success)
             },
-        )
-        .await?;
-        txn.commit().await?;
-        self.notify_local(&recipient);
-        self.outbox.wake_relay();
-        Ok((
-            MessageView {
-                row,
-                viewer: principal.user_id.clone(),
-            },
-            false,
-        ))
+        );
+        // Idempotent by message id: a taken id is compared with this message (the same: answered
+        // again; different: refused).
+        match self
+            .store_direct(NewDirect {
+                row: row.clone(),
+                event,
+            })
+            .await?
+        {
+            Stored::Fresh(stored) => Ok((
+                MessageView {
+                    row: stored,
+                    viewer: principal.user_id.clone(),
+                },
+                false,
+            )),
+            Stored::Taken(existing) => {
+                let same = existing.sender_user_id == row.sender_user_id
+                    && existing.recipient_user_id == row.recipient_user_id
+                    && existing.recipient_envelope == row.recipient_envelope
+                    && existing.sender_envelope == row.sender_envelope;
+                resend(existing, same, &principal.user_id)
+            }
+        }
     }
 
     /// Records a read of history (one audit event per listing).

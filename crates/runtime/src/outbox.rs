@@ -147,28 +147,35 @@ impl Outbox {
     /// Stores `event` through `conn`: pass the transaction that makes the change it describes.
     /// An invalid event fails here, in its own transaction, rather than poisoning the relay.
     pub async fn record<C: ConnectionTrait>(&self, conn: &C, event: &AuditEvent) -> Result<(), Error> {
-        validate_event(event)?;
-        // Inserted without reading the row back (on SQLite that would be a second statement,
-        // inside the caller's write transaction).
-        entity::Entity::insert(entity::ActiveModel {
+        self.record_many(conn, std::slice::from_ref(event)).await
+    }
+
+    /// Stores `events` through `conn` in one statement (the transaction of the changes they
+    /// describe). Every event is checked first; an invalid one stores none of them.
+    pub async fn record_many<C: ConnectionTrait>(&self, conn: &C, events: &[AuditEvent]) -> Result<(), Error> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        for event in events {
+            validate_event(event)?;
+        }
+        // Inserted without reading the rows back (on SQLite that would be another statement in
+        // the caller's write transaction). Waking the relay before the commit is harmless: it
+        // also polls on an interval.
+        let now = self.clock.now();
+        entity::Entity::insert_many(events.iter().map(|event| entity::ActiveModel {
             event_id: Set(event.event_id.clone()),
             payload: Set(event.encode_to_vec()),
-            created_at: Set(self.clock.now()),
-        })
+            created_at: Set(now),
+        }))
         .exec_without_returning(conn)
         .await?;
-        // Waking before the commit is harmless: the relay also polls on an interval.
         self.wake.notify_one();
         Ok(())
     }
 
-    /// Records that `actor` did `audited`, through `conn` (the transaction of the change).
-    pub async fn record_action<C: ConnectionTrait>(
-        &self,
-        conn: &C,
-        actor: &Actor,
-        audited: Audited<'_>,
-    ) -> Result<(), Error> {
+    /// The event that records that `actor` did `audited` (not stored yet: see [`Self::record`]).
+    pub fn action_event(&self, actor: &Actor, audited: Audited<'_>) -> AuditEvent {
         let mut event = self.new_event();
         event.actor = Some(AuditActor {
             user_id: actor.user_id.clone(),
@@ -186,7 +193,17 @@ impl Outbox {
         event.outcome_reason = audited.reason.to_owned();
         event.purpose_of_use = audited.purpose_of_use.to_owned();
         event.emergency = audited.emergency;
-        self.record(conn, &event).await
+        event
+    }
+
+    /// Records that `actor` did `audited`, through `conn` (the transaction of the change).
+    pub async fn record_action<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        actor: &Actor,
+        audited: Audited<'_>,
+    ) -> Result<(), Error> {
+        self.record(conn, &self.action_event(actor, audited)).await
     }
 
     /// Records that `actor` was refused `audited` (outcome DENIED, the refusal's reason) in a

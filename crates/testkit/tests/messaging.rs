@@ -686,6 +686,100 @@ async fn a_resent_message_is_stored_once_and_a_reused_id_is_refused() {
             "{}: stored once",
             backend.name()
         );
+
+        // Concurrent sends are stored together (group commit): distinct messages each once, in
+        // the recipient's log once each, and one message id sent concurrently with two contents
+        // is stored once, with the winner's senders answered alike and the others refused.
+        let raced_id = caremesh_crypto::new_id();
+        let raced = |fill: u8| pb::SendMessageRequest {
+            message_id: raced_id.clone(),
+            ..request(fill)
+        };
+        let distinct: Vec<pb::SendMessageRequest> = (0..12)
+            .map(|_| pb::SendMessageRequest {
+                message_id: caremesh_crypto::new_id(),
+                ..request(3)
+            })
+            .collect();
+        let racers = [4u8, 5, 4, 5, 4, 5];
+        let requests: Vec<pb::SendMessageRequest> = distinct
+            .iter()
+            .cloned()
+            .chain(racers.iter().map(|fill| raced(*fill)))
+            .collect();
+        let mut watch = MessagingServiceClient::new(mesh.channel(Service::Messaging, Caller::Anonymous));
+        let mut stream = watch
+            .subscribe(
+                doctor
+                    .session
+                    .request(pb::SubscribeRequest { cursor: String::new() })
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        let answers = futures::future::join_all(requests.into_iter().map(|request| {
+            let mut api = api.clone();
+            let request = patient.session.request(request).unwrap();
+            async move {
+                api.send_message(request)
+                    .await
+                    .map(|answer| answer.into_inner().message.unwrap())
+            }
+        }))
+        .await;
+        let (distinct_answers, raced_answers) = answers.split_at(distinct.len());
+        for (sent, answer) in distinct.iter().zip(distinct_answers) {
+            assert_eq!(
+                answer.as_ref().unwrap().message_id,
+                sent.message_id,
+                "{}",
+                backend.name()
+            );
+        }
+        let winners: Vec<&pb::Message> = raced_answers.iter().filter_map(|answer| answer.as_ref().ok()).collect();
+        assert!(!winners.is_empty(), "{}: one content wins", backend.name());
+        assert!(winners.iter().all(|winner| *winner == winners[0]), "{}", backend.name());
+        let winning_fill = winners[0].envelope.as_ref().unwrap().nonce[0];
+        for (fill, answer) in racers.iter().zip(raced_answers) {
+            match answer {
+                Ok(_) => assert_eq!(*fill, winning_fill, "{}", backend.name()),
+                Err(status) => {
+                    assert_ne!(*fill, winning_fill, "{}: {status}", backend.name());
+                    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{}", backend.name());
+                }
+            }
+        }
+        assert_eq!(
+            winners.len(),
+            3,
+            "{}: every sender of the winning content is answered",
+            backend.name()
+        );
+        let inbox = raw_inbox(&mesh, &doctor).await;
+        for id in distinct.iter().map(|request| &request.message_id).chain([&raced_id]) {
+            assert_eq!(
+                inbox.iter().filter(|message| &message.message_id == id).count(),
+                1,
+                "{}: {id} stored once",
+                backend.name()
+            );
+        }
+        // The recipient's live delivery log has each of them once too.
+        let mut delivered = Vec::new();
+        while delivered.len() < distinct.len() + 1 {
+            let item = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .expect("delivery within 10 s")
+                .unwrap()
+                .unwrap();
+            delivered.push(item.message.unwrap().message_id);
+        }
+        let extra = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+        assert!(extra.is_err(), "{}: nothing delivered twice: {extra:?}", backend.name());
+        let unique: HashSet<&String> = delivered.iter().collect();
+        assert_eq!(unique.len(), delivered.len(), "{}", backend.name());
+        assert!(unique.contains(&raced_id), "{}", backend.name());
         mesh.shutdown().await;
     }
 }
