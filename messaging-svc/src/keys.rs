@@ -339,25 +339,32 @@ impl MessagingDomain {
             self.check_may_write(caller, user_id).await?;
         }
         for _attempt in 0..8 {
-            let (identity, signed_prekey) = tokio::try_join!(self.current_identity(&self.db, user_id), async {
-                Ok::<_, Error>(
-                    signed_prekey::Entity::find_by_id(user_id.to_owned())
-                        .one(&self.db)
-                        .await?,
-                )
-            },)?;
-            let identity = identity.ok_or_else(|| {
-                Error::not_found(
-                    "KEYS_NOT_PUBLISHED",
-                    format!("user {user_id} has not published keys yet: they need to sign in to messaging once"),
-                )
-            })?;
-            let signed_prekey = signed_prekey.ok_or_else(|| {
-                Error::not_found("KEYS_NOT_PUBLISHED", format!("user {user_id} has no signed prekey"))
-            })?;
-            if signed_prekey.identity_key_id != identity.key_id {
-                continue; // read while a new identity was being published
-            }
+            // The signed prekey with the current identity that signed it, in one query.
+            let found = signed_prekey::Entity::find_by_id(user_id.to_owned())
+                .find_also_related(identity_key::Entity)
+                .filter(identity_key::Column::Current.eq(true))
+                .one(&self.db)
+                .await?;
+            let Some((signed_prekey, Some(identity))) = found else {
+                // None published yet, or read while a new identity was being published.
+                if self.current_identity(&self.db, user_id).await?.is_none() {
+                    return Err(Error::not_found(
+                        "KEYS_NOT_PUBLISHED",
+                        format!("user {user_id} has not published keys yet: they need to sign in to messaging once"),
+                    ));
+                }
+                if signed_prekey::Entity::find_by_id(user_id.to_owned())
+                    .one(&self.db)
+                    .await?
+                    .is_none()
+                {
+                    return Err(Error::not_found(
+                        "KEYS_NOT_PUBLISHED",
+                        format!("user {user_id} has no signed prekey"),
+                    ));
+                }
+                continue;
+            };
             match self.claim_one_time_prekey(user_id, &identity.key_id).await? {
                 Claim::Claimed(prekey) => {
                     return Ok(Bundle {

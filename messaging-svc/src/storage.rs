@@ -51,7 +51,21 @@ pub mod signed_prekey {
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
+    pub enum Relation {
+        /// The identity key that signed it (for reading both in one query).
+        #[sea_orm(
+            belongs_to = "super::identity_key::Entity",
+            from = "(Column::UserId, Column::IdentityKeyId)",
+            to = "(super::identity_key::Column::UserId, super::identity_key::Column::KeyId)"
+        )]
+        IdentityKey,
+    }
+
+    impl Related<super::identity_key::Entity> for Entity {
+        fn to() -> RelationDef {
+            Relation::IdentityKey.def()
+        }
+    }
 
     impl ActiveModelBehavior for ActiveModel {}
 }
