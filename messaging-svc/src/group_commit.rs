@@ -8,8 +8,9 @@
 //! Leader and followers, no background task: a send queues its writes, then waits for the commit
 //! turn; whoever gets it stores everything queued (its own writes among them, unless an earlier
 //! leader already did). The batch runs in a task of its own, so a caller that hangs up does not
-//! cancel the others' writes. A failing batch stores nothing and fails every send in it; sending
-//! is idempotent by message id, so clients send again.
+//! cancel the others' writes (its own send, once queued, may still be stored: sending it again
+//! with the same id returns it). A failing batch stores nothing and fails every send in it;
+//! sending is idempotent by message id, so clients send again.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
