@@ -41,8 +41,9 @@ pub(crate) struct NewDirect {
 pub(crate) enum Stored {
     /// Stored now, as returned by the database.
     Fresh(message::Model),
-    /// The message id was already taken (by this message sent before, or by another).
-    Taken(message::Model),
+    /// The message id was already taken: by this very message sent before (`same`), or by
+    /// another.
+    Taken { existing: message::Model, same: bool },
 }
 
 struct Pending {
@@ -200,7 +201,11 @@ impl MessagingDomain {
                 Ok(if fresh.contains(id) && answered.insert(id) {
                     Stored::Fresh(row)
                 } else {
-                    Stored::Taken(row)
+                    let same = row.sender_user_id == send.row.sender_user_id
+                        && row.recipient_user_id == send.row.recipient_user_id
+                        && row.recipient_envelope == send.row.recipient_envelope
+                        && row.sender_envelope == send.row.sender_envelope;
+                    Stored::Taken { existing: row, same }
                 })
             })
             .collect()

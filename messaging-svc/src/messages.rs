@@ -383,15 +383,9 @@ impl MessagingDomain {
                 ..audited(AuditOutcome::Success)
             },
         );
-        // Idempotent by message id: a taken id is compared with this message (the same: answered
-        // again; different: refused).
-        match self
-            .store_direct(NewDirect {
-                row: row.clone(),
-                event,
-            })
-            .await?
-        {
+        // Idempotent by message id: a taken id was compared with this message (the same:
+        // answered again; different: refused).
+        match self.store_direct(NewDirect { row, event }).await? {
             Stored::Fresh(stored) => Ok((
                 MessageView {
                     row: stored,
@@ -399,13 +393,7 @@ impl MessagingDomain {
                 },
                 false,
             )),
-            Stored::Taken(existing) => {
-                let same = existing.sender_user_id == row.sender_user_id
-                    && existing.recipient_user_id == row.recipient_user_id
-                    && existing.recipient_envelope == row.recipient_envelope
-                    && existing.sender_envelope == row.sender_envelope;
-                resend(existing, same, &principal.user_id)
-            }
+            Stored::Taken { existing, same } => resend(existing, same, &principal.user_id),
         }
     }
 
