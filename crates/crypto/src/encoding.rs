@@ -20,6 +20,13 @@ impl Encoder {
         Ok(encoder)
     }
 
+    /// Starts an encoding without a label: only for a field nested inside a labelled encoding.
+    pub(crate) fn new_unlabelled() -> Self {
+        Self {
+            out: Vec::with_capacity(64),
+        }
+    }
+
     /// Appends `lp(bytes)`.
     pub(crate) fn field(&mut self, bytes: &[u8]) -> Result<&mut Self, CryptoError> {
         let len = u32::try_from(bytes.len()).map_err(|_| CryptoError::Encoding("a field is longer than 4 GiB"))?;
@@ -49,6 +56,42 @@ impl Encoder {
     /// The encoding.
     pub(crate) fn finish(self) -> Vec<u8> {
         self.out
+    }
+}
+
+/// Reads a length-prefixed encoding back, field by field. Every read is bounds-checked and
+/// answers `None` past the end.
+pub(crate) struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    /// Reads `bytes` from the start.
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Self { rest: bytes }
+    }
+
+    /// The next 4-byte big-endian integer.
+    pub(crate) fn u32(&mut self) -> Option<u32> {
+        let (head, rest) = self.rest.split_first_chunk::<4>()?;
+        self.rest = rest;
+        Some(u32::from_be_bytes(*head))
+    }
+
+    /// The next `lp(x)` field's `x`.
+    pub(crate) fn field(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.u32()?).ok()?;
+        if len > self.rest.len() {
+            return None;
+        }
+        let (field, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Some(field)
+    }
+
+    /// Whether everything was read.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rest.is_empty()
     }
 }
 

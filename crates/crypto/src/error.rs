@@ -78,6 +78,49 @@ pub enum CryptoError {
     #[error("cannot encode: {0}")]
     Encoding(&'static str),
 
+    /// A key bundle has no ML-KEM prekey, or one without a valid signature: the handshake is
+    /// refused rather than run with X25519 alone (protocol v2 §5.1, no downgrade).
+    #[error("the key bundle has no signed ML-KEM prekey; refusing a handshake without post-quantum protection")]
+    MissingKemPrekey,
+
+    /// A bundle, header or list names a device that is not in the user's verified device list.
+    #[error("device {0} is not in the user's verified device list")]
+    UnknownDevice(String),
+
+    /// A device list is older than one already seen for the user: the server replayed an old list.
+    #[error("device list version {offered} is older than version {seen} already seen for this user")]
+    DeviceListRollback { offered: u64, seen: u64 },
+
+    /// A device list has the version of one already seen but other content.
+    #[error("device list version {0} differs from the list already seen at that version")]
+    DeviceListMismatch(u64),
+
+    /// A device list is malformed: no devices, too many, or a device twice.
+    #[error("invalid device list: {0}")]
+    InvalidDeviceList(&'static str),
+
+    /// A message without a handshake preamble arrived for a device with which no session exists.
+    #[error("no session with device {0}: the message cannot be opened here (a new session will be started)")]
+    NoSession(String),
+
+    /// A message whose key was already used or deleted: a replay, or a message too old to open.
+    #[error("the message was already received (replay) or its key has been deleted")]
+    DuplicateMessage,
+
+    /// A message further ahead in its chain than the skipped-key bound allows.
+    #[error("the message is {skip} messages ahead of the last one received; at most {max} may be skipped")]
+    TooManySkipped { skip: u64, max: u64 },
+
+    /// No pending device link matches the code typed.
+    #[error(
+        "the code matches no pending device link: check the code on the new device (links expire after 10 minutes)"
+    )]
+    LinkCodeMismatch,
+
+    /// A decrypted content kind that this sender may not send (a history key from another user).
+    #[error("unexpected content: {0}")]
+    UnexpectedContent(&'static str),
+
     /// Persisted device keys are inconsistent (for example a prekey signature that does not match
     /// the stored identity) or in an unknown format.
     #[error("invalid stored device keys: {0}")]

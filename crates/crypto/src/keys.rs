@@ -85,6 +85,22 @@ impl IdentityKeyPair {
         Ok(Self::from_parts(new_id(), SigningKey::from_bytes(&seed), dh))
     }
 
+    /// The identity of an Ed25519 seed and an X25519 secret, e.g. as a linked device receives it
+    /// (protocol v2 §8) or a known-answer test gives it.
+    pub fn from_secrets(key_id: &str, signing_seed: &[u8; 32], dh_secret: &[u8; 32]) -> Result<Self, CryptoError> {
+        check_uuid_v7(key_id, "identity key id")?;
+        Ok(Self::from_parts(
+            key_id.to_owned(),
+            SigningKey::from_bytes(signing_seed),
+            StaticSecret::from(*dh_secret),
+        ))
+    }
+
+    /// The Ed25519 seed (for sealing a provisioning message only).
+    pub(crate) fn signing_seed(&self) -> &[u8; 32] {
+        self.signing.as_bytes()
+    }
+
     pub(crate) fn from_parts(key_id: String, signing: SigningKey, dh: StaticSecret) -> Self {
         let dh_public = x25519_public(&dh);
         Self {

@@ -1,4 +1,7 @@
-//! caremesh's client-side cryptography for end-to-end encrypted direct messages (DESIGN.md §4):
+//! caremesh's client-side cryptography for end-to-end encrypted direct messages (DESIGN.md §4).
+//!
+//! [`v2`] is messaging protocol v2 (`docs/protocol.md`: devices, PQXDH, the Double Ratchet,
+//! history, linking), which new sends use. The rest of this page documents version 1:
 //! device identity and prekeys, sealing in the X3DH pattern, safety numbers and identity pinning,
 //! and domain-separated Ed25519 signatures for other envelope formats.
 //!
@@ -113,6 +116,7 @@ pub mod policy_envelope;
 pub mod primitives;
 pub mod safety;
 pub mod signing;
+pub mod v2;
 
 pub use caremesh_proto::messaging::v1::Envelope;
 pub use envelope::{

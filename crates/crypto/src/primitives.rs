@@ -112,3 +112,106 @@ pub fn ed25519_verify(public: &[u8], message: &[u8], signature: &[u8], what: &'s
     key.verify_strict(message, &signature)
         .map_err(|_| CryptoError::BadSignature { what })
 }
+
+/// HMAC-SHA256 of `data` under `key` (RFC 2104), the Double Ratchet's chain-key function.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    use hmac::{KeyInit as _, Mac as _};
+    // HMAC takes keys of any length; the error exists only for fixed-length MACs.
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).map_err(|_| CryptoError::Encoding("HMAC key"))?;
+    mac.update(data);
+    Ok(Zeroizing::new(mac.finalize().into_bytes().into()))
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    Sha256::digest(data).into()
+}
+
+/// ML-KEM-768 encapsulation key length in bytes (FIPS 203).
+pub const KEM_PUBLIC_KEY_LEN: usize = 1184;
+/// ML-KEM-768 ciphertext length in bytes.
+pub const KEM_CIPHERTEXT_LEN: usize = 1088;
+/// ML-KEM decapsulation key seed length in bytes (`d || z`).
+pub const KEM_SEED_LEN: usize = 64;
+
+/// An ML-KEM-768 decapsulation key, kept as its 64-byte seed `d || z` (the form FIPS 203 and the
+/// protocol store) and the expanded key derived from it. Both are wiped when dropped.
+pub struct KemSecretKey {
+    seed: Zeroizing<[u8; KEM_SEED_LEN]>,
+    key: Box<ml_kem::ml_kem_768::DecapsulationKey>,
+}
+
+impl KemSecretKey {
+    /// The key pair of a seed `d || z` (`ML-KEM.KeyGen_internal(d, z)`).
+    pub fn from_seed(seed: &[u8; KEM_SEED_LEN]) -> Self {
+        let key = ml_kem::ml_kem_768::DecapsulationKey::from_seed(ml_kem::Seed::from(*seed));
+        Self {
+            seed: Zeroizing::new(*seed),
+            key: Box::new(key),
+        }
+    }
+
+    /// A new key pair from OS randomness.
+    pub fn generate() -> Result<Self, CryptoError> {
+        Ok(Self::from_seed(&*random_array::<KEM_SEED_LEN>()?))
+    }
+
+    /// The seed `d || z`.
+    pub fn seed(&self) -> &[u8; KEM_SEED_LEN] {
+        &self.seed
+    }
+
+    /// The encapsulation key (1184 bytes).
+    pub fn public_key(&self) -> Vec<u8> {
+        use ml_kem::KeyExport as _;
+        self.key.encapsulation_key().to_bytes().to_vec()
+    }
+
+    /// `ML-KEM.Decaps`: the shared secret of `ciphertext`. A ciphertext of the right length always
+    /// yields a secret (FIPS 203 implicit rejection: a forged one yields an unrelated secret, so
+    /// the AEAD that uses it fails); a wrong length is [`CryptoError::MalformedEnvelope`].
+    pub fn decapsulate(&self, ciphertext: &[u8]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+        use ml_kem::Decapsulate as _;
+        let ciphertext = ml_kem::ml_kem_768::Ciphertext::try_from(ciphertext)
+            .map_err(|_| CryptoError::MalformedEnvelope("the ML-KEM ciphertext must be 1088 bytes"))?;
+        let shared = self.key.decapsulate(&ciphertext);
+        Ok(Zeroizing::new(shared.into()))
+    }
+}
+
+impl std::fmt::Debug for KemSecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KemSecretKey(<redacted>)")
+    }
+}
+
+/// Decodes an ML-KEM-768 encapsulation key, with FIPS 203's input check (every coefficient
+/// below the modulus), which the ml-kem crate performs on decoding.
+fn kem_public_key(public_key: &[u8]) -> Result<ml_kem::ml_kem_768::EncapsulationKey, CryptoError> {
+    let bad = |reason| CryptoError::InvalidKey {
+        what: "ML-KEM-768 public key",
+        reason,
+    };
+    let bytes = ml_kem::Key::<ml_kem::ml_kem_768::EncapsulationKey>::try_from(public_key)
+        .map_err(|_| bad("must be 1184 bytes"))?;
+    ml_kem::ml_kem_768::EncapsulationKey::new(&bytes).map_err(|_| bad("fails the FIPS 203 modulus check"))
+}
+
+/// Checks that `public_key` is a valid ML-KEM-768 encapsulation key.
+pub fn kem_check_public_key(public_key: &[u8]) -> Result<(), CryptoError> {
+    kem_public_key(public_key).map(|_| ())
+}
+
+/// `ML-KEM.Encaps_internal(public_key, m)`: the ciphertext and shared secret for the randomness
+/// `m`. The protocol draws `m` from the OS ([`kem_encapsulate`]); the known-answer tests give it.
+pub fn kem_encapsulate_with(public_key: &[u8], m: &[u8; 32]) -> Result<(Vec<u8>, Zeroizing<[u8; 32]>), CryptoError> {
+    let key = kem_public_key(public_key)?;
+    let (ciphertext, shared) = key.encapsulate_deterministic(&ml_kem::B32::from(*m));
+    Ok((ciphertext.to_vec(), Zeroizing::new(shared.into())))
+}
+
+/// `ML-KEM.Encaps` with fresh randomness from the OS.
+pub fn kem_encapsulate(public_key: &[u8]) -> Result<(Vec<u8>, Zeroizing<[u8; 32]>), CryptoError> {
+    kem_encapsulate_with(public_key, &*random_array::<32>()?)
+}
