@@ -1,7 +1,8 @@
 //! messaging-svc's domain state and the helpers its operations share: who may write to whom, the
 //! audit trail, the live-delivery notifier (in-process, plus PostgreSQL LISTEN/NOTIFY across
 //! replicas) and the purge of expired messages. The operations live in `keys` (the key
-//! directory), `messages` and `groups` (policy-addressed messages). No tonic types here.
+//! directory), `devices` (the protocol v2 device directory), `messages` and `groups`
+//! (policy-addressed messages). No tonic types here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,6 +271,15 @@ impl MessagingDomain {
     pub async fn purge_expired(&self) -> Result<u64, Error> {
         let now = self.now();
         let (_turn, txn) = self.begin_write().await?;
+        let expired: Vec<String> = message::Entity::find()
+            .filter(message::Column::ExpireAt.lte(now))
+            .filter(message::Column::ProtocolVersion.eq(2))
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|row| row.message_id)
+            .collect();
+        self.delete_fanout(&txn, expired).await?;
         let purged = message::Entity::delete_many()
             .filter(message::Column::ExpireAt.lte(now))
             .exec(&txn)

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio::sync::oneshot::error::TryRecvError;
 
 use crate::domain::MessagingDomain;
-use crate::storage::{delivery, message};
+use crate::storage::{archive_copy, delivery, device_ciphertext, message};
 
 /// The most sends stored in one transaction.
 const MAX_BATCH: usize = 64;
@@ -34,6 +34,24 @@ pub(crate) struct NewDirect {
     pub row: message::Model,
     /// Its audit event, stored with it.
     pub event: AuditEvent,
+    /// Protocol v2: its ciphertexts per device, stored with it.
+    pub ciphertexts: Vec<device_ciphertext::Model>,
+    /// Protocol v2: the sender's archive copy, stored with it.
+    pub archive: Option<archive_copy::Model>,
+}
+
+impl NewDirect {
+    /// The users whose delivery logs get the message: the recipient, and the sender too when
+    /// some of the sender's other devices have a ciphertext in it.
+    fn delivered_to(&self) -> impl Iterator<Item = &str> {
+        let sender = &self.row.sender_user_id;
+        let to_sender = *sender != self.row.recipient_user_id
+            && self
+                .ciphertexts
+                .iter()
+                .any(|ciphertext| ciphertext.recipient_user_id == *sender);
+        std::iter::once(self.row.recipient_user_id.as_str()).chain(to_sender.then_some(sender.as_str()))
+    }
 }
 
 /// What storing a direct message found.
@@ -134,7 +152,7 @@ impl MessagingDomain {
         let (_turn, txn) = self.begin_write().await?;
         // PostgreSQL: each recipient's delivery-log lock, always in the same order so that two
         // replicas' batches cannot deadlock.
-        let recipients: BTreeSet<&str> = firsts.iter().map(|send| send.row.recipient_user_id.as_str()).collect();
+        let recipients: BTreeSet<&str> = firsts.iter().flat_map(|send| send.delivered_to()).collect();
         for recipient in &recipients {
             self.order_and_notify(&txn, recipient).await?;
         }
@@ -172,20 +190,40 @@ impl MessagingDomain {
             .filter(|send| fresh.contains(&send.row.message_id))
             .collect();
         if !new.is_empty() {
-            delivery::Entity::insert_many(new.iter().map(|send| delivery::ActiveModel {
-                user_id: Set(send.row.recipient_user_id.clone()),
-                message_id: Set(send.row.message_id.clone()),
-                kind: Set("message".to_owned()),
-                created_at: Set(send.row.created_at),
-                ..Default::default()
+            delivery::Entity::insert_many(new.iter().flat_map(|send| {
+                send.delivered_to().map(|user_id| delivery::ActiveModel {
+                    user_id: Set(user_id.to_owned()),
+                    message_id: Set(send.row.message_id.clone()),
+                    kind: Set("message".to_owned()),
+                    created_at: Set(send.row.created_at),
+                    ..Default::default()
+                })
             }))
             .exec_without_returning(&txn)
             .await?;
+            let ciphertexts: Vec<device_ciphertext::ActiveModel> = new
+                .iter()
+                .flat_map(|send| send.ciphertexts.iter().cloned().map(Into::into))
+                .collect();
+            if !ciphertexts.is_empty() {
+                device_ciphertext::Entity::insert_many(ciphertexts)
+                    .exec_without_returning(&txn)
+                    .await?;
+            }
+            let archives: Vec<archive_copy::ActiveModel> = new
+                .iter()
+                .filter_map(|send| send.archive.clone().map(Into::into))
+                .collect();
+            if !archives.is_empty() {
+                archive_copy::Entity::insert_many(archives)
+                    .exec_without_returning(&txn)
+                    .await?;
+            }
             let events: Vec<AuditEvent> = new.iter().map(|send| send.event.clone()).collect();
             self.outbox.record_many(&txn, &events).await?;
         }
         txn.commit().await?;
-        let woken: BTreeSet<&str> = new.iter().map(|send| send.row.recipient_user_id.as_str()).collect();
+        let woken: BTreeSet<&str> = new.iter().flat_map(|send| send.delivered_to()).collect();
         for recipient in woken {
             self.notify_local(recipient);
         }
@@ -204,7 +242,8 @@ impl MessagingDomain {
                     let same = row.sender_user_id == send.row.sender_user_id
                         && row.recipient_user_id == send.row.recipient_user_id
                         && row.recipient_envelope == send.row.recipient_envelope
-                        && row.sender_envelope == send.row.sender_envelope;
+                        && row.sender_envelope == send.row.sender_envelope
+                        && row.fanout_digest == send.row.fanout_digest;
                     Stored::Taken { existing: row, same }
                 })
             })

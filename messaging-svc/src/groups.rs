@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::{Audited, Caller, MessagingDomain, check_uuid_v7};
 use crate::keys::identity_proto;
-use crate::messages::{MessageView, check_envelope, check_lifespan, check_sealed_body, resend};
+use crate::messages::{DeviceCopies, MessageView, check_envelope, check_lifespan, check_sealed_body, resend};
 use crate::storage::{GROUP_LOG, KIND_GROUP, delivery, message};
 
 /// Largest CP-ABE encapsulation accepted (a 64-attribute policy needs about 10 KiB).
@@ -260,6 +260,7 @@ impl MessagingDomain {
             MessageView {
                 row,
                 viewer: principal.user_id.clone(),
+                copies: DeviceCopies::default(),
             },
             false,
         ))

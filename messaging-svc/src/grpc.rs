@@ -13,9 +13,11 @@ use caremesh_runtime::time::to_timestamp;
 use caremesh_runtime::{Error, MeshRouter, ServiceRuntime};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Caller, MessagingDomain};
+use crate::fanout::Fanout;
 use crate::keys::identity_proto;
 use crate::messages::{ConversationTarget, MessageView, Order, SendContent};
 use crate::storage::{KIND_GROUP, identity_key, one_time_prekey, signed_prekey};
@@ -106,6 +108,19 @@ fn message_message(view: &MessageView) -> pb::Message {
         .into(),
         recall_time: row.recalled_at.map(to_timestamp),
         receipts,
+        protocol_version: u32::try_from(row.protocol_version).unwrap_or(1),
+        sender_device_id: row.sender_device_id.clone(),
+        device_ciphertext: view
+            .copies
+            .device_ciphertext
+            .as_deref()
+            .and_then(|bytes| pb::DeviceCiphertext::decode(bytes).ok()),
+        archive: view.copies.archive.as_deref().and_then(|bytes| {
+            pb::ArchiveCopy::decode(bytes).ok().map(|archive| pb::ArchiveCopy {
+                owner_user_id: view.viewer.clone(),
+                ..archive
+            })
+        }),
     }
 }
 
@@ -207,6 +222,135 @@ impl KeyDirectoryService for Api {
             current: row.current,
         }))
     }
+
+    async fn publish_device(
+        &self,
+        request: Request<pb::PublishDeviceRequest>,
+    ) -> Result<Response<pb::PublishDeviceResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let stock = self
+            .domain
+            .publish_device(&principal, &caller, request.into_inner())
+            .await?;
+        Ok(Response::new(pb::PublishDeviceResponse { stock: Some(stock) }))
+    }
+
+    async fn upload_device_prekeys(
+        &self,
+        request: Request<pb::UploadDevicePrekeysRequest>,
+    ) -> Result<Response<pb::UploadDevicePrekeysResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let stock = self
+            .domain
+            .upload_device_prekeys(&principal, &caller, request.into_inner())
+            .await?;
+        Ok(Response::new(pb::UploadDevicePrekeysResponse { stock: Some(stock) }))
+    }
+
+    async fn update_device_list(
+        &self,
+        request: Request<pb::UpdateDeviceListRequest>,
+    ) -> Result<Response<pb::UpdateDeviceListResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let (list, removed) = self
+            .domain
+            .update_device_list(&principal, &caller, body.version, body.device_ids, &body.signature)
+            .await?;
+        Ok(Response::new(pb::UpdateDeviceListResponse {
+            device_list: Some(list),
+            removed_device_ids: removed,
+        }))
+    }
+
+    async fn get_device_list(
+        &self,
+        request: Request<pb::GetDeviceListRequest>,
+    ) -> Result<Response<pb::GetDeviceListResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let user_id = request.into_inner().user_id;
+        Ok(Response::new(self.domain.device_list(&principal, &user_id).await?))
+    }
+
+    async fn fetch_device_bundles(
+        &self,
+        request: Request<pb::FetchDeviceBundlesRequest>,
+    ) -> Result<Response<pb::FetchDeviceBundlesResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let bundles = self
+            .domain
+            .fetch_device_bundles(&principal, &body.user_id, &body.device_ids)
+            .await?;
+        Ok(Response::new(bundles))
+    }
+
+    async fn remove_device(
+        &self,
+        request: Request<pb::RemoveDeviceRequest>,
+    ) -> Result<Response<pb::RemoveDeviceResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let removed = self
+            .domain
+            .remove_device(&principal, &caller, &body.user_id, &body.device_id)
+            .await?;
+        Ok(Response::new(pb::RemoveDeviceResponse {
+            admin_removed_device_ids: removed,
+        }))
+    }
+
+    async fn create_device_link(
+        &self,
+        request: Request<pb::CreateDeviceLinkRequest>,
+    ) -> Result<Response<pb::CreateDeviceLinkResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let link = self
+            .domain
+            .create_device_link(&principal, &caller, request.into_inner())
+            .await?;
+        Ok(Response::new(pb::CreateDeviceLinkResponse { link: Some(link) }))
+    }
+
+    async fn list_device_links(
+        &self,
+        request: Request<pb::ListDeviceLinksRequest>,
+    ) -> Result<Response<pb::ListDeviceLinksResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let (links, next_page_token) = self
+            .domain
+            .device_links(&principal, body.page_size, &body.page_token)
+            .await?;
+        Ok(Response::new(pb::ListDeviceLinksResponse { links, next_page_token }))
+    }
+
+    async fn approve_device_link(
+        &self,
+        request: Request<pb::ApproveDeviceLinkRequest>,
+    ) -> Result<Response<pb::ApproveDeviceLinkResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let (link, list) = self
+            .domain
+            .approve_device_link(&principal, &caller, request.into_inner())
+            .await?;
+        Ok(Response::new(pb::ApproveDeviceLinkResponse {
+            link: Some(link),
+            device_list: Some(list),
+        }))
+    }
+
+    async fn get_device_link(
+        &self,
+        request: Request<pb::GetDeviceLinkRequest>,
+    ) -> Result<Response<pb::GetDeviceLinkResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let link = self
+            .domain
+            .device_link(&principal, &request.into_inner().link_id)
+            .await?;
+        Ok(Response::new(pb::GetDeviceLinkResponse { link: Some(link) }))
+    }
 }
 
 #[tonic::async_trait]
@@ -237,6 +381,15 @@ impl MessagingService for Api {
                 ))
             })?),
         };
+        let fanout = if body.device_ciphertexts.is_empty() {
+            None
+        } else {
+            Some(Fanout {
+                sender_device_id: body.sender_device_id,
+                ciphertexts: body.device_ciphertexts,
+                archive: body.archive,
+            })
+        };
         let (view, duplicate) = self
             .domain
             .send(
@@ -246,6 +399,7 @@ impl MessagingService for Api {
                 content,
                 body.sender_copy,
                 lifespan,
+                fanout,
             )
             .await?;
         Ok(Response::new(pb::SendMessageResponse {
@@ -259,9 +413,11 @@ impl MessagingService for Api {
         request: Request<pb::GetMessageRequest>,
     ) -> Result<Response<pb::GetMessageResponse>, Status> {
         let (principal, caller) = self.signed_in(&request).await?;
-        let view = self
-            .domain
-            .get(&principal, &caller, &request.into_inner().message_id)
+        let body = request.into_inner();
+        self.domain.check_own_device(&principal, &body.device_id).await?;
+        let mut view = self.domain.get(&principal, &caller, &body.message_id).await?;
+        self.domain
+            .attach_copies(std::slice::from_mut(&mut view), &body.device_id)
             .await?;
         Ok(Response::new(pb::GetMessageResponse {
             message: Some(message_message(&view)),
@@ -274,7 +430,8 @@ impl MessagingService for Api {
     ) -> Result<Response<pb::ListInboxResponse>, Status> {
         let (principal, caller) = self.signed_in(&request).await?;
         let body = request.into_inner();
-        let page = self
+        self.domain.check_own_device(&principal, &body.device_id).await?;
+        let mut page = self
             .domain
             .inbox(
                 &principal,
@@ -285,6 +442,7 @@ impl MessagingService for Api {
                 body.unread_only,
             )
             .await?;
+        self.domain.attach_copies(&mut page.items, &body.device_id).await?;
         Ok(Response::new(pb::ListInboxResponse {
             messages: page.items.iter().map(message_message).collect(),
             next_page_token: page.next_page_token,
@@ -335,7 +493,8 @@ impl MessagingService for Api {
             Some(pb::list_conversation_messages_request::Target::PeerUserId(peer)) => ConversationTarget::Peer(peer),
             None => ConversationTarget::Id(String::new()),
         };
-        let page = self
+        self.domain.check_own_device(&principal, &body.device_id).await?;
+        let mut page = self
             .domain
             .conversation(
                 &principal,
@@ -346,6 +505,7 @@ impl MessagingService for Api {
                 order(body.order),
             )
             .await?;
+        self.domain.attach_copies(&mut page.items, &body.device_id).await?;
         Ok(Response::new(pb::ListConversationMessagesResponse {
             messages: page.items.iter().map(message_message).collect(),
             next_page_token: page.next_page_token,
@@ -359,9 +519,11 @@ impl MessagingService for Api {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        self.domain.check_own_device(&principal, &body.device_id).await?;
         let receiver = self
             .domain
-            .subscribe(&principal, &caller, &request.into_inner().cursor)
+            .subscribe(&principal, &caller, &body.cursor, body.device_id)
             .await?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver).map(|item| {
             item.map(|item| pb::SubscribeResponse {
@@ -405,6 +567,19 @@ impl MessagingService for Api {
         Ok(Response::new(pb::RecallMessageResponse {
             message: Some(message_message(&view)),
         }))
+    }
+
+    async fn store_archive_copy(
+        &self,
+        request: Request<pb::StoreArchiveCopyRequest>,
+    ) -> Result<Response<pb::StoreArchiveCopyResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let stored = self
+            .domain
+            .store_archive_copy(&principal, &caller, &body.message_id, body.archive)
+            .await?;
+        Ok(Response::new(pb::StoreArchiveCopyResponse { stored }))
     }
 }
 

@@ -237,6 +237,8 @@ impl MessagingDomain {
                         .filter(one_time_prekey::Column::UserId.eq(user_id))
                         .exec(&txn)
                         .await?;
+                    // So do the device list and the device keys it signed (protocol v2).
+                    self.discard_devices(&txn, user_id).await?;
                 }
                 identity_key::ActiveModel {
                     user_id: Set(user_id.to_owned()),
@@ -480,7 +482,7 @@ impl MessagingDomain {
 }
 
 /// An identity as stored, re-verified (it was verified on upload).
-fn verify_stored_identity(row: &identity_key::Model) -> Result<caremesh_crypto::IdentityPublicKey, Error> {
+pub(crate) fn verify_stored_identity(row: &identity_key::Model) -> Result<caremesh_crypto::IdentityPublicKey, Error> {
     caremesh_crypto::verify_identity(&identity_proto(row), &row.user_id)
         .map_err(|error| Error::internal("stored identity key no longer verifies", error))
 }

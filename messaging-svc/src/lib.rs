@@ -3,7 +3,9 @@
 //! [`serve`] runs it on a pair of listeners until a shutdown future completes; `caremesh up`, the
 //! `messaging-svc` binary and the integration tests all start it that way.
 
+mod devices;
 mod domain;
+mod fanout;
 mod group_commit;
 mod groups;
 mod grpc;

@@ -18,6 +18,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter
 use tokio::sync::{broadcast, mpsc};
 
 use crate::domain::{Audited, Caller, MessagingDomain, WAKE_ALL, check_uuid_v7, conversation_id};
+use crate::fanout::{Fanout, fanout_digest};
 use crate::group_commit::{NewDirect, Stored};
 use crate::storage::{GROUP_LOG, KIND_DIRECT, KIND_GROUP, delivery, message};
 
@@ -42,6 +43,16 @@ enum StreamStep {
 pub struct MessageView {
     pub row: message::Model,
     pub viewer: String,
+    /// Protocol v2: what belongs to the viewer's device and user (see `fanout`).
+    pub copies: DeviceCopies,
+}
+
+/// A protocol v2 message's parts for one reader: their device's ciphertext and their own archive
+/// copy (encoded protobuf messages, opaque), when present.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceCopies {
+    pub device_ciphertext: Option<Vec<u8>>,
+    pub archive: Option<Vec<u8>>,
 }
 
 /// The answer to a send whose message id is already stored: the stored message again (sending
@@ -57,6 +68,7 @@ pub(crate) fn resend(existing: message::Model, same: bool, viewer: &str) -> Resu
         MessageView {
             row: existing,
             viewer: viewer.to_owned(),
+            copies: DeviceCopies::default(),
         },
         true,
     ))
@@ -266,6 +278,7 @@ impl MessagingDomain {
     }
 
     /// Sends a message (direct, or group via `groups`); `Ok((view, duplicate))`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         principal: &Principal,
@@ -274,6 +287,7 @@ impl MessagingDomain {
         content: SendContent,
         sender_copy: Option<pb::Envelope>,
         lifespan: Option<Duration>,
+        fanout: Option<Fanout>,
     ) -> Result<(MessageView, bool), Error> {
         principal.require_aal2()?;
         let (recipient, envelope) = match content {
@@ -290,6 +304,20 @@ impl MessagingDomain {
             }
             SendContent::Direct { recipient, envelope } => (recipient, envelope),
         };
+        if let Some(fanout) = fanout {
+            return self
+                .send_to_devices(
+                    principal,
+                    caller,
+                    message_id,
+                    recipient,
+                    envelope,
+                    sender_copy,
+                    lifespan,
+                    fanout,
+                )
+                .await;
+        }
         check_uuid_v7(&message_id, "message_id")?;
         if recipient.is_empty() {
             return Err(Error::invalid_argument(
@@ -375,6 +403,9 @@ impl MessagingDomain {
             kind: KIND_DIRECT.to_owned(),
             policy: String::new(),
             group_envelope: None,
+            protocol_version: 1,
+            sender_device_id: String::new(),
+            fanout_digest: None,
         };
         let event = self.audit_event(
             caller,
@@ -385,11 +416,127 @@ impl MessagingDomain {
         );
         // Idempotent by message id: a taken id was compared with this message (the same:
         // answered again; different: refused).
-        match self.store_direct(NewDirect { row, event }).await? {
+        match self
+            .store_direct(NewDirect {
+                row,
+                event,
+                ciphertexts: Vec::new(),
+                archive: None,
+            })
+            .await?
+        {
             Stored::Fresh(stored) => Ok((
                 MessageView {
                     row: stored,
                     viewer: principal.user_id.clone(),
+                    copies: DeviceCopies::default(),
+                },
+                false,
+            )),
+            Stored::Taken { existing, same } => resend(existing, same, &principal.user_id),
+        }
+    }
+
+    /// A protocol v2 direct send (see `fanout`): the devices are checked against the current
+    /// lists, the message, its ciphertexts, its archive copy, its delivery-log entries (the
+    /// recipient's, and the sender's for its other devices) and its audit event are stored in
+    /// one transaction. A message to oneself goes to one's other devices only.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_to_devices(
+        &self,
+        principal: &Principal,
+        caller: &Caller,
+        message_id: String,
+        recipient: String,
+        envelope: Option<pb::Envelope>,
+        sender_copy: Option<pb::Envelope>,
+        lifespan: Option<Duration>,
+        fanout: Fanout,
+    ) -> Result<(MessageView, bool), Error> {
+        check_uuid_v7(&message_id, "message_id")?;
+        if recipient.is_empty() {
+            return Err(Error::invalid_argument(
+                "RECIPIENT_REQUIRED",
+                "direct.recipient_user_id is required",
+            ));
+        }
+        if envelope.is_some() || sender_copy.is_some() {
+            return Err(Error::invalid_argument(
+                "MIXED_PROTOCOLS",
+                "a protocol v2 send carries device_ciphertexts only: leave direct.envelope and sender_copy unset",
+            ));
+        }
+        check_lifespan(lifespan)?;
+        let audited = |outcome| Audited {
+            action: AuditAction::Create,
+            operation: "SendMessage",
+            entity_type: "message",
+            entity_id: &message_id,
+            patient_id: "",
+            outcome,
+            reason: "",
+            ..Audited::default()
+        };
+        let to_self = recipient == principal.user_id;
+        let patient_id = if to_self {
+            if principal.role == "patient" {
+                principal.user_id.clone()
+            } else {
+                String::new()
+            }
+        } else {
+            let recipient_role = match self.check_may_write(principal, &recipient).await {
+                Ok(role) => role,
+                Err(error) => return Err(self.denied(caller, audited(AuditOutcome::Denied), error).await),
+            };
+            Self::patient_of(principal, recipient_role, &recipient)
+        };
+        self.check_fanout(&principal.user_id, &recipient, &fanout).await?;
+        let now = self.now();
+        let (ciphertexts, archive) = Self::fanout_rows(&message_id, &principal.user_id, &fanout, now);
+        let row = message::Model {
+            seq: 0,
+            message_id: message_id.clone(),
+            conversation_id: conversation_id(&principal.user_id, &recipient),
+            sender_user_id: principal.user_id.clone(),
+            recipient_user_id: recipient.clone(),
+            recipient_envelope: None,
+            sender_envelope: None,
+            created_at: now,
+            expire_at: lifespan
+                .and_then(|lifespan| TimeDelta::from_std(lifespan).ok())
+                .map(|lifespan| now + lifespan),
+            recalled_at: None,
+            delivered_at: None,
+            read_at: None,
+            kind: KIND_DIRECT.to_owned(),
+            policy: String::new(),
+            group_envelope: None,
+            protocol_version: 2,
+            sender_device_id: fanout.sender_device_id.clone(),
+            fanout_digest: Some(fanout_digest(&fanout)),
+        };
+        let event = self.audit_event(
+            caller,
+            Audited {
+                patient_id: &patient_id,
+                ..audited(AuditOutcome::Success)
+            },
+        );
+        match self
+            .store_direct(NewDirect {
+                row,
+                event,
+                ciphertexts,
+                archive,
+            })
+            .await?
+        {
+            Stored::Fresh(stored) => Ok((
+                MessageView {
+                    row: stored,
+                    viewer: principal.user_id.clone(),
+                    copies: DeviceCopies::default(),
                 },
                 false,
             )),
@@ -462,6 +609,7 @@ impl MessagingDomain {
         Ok(MessageView {
             row,
             viewer: principal.user_id.clone(),
+            copies: DeviceCopies::default(),
         })
     }
 
@@ -538,6 +686,7 @@ impl MessagingDomain {
                 .map(|row| MessageView {
                     row,
                     viewer: viewer.to_owned(),
+                    copies: DeviceCopies::default(),
                 })
                 .collect(),
             next_page_token,
@@ -752,6 +901,7 @@ impl MessagingDomain {
             return Ok(MessageView {
                 row,
                 viewer: principal.user_id.clone(),
+                copies: DeviceCopies::default(),
             });
         }
         let mut active: message::ActiveModel = row.into();
@@ -760,6 +910,7 @@ impl MessagingDomain {
         active.sender_envelope = Set(None);
         active.group_envelope = Set(None);
         let row = active.update(&txn).await?;
+        self.delete_fanout(&txn, vec![row.message_id.clone()]).await?;
         delivery::ActiveModel {
             user_id: Set(recipient.clone()),
             message_id: Set(message_id.to_owned()),
@@ -783,6 +934,7 @@ impl MessagingDomain {
         Ok(MessageView {
             row,
             viewer: principal.user_id.clone(),
+            copies: DeviceCopies::default(),
         })
     }
 
@@ -794,6 +946,7 @@ impl MessagingDomain {
         principal: &Principal,
         caller: &Caller,
         cursor: &str,
+        device_id: String,
     ) -> Result<mpsc::Receiver<Result<StreamItem, Error>>, Error> {
         principal.require_aal2()?;
         let latest = delivery::Entity::find()
@@ -830,10 +983,14 @@ impl MessagingDomain {
             .await?;
         let (tx, rx) = mpsc::channel(64);
         let wake = self.live.subscribe();
-        tokio::spawn(
-            self.clone()
-                .stream(principal.user_id.clone(), principal.attributes.clone(), start, tx, wake),
-        );
+        tokio::spawn(self.clone().stream(
+            principal.user_id.clone(),
+            device_id,
+            principal.attributes.clone(),
+            start,
+            tx,
+            wake,
+        ));
         Ok(rx)
     }
 
@@ -859,6 +1016,7 @@ impl MessagingDomain {
     async fn stream(
         self,
         user_id: String,
+        device_id: String,
         attributes: Vec<String>,
         mut after: Cursor,
         tx: mpsc::Sender<Result<StreamItem, Error>>,
@@ -904,6 +1062,20 @@ impl MessagingDomain {
                     StreamStep::End => return,
                 },
             };
+            let mut views: Vec<MessageView> = messages
+                .into_iter()
+                .map(|row| MessageView {
+                    row,
+                    viewer: user_id.clone(),
+                    copies: DeviceCopies::default(),
+                })
+                .collect();
+            if let Err(error) = self.attach_copies(&mut views, &device_id).await {
+                match self.after_storage_error(error, &tx).await {
+                    StreamStep::Retry => continue,
+                    StreamStep::End => return,
+                }
+            }
             let now = self.now();
             for entry in batch {
                 if entry.user_id == GROUP_LOG {
@@ -911,9 +1083,10 @@ impl MessagingDomain {
                 } else {
                     after.user = entry.seq;
                 }
-                let Some(row) = messages.iter().find(|row| row.message_id == entry.message_id) else {
+                let Some(view) = views.iter().find(|view| view.row.message_id == entry.message_id) else {
                     continue; // purged
                 };
+                let row = &view.row;
                 if row.expire_at.is_some_and(|expire| expire <= now) {
                     continue;
                 }
@@ -924,10 +1097,7 @@ impl MessagingDomain {
                     continue;
                 }
                 let item = StreamItem {
-                    view: MessageView {
-                        row: row.clone(),
-                        viewer: user_id.clone(),
-                    },
+                    view: view.clone(),
                     cursor: encode_cursor(after),
                 };
                 tokio::select! {

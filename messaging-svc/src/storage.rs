@@ -1,11 +1,12 @@
 //! messaging-svc's database: the key directory (identity keys, current signed prekeys, one-time
 //! prekeys), messages (ciphertext envelopes and metadata only), the per-user delivery log that
-//! live delivery resumes from, and (as in every service) the audit outbox.
+//! live delivery resumes from, the protocol v2 device directory (signed device lists, devices,
+//! their signed and one-time prekeys, device links) and (as in every service) the audit outbox.
 
 use caremesh_runtime::outbox::CreateAuditOutbox;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
-    big_pk_auto, binary, binary_null, boolean, string, string_uniq, timestamp_with_time_zone,
+    big_integer, big_pk_auto, binary, binary_null, boolean, string, string_uniq, text, timestamp_with_time_zone,
     timestamp_with_time_zone_null,
 };
 
@@ -125,6 +126,14 @@ pub mod message {
         pub policy: String,
         /// Group messages: the `GroupEnvelope`; `None` once recalled (and for direct messages).
         pub group_envelope: Option<Vec<u8>>,
+        /// 1: X3DH envelopes in the two envelope columns; 2: Double Ratchet ciphertexts per device
+        /// in `message_device_ciphertexts` and archive copies in `message_archive_copies`.
+        pub protocol_version: i32,
+        /// Protocol v2: the sending device.
+        pub sender_device_id: String,
+        /// Protocol v2: SHA-256 over the ciphertexts and the sender's archive copy, so that a
+        /// resend with the same message id is recognised as the same message.
+        pub fanout_digest: Option<Vec<u8>>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -157,10 +166,216 @@ pub mod delivery {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// A user's current signed device list (protocol v2, §4): one row per user, replaced version by
+/// version (only `version + 1` is accepted, by a conditional update).
+pub mod device_list {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "device_lists")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: String,
+        /// The identity that signed it (always the user's current one: a new identity discards
+        /// the list).
+        pub identity_key_id: String,
+        pub version: i64,
+        /// The device ids in ascending order, joined by `,`.
+        pub device_ids: String,
+        pub signature: Vec<u8>,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A device the directory knows: published keys, or removed by an admin (then it has no keys
+/// and `admin_removed_at` is set until the user's device list drops it).
+pub mod device {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "devices")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub device_id: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+        pub admin_removed_at: Option<DateTimeUtc>,
+        /// The admin who removed it; empty otherwise.
+        pub admin_removed_by: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A device's current signed prekeys: one X25519 signed prekey and one ML-KEM-768 last-resort
+/// prekey (`kind` [`DEVICE_KEY_SIGNED`](crate::storage::DEVICE_KEY_SIGNED) or
+/// [`DEVICE_KEY_LAST_RESORT`](crate::storage::DEVICE_KEY_LAST_RESORT)).
+pub mod device_signed_prekey {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "device_signed_prekeys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub device_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub kind: String,
+        pub key_id: String,
+        pub identity_key_id: String,
+        pub public_key: Vec<u8>,
+        pub signature: Vec<u8>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A device's unclaimed one-time X25519 prekeys: a row is deleted when it is handed out.
+pub mod device_one_time_prekey {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "device_one_time_prekeys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub device_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key_id: String,
+        pub public_key: Vec<u8>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A device's unclaimed signed one-time ML-KEM-768 prekeys: a row is deleted when it is handed
+/// out.
+pub mod device_kem_prekey {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "device_kem_prekeys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub device_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key_id: String,
+        pub identity_key_id: String,
+        pub public_key: Vec<u8>,
+        pub signature: Vec<u8>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A device link (§8): opened by the new device, approved by an existing one with the sealed
+/// provisioning message. The server never sees the link secret.
+pub mod device_link {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "device_links")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub link_id: String,
+        pub user_id: String,
+        pub device_id: String,
+        pub ephemeral_public: Vec<u8>,
+        pub commitment: Vec<u8>,
+        pub created_at: DateTimeUtc,
+        pub expire_at: DateTimeUtc,
+        pub approved_at: Option<DateTimeUtc>,
+        pub approver_public: Option<Vec<u8>>,
+        pub sealed: Option<Vec<u8>>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `device_signed_prekeys.kind` of the X25519 signed prekey.
+pub const DEVICE_KEY_SIGNED: &str = "x25519-signed-prekey";
+/// `device_signed_prekeys.kind` of the ML-KEM-768 last-resort prekey.
+pub const DEVICE_KEY_LAST_RESORT: &str = "ml-kem-768-last-resort-prekey";
+
 /// The delivery-log owner of group messages (no user id looks like this).
 pub const GROUP_LOG: &str = "#group";
 /// `messages.kind` of a direct message.
 pub const KIND_DIRECT: &str = "direct";
+/// A protocol v2 message's ciphertext for one device (Sesame fan-out): the encoded
+/// `DeviceCiphertext`, opaque to the server. Deleted with its message (recall, lifespan) and when
+/// its device leaves the device list.
+pub mod device_ciphertext {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "message_device_ciphertexts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub message_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub recipient_device_id: String,
+        pub recipient_user_id: String,
+        pub body: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A user's archive copy of a protocol v2 message under their history key: the encoded
+/// `ArchiveCopy`, opaque. The sender's comes with the send; a recipient's first device to open the
+/// message stores the recipient's. Deleted with its message.
+pub mod archive_copy {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "message_archive_copies")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub message_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub owner_user_id: String,
+        pub body: Vec<u8>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// `messages.kind` of a group message.
 pub const KIND_GROUP: &str = "group";
 
@@ -172,6 +387,8 @@ impl MigratorTrait for Migrator {
             Box::new(CreateAuditOutbox),
             Box::new(CreateMessagingTables),
             Box::new(AddGroupMessages),
+            Box::new(CreateDeviceDirectory),
+            Box::new(AddDeviceFanout),
         ]
     }
 }
@@ -375,6 +592,256 @@ impl MigrationTrait for AddGroupMessages {
                 .await?;
         }
         for column in [m::Column::GroupEnvelope, m::Column::Policy, m::Column::Kind] {
+            manager
+                .alter_table(Table::alter().table(m::Entity).drop_column(column).to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The protocol v2 device directory (issue #14): signed device lists, devices, their signed and
+/// one-time prekeys, and device links.
+struct CreateDeviceDirectory;
+
+impl MigrationName for CreateDeviceDirectory {
+    fn name(&self) -> &str {
+        "m20261202_000006_create_device_directory"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for CreateDeviceDirectory {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use {
+            device as dev, device_kem_prekey as kem, device_link as link, device_list as list,
+            device_one_time_prekey as otp, device_signed_prekey as spk,
+        };
+        manager
+            .create_table(
+                Table::create()
+                    .table(list::Entity)
+                    .if_not_exists()
+                    .col(string(list::Column::UserId).primary_key())
+                    .col(string(list::Column::IdentityKeyId))
+                    .col(big_integer(list::Column::Version))
+                    .col(text(list::Column::DeviceIds))
+                    .col(binary(list::Column::Signature))
+                    .col(timestamp_with_time_zone(list::Column::UpdatedAt))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(dev::Entity)
+                    .if_not_exists()
+                    .col(string(dev::Column::UserId))
+                    .col(string(dev::Column::DeviceId))
+                    .col(timestamp_with_time_zone(dev::Column::CreatedAt))
+                    .col(timestamp_with_time_zone(dev::Column::UpdatedAt))
+                    .col(timestamp_with_time_zone_null(dev::Column::AdminRemovedAt))
+                    .col(string(dev::Column::AdminRemovedBy))
+                    .primary_key(Index::create().col(dev::Column::UserId).col(dev::Column::DeviceId))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(spk::Entity)
+                    .if_not_exists()
+                    .col(string(spk::Column::UserId))
+                    .col(string(spk::Column::DeviceId))
+                    .col(string(spk::Column::Kind))
+                    .col(string(spk::Column::KeyId))
+                    .col(string(spk::Column::IdentityKeyId))
+                    .col(binary(spk::Column::PublicKey))
+                    .col(binary(spk::Column::Signature))
+                    .col(timestamp_with_time_zone(spk::Column::CreatedAt))
+                    .primary_key(
+                        Index::create()
+                            .col(spk::Column::UserId)
+                            .col(spk::Column::DeviceId)
+                            .col(spk::Column::Kind),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(otp::Entity)
+                    .if_not_exists()
+                    .col(string(otp::Column::UserId))
+                    .col(string(otp::Column::DeviceId))
+                    .col(string(otp::Column::KeyId))
+                    .col(binary(otp::Column::PublicKey))
+                    .col(timestamp_with_time_zone(otp::Column::CreatedAt))
+                    .primary_key(
+                        Index::create()
+                            .col(otp::Column::UserId)
+                            .col(otp::Column::DeviceId)
+                            .col(otp::Column::KeyId),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(kem::Entity)
+                    .if_not_exists()
+                    .col(string(kem::Column::UserId))
+                    .col(string(kem::Column::DeviceId))
+                    .col(string(kem::Column::KeyId))
+                    .col(string(kem::Column::IdentityKeyId))
+                    .col(binary(kem::Column::PublicKey))
+                    .col(binary(kem::Column::Signature))
+                    .col(timestamp_with_time_zone(kem::Column::CreatedAt))
+                    .primary_key(
+                        Index::create()
+                            .col(kem::Column::UserId)
+                            .col(kem::Column::DeviceId)
+                            .col(kem::Column::KeyId),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(link::Entity)
+                    .if_not_exists()
+                    .col(string(link::Column::LinkId).primary_key())
+                    .col(string(link::Column::UserId))
+                    .col(string(link::Column::DeviceId))
+                    .col(binary(link::Column::EphemeralPublic))
+                    .col(binary(link::Column::Commitment))
+                    .col(timestamp_with_time_zone(link::Column::CreatedAt))
+                    .col(timestamp_with_time_zone(link::Column::ExpireAt))
+                    .col(timestamp_with_time_zone_null(link::Column::ApprovedAt))
+                    .col(binary_null(link::Column::ApproverPublic))
+                    .col(binary_null(link::Column::Sealed))
+                    .to_owned(),
+            )
+            .await?;
+        caremesh_runtime::migration::create_index(
+            manager,
+            "idx_device_links_user",
+            link::Entity.into_table_ref(),
+            vec![link::Column::UserId.into_iden(), link::Column::LinkId.into_iden()],
+            false,
+        )
+        .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        caremesh_runtime::migration::drop_tables(
+            manager,
+            [
+                device_link::Entity.into_table_ref(),
+                device_kem_prekey::Entity.into_table_ref(),
+                device_one_time_prekey::Entity.into_table_ref(),
+                device_signed_prekey::Entity.into_table_ref(),
+                device::Entity.into_table_ref(),
+                device_list::Entity.into_table_ref(),
+            ],
+        )
+        .await
+    }
+}
+
+/// Protocol v2 fan-out (issue #14): the message's protocol version, sending device and content
+/// digest, the per-device ciphertexts and the archive copies. Existing rows are protocol 1.
+struct AddDeviceFanout;
+
+impl MigrationName for AddDeviceFanout {
+    fn name(&self) -> &str {
+        "m20261202_000007_add_device_fanout"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for AddDeviceFanout {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use message as m;
+        let columns = [
+            ColumnDef::new(m::Column::ProtocolVersion)
+                .integer()
+                .not_null()
+                .default(1)
+                .to_owned(),
+            ColumnDef::new(m::Column::SenderDeviceId)
+                .string()
+                .not_null()
+                .default("")
+                .to_owned(),
+            ColumnDef::new(m::Column::FanoutDigest).binary().null().to_owned(),
+        ];
+        for column in columns {
+            manager
+                .alter_table(Table::alter().table(m::Entity).add_column(column).to_owned())
+                .await?;
+        }
+        use device_ciphertext as c;
+        manager
+            .create_table(
+                Table::create()
+                    .table(c::Entity)
+                    .col(string(c::Column::MessageId))
+                    .col(string(c::Column::RecipientDeviceId))
+                    .col(string(c::Column::RecipientUserId))
+                    .col(binary(c::Column::Body))
+                    .primary_key(
+                        Index::create()
+                            .col(c::Column::MessageId)
+                            .col(c::Column::RecipientDeviceId),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        caremesh_runtime::migration::create_index(
+            manager,
+            "idx_device_ciphertexts_device",
+            c::Entity.into_table_ref(),
+            vec![
+                c::Column::RecipientUserId.into_iden(),
+                c::Column::RecipientDeviceId.into_iden(),
+            ],
+            false,
+        )
+        .await?;
+        use archive_copy as a;
+        manager
+            .create_table(
+                Table::create()
+                    .table(a::Entity)
+                    .col(string(a::Column::MessageId))
+                    .col(string(a::Column::OwnerUserId))
+                    .col(binary(a::Column::Body))
+                    .col(timestamp_with_time_zone(a::Column::CreatedAt))
+                    .primary_key(Index::create().col(a::Column::MessageId).col(a::Column::OwnerUserId))
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        caremesh_runtime::migration::drop_tables(
+            manager,
+            [
+                archive_copy::Entity.into_table_ref(),
+                device_ciphertext::Entity.into_table_ref(),
+            ],
+        )
+        .await?;
+        use message as m;
+        for column in [
+            m::Column::FanoutDigest,
+            m::Column::SenderDeviceId,
+            m::Column::ProtocolVersion,
+        ] {
             manager
                 .alter_table(Table::alter().table(m::Entity).drop_column(column).to_owned())
                 .await?;

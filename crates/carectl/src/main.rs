@@ -5,6 +5,7 @@
 mod account;
 mod admin;
 mod audit;
+mod devices;
 mod messaging;
 mod records;
 
@@ -75,6 +76,11 @@ enum Command {
     Msg {
         #[command(subcommand)]
         command: messaging::MsgCommand,
+    },
+    /// Your devices: list, link a new one, approve, remove.
+    Device {
+        #[command(subcommand)]
+        command: devices::DeviceCommand,
     },
     /// Contacts' identity keys and safety numbers.
     Contacts {
@@ -197,6 +203,7 @@ async fn run(cli: Cli) -> Result<ExitCode, SdkError> {
         Command::Admin { command } => admin::run(&ctx, command).await?,
         Command::Msg { command } => messaging::msg(&ctx, command).await?,
         Command::Contacts { command } => messaging::contacts(&ctx, command).await?,
+        Command::Device { command } => devices::device(&ctx, command).await?,
         Command::Records { command } => records::run(&ctx, command).await?,
         Command::Emergency {
             patient,

@@ -71,8 +71,22 @@ pub enum ContactsCommand {
     },
 }
 
+/// This profile's device. A new profile of a user who has devices elsewhere must be linked
+/// first: opening it would make a new identity and cut the other devices off.
 pub(crate) async fn messenger(ctx: &Ctx, session: &Session) -> Result<Messenger, SdkError> {
-    Messenger::open(ctx.client.clone(), ctx.store.dir(), &ctx.profile, session).await
+    if !Messenger::has_device(ctx.store.dir(), &ctx.profile)
+        && Messenger::published_identity(&ctx.client, session).await?.is_some()
+    {
+        return Err(SdkError::Local(format!(
+            "your account already has a device elsewhere: link this profile with `carectl --profile {0} device link`,              or start over with a new identity: `carectl --profile {0} device new-identity`",
+            ctx.profile
+        )));
+    }
+    let messenger = Messenger::open(ctx.client.clone(), ctx.store.dir(), &ctx.profile, session).await?;
+    for notice in messenger.take_device_notices()? {
+        eprintln!("note: {notice}");
+    }
+    Ok(messenger)
 }
 
 fn looks_like_id(value: &str) -> bool {
@@ -198,6 +212,7 @@ pub async fn msg(ctx: &Ctx, command: MsgCommand) -> Result<(), SdkError> {
                         page_token: String::new(),
                         order: pb::SortOrder::NewestFirst.into(),
                         unread_only: unread,
+                        ..Default::default()
                     },
                 )
                 .await?;

@@ -96,6 +96,16 @@ impl IdentityKeyPair {
         ))
     }
 
+    /// A second copy of the identity, for the provisioning message that hands it to a newly
+    /// linked device of the same user (protocol v2 §8); dropped (and wiped) once sealed.
+    pub fn duplicate(&self) -> Self {
+        Self::from_parts(
+            self.key_id.clone(),
+            SigningKey::from_bytes(self.signing.as_bytes()),
+            StaticSecret::from(*Zeroizing::new(self.dh.to_bytes())),
+        )
+    }
+
     /// The Ed25519 seed (for sealing a provisioning message only).
     pub(crate) fn signing_seed(&self) -> &[u8; 32] {
         self.signing.as_bytes()
@@ -583,6 +593,21 @@ impl DeviceKeys {
     pub fn generate(user_id: &str) -> Result<Self, CryptoError> {
         check_user_id(user_id, "user id")?;
         let identity = IdentityKeyPair::generate()?;
+        let signed_prekey = SignedPrekey::generate(&identity, user_id)?;
+        Ok(Self {
+            user_id: user_id.to_owned(),
+            identity,
+            signed_prekey,
+            previous_signed_prekey: None,
+            one_time_prekeys: BTreeMap::new(),
+        })
+    }
+
+    /// Keys for a device linked to an account that has its identity already (protocol v2 §8):
+    /// the received identity, and a signed prekey of its own that is never published (the v1
+    /// bundle stays the first device's; v2 device keys live in [`crate::v2::DeviceSecrets`]).
+    pub fn with_identity(user_id: &str, identity: IdentityKeyPair) -> Result<Self, CryptoError> {
+        check_user_id(user_id, "user id")?;
         let signed_prekey = SignedPrekey::generate(&identity, user_id)?;
         Ok(Self {
             user_id: user_id.to_owned(),

@@ -69,6 +69,7 @@ impl Messenger {
             })),
             sender_copy: None,
             lifespan: lifespan.and_then(|lifespan| prost_types::Duration::try_from(lifespan).ok()),
+            ..Default::default()
         };
         self.submit(session, request).await
     }

@@ -23,10 +23,13 @@ pub use caremesh_tls::ServiceName;
 pub mod abe;
 pub mod audit;
 pub mod auth;
+pub mod devices;
 pub mod group;
 pub mod messaging;
 pub mod profile;
 pub mod records;
+pub mod sesame;
+mod wire;
 
 /// What went wrong, for a person: a refused call says the server's code, reason and message.
 #[derive(Debug, thiserror::Error)]

@@ -1,15 +1,19 @@
-//! End-to-end encrypted direct messages from the client side (DESIGN.md §4). A [`Messenger`]
-//! holds this device's keys ([`DeviceKeys`]), the pinned identities of contacts ([`TrustStore`])
-//! and the messages it has opened, persisted next to the profile's session in one file sealed
-//! with AES-256-GCM under a local key file (both 0600).
+//! End-to-end encrypted direct messages from the client side. A [`Messenger`] is one device of
+//! the signed-in user: it holds the account identity ([`DeviceKeys`], shared by the user's
+//! devices), the protocol v2 device state ([`crate::devices`]: device keys, Double Ratchet
+//! sessions, history keys, known device lists), the pinned identities of contacts
+//! ([`TrustStore`]) and the messages it has opened, persisted next to the profile's session in
+//! one file sealed with AES-256-GCM under a local key file (both 0600).
 //!
-//! - Keys: generated on first use and published; the one-time prekey stock is topped up when the
-//!   server reports it low, and the signed prekey is rotated weekly ([`Messenger::maintain_keys`]).
-//! - Sending: fetch the recipient's bundle, verify it, check the identity against the pinned one
-//!   (a changed identity is refused until [`Messenger::accept_identity`]), seal to the recipient
-//!   and to ourselves, send with a fresh UUIDv7 message id.
-//! - Reading: envelopes are opened here; since an envelope sealed to a one-time prekey opens
-//!   only once, what was opened is kept locally so history stays readable.
+//! - Keys: the first device creates the identity and publishes it (the v1 key bundle, kept
+//!   topped up by [`Messenger::maintain_keys`]); every device publishes its own v2 device keys
+//!   and keeps its one-time prekeys topped up ([`crate::devices`]). Further devices are linked
+//!   ([`Messenger::link`], [`Messenger::approve_link`]).
+//! - Sending: protocol v2 fan-out ([`crate::sesame`]); a changed contact identity is refused
+//!   until [`Messenger::accept_identity`].
+//! - Reading: v2 messages open with this device's ciphertext or the archive copy; v1 envelopes
+//!   (sent before v2) still open on the device that received them. What was opened is kept
+//!   locally, since a ratchet message key works once.
 //!
 //! The server only ever sees ciphertext.
 
@@ -20,10 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use caremesh_crypto::{
-    CryptoError, DeviceKeys, IdentityPublicKey, MessageContext, TrustCheck, TrustStore, VerifiedBundle, new_id, open,
-    seal, seal_to_self, verify_bundle, verify_identity,
-};
+use caremesh_crypto::{DeviceKeys, IdentityPublicKey, MessageContext, TrustCheck, TrustStore, open, verify_identity};
 use caremesh_proto::messaging::v1 as pb;
 use caremesh_proto::messaging::v1::key_directory_service_client::KeyDirectoryServiceClient;
 use caremesh_proto::messaging::v1::messaging_service_client::MessagingServiceClient;
@@ -43,12 +44,17 @@ pub const SIGNED_PREKEY_MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::days(7);
 #[derive(Serialize, Deserialize)]
 pub(crate) struct State {
     pub(crate) keys: DeviceKeys,
-    trust: TrustStore,
-    /// Plaintexts of the messages opened so far, by message id (hex).
-    opened: BTreeMap<String, String>,
+    pub(crate) trust: TrustStore,
+    /// Plaintexts of the messages opened so far, by message id (hex). Protocol v2 keeps every
+    /// opened message here (a ratchet message key works once), and the messages this device sent.
+    pub(crate) opened: BTreeMap<String, String>,
     /// Attribute (ABE) keys issued to this device, newest last.
     #[serde(default)]
     pub(crate) attribute_keys: Vec<crate::abe::StoredAttributeKey>,
+    /// Protocol v2: this device's keys, sessions, history keys and known device lists. A state
+    /// file written before v2 has none; opening it makes this the user's first device.
+    #[serde(default)]
+    pub(crate) device: Option<crate::devices::DeviceState>,
 }
 
 /// A message with its content opened (or why not).
@@ -66,6 +72,9 @@ pub enum Content {
     Recalled,
     /// It could not be opened here (reason for a person).
     Unreadable(String),
+    /// Protocol v2 bookkeeping between devices (a new history key, a new session), not for the
+    /// user to read; says what it was.
+    Control(String),
 }
 
 impl Content {
@@ -75,6 +84,7 @@ impl Content {
             Content::Plain(bytes) => String::from_utf8_lossy(bytes).into_owned(),
             Content::Recalled => "(recalled)".to_owned(),
             Content::Unreadable(why) => format!("(cannot open: {why})"),
+            Content::Control(what) => format!("({what})"),
         }
     }
 }
@@ -118,9 +128,6 @@ pub struct Messenger {
     disk: Arc<Disk>,
     state: Arc<Mutex<State>>,
     identities: Mutex<HashMap<(String, String), IdentityPublicKey>>,
-    /// Each contact's last verified bundle: their next one, while unrotated, needs no new
-    /// signature checks (see [`VerifiedBundle::verify_next`]).
-    bundles: Mutex<HashMap<String, VerifiedBundle>>,
     /// The ABE public parameters and their version, fetched on first use.
     pub(crate) abe_params: Mutex<Option<crate::abe::CachedParams>>,
     /// Attribute keys already parsed (and point-checked), by key id.
@@ -254,8 +261,28 @@ impl Messenger {
                 trust: TrustStore::new(),
                 opened: BTreeMap::new(),
                 attribute_keys: Vec::new(),
+                device: None,
             },
         };
+        Self::start(client, dir, profile, session, state).await
+    }
+
+    /// Makes a messenger of loaded (or new) state: a state without protocol v2 device keys
+    /// becomes the user's first device; then the key directory is brought up to date and sends
+    /// that were saved but may not have left the device are sent again.
+    pub(crate) async fn start(
+        client: Client,
+        dir: &Path,
+        profile: &str,
+        session: &Session,
+        mut state: State,
+    ) -> Result<Self, SdkError> {
+        let state_path = dir.join(format!("{profile}.messaging"));
+        let key_path = dir.join(format!("{profile}.messaging.key"));
+        if state.device.is_none() {
+            state.device = Some(crate::devices::DeviceState::new_primary()?);
+        }
+        let primary = state.device.as_ref().is_some_and(|device| device.primary);
         let messenger = Self {
             client,
             user_id: session.user_id.clone(),
@@ -269,13 +296,41 @@ impl Messenger {
             }),
             state: Arc::new(Mutex::new(state)),
             identities: Mutex::new(HashMap::new()),
-            bundles: Mutex::new(HashMap::new()),
             abe_params: Mutex::new(None),
             parsed_keys: Mutex::new(HashMap::new()),
         };
         messenger.persist()?;
-        messenger.maintain_keys(session).await?;
+        if primary {
+            messenger.maintain_keys(session).await?;
+        }
+        messenger.maintain_device(session).await?;
+        messenger.resend_pending(session).await?;
         Ok(messenger)
+    }
+
+    /// Whether `profile` in `dir` holds a device already.
+    pub fn has_device(dir: &Path, profile: &str) -> bool {
+        dir.join(format!("{profile}.messaging")).exists()
+    }
+
+    /// The user's published account identity, verified, or `None` when there is none.
+    pub async fn published_identity(client: &Client, session: &Session) -> Result<Option<IdentityPublicKey>, SdkError> {
+        let mut api = KeyDirectoryServiceClient::new(client.require(ServiceName::Messaging)?);
+        let response = api
+            .get_identity_key(session.request(pb::GetIdentityKeyRequest {
+                user_id: session.user_id.clone(),
+                key_id: String::new(),
+            })?)
+            .await;
+        let identity = match response {
+            Ok(response) => response.into_inner().identity_key,
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+            Err(status) => return Err(status.into()),
+        };
+        let identity = identity.ok_or(SdkError::Protocol("no identity key in the answer"))?;
+        verify_identity(&identity, &session.user_id)
+            .map(Some)
+            .map_err(|error| crypto("your published identity key", error))
     }
 
     fn load(state_path: &Path, key_path: &Path) -> Result<Option<State>, SdkError> {
@@ -320,7 +375,7 @@ impl Messenger {
     /// Writes the state within [`OPENED_WRITE_DELAY`] (at once outside a tokio runtime), once
     /// for all changes made until then. Only for changes whose loss in a crash loses nothing
     /// (see [`OPENED_WRITE_DELAY`]); everything else is written with [`Self::persist`].
-    fn persist_soon(&self) -> Result<(), SdkError> {
+    pub(crate) fn persist_soon(&self) -> Result<(), SdkError> {
         self.disk.dirty.store(true, Ordering::SeqCst);
         if self.disk.scheduled.swap(true, Ordering::SeqCst) {
             return Ok(()); // the scheduled write will include this change
@@ -356,13 +411,13 @@ impl Messenger {
             .map_err(|_| SdkError::Local("device state is unusable after an earlier failure".to_owned()))
     }
 
-    fn keys_api(&self) -> Result<KeyDirectoryServiceClient<Channel>, SdkError> {
+    pub(crate) fn keys_api(&self) -> Result<KeyDirectoryServiceClient<Channel>, SdkError> {
         Ok(KeyDirectoryServiceClient::new(
             self.client.require(ServiceName::Messaging)?,
         ))
     }
 
-    fn api(&self) -> Result<MessagingServiceClient<Channel>, SdkError> {
+    pub(crate) fn api(&self) -> Result<MessagingServiceClient<Channel>, SdkError> {
         Ok(MessagingServiceClient::new(
             self.client.require(ServiceName::Messaging)?,
         ))
@@ -428,7 +483,11 @@ impl Messenger {
     }
 
     /// Fetches and verifies `user_id`'s current identity (without pinning it).
-    async fn current_identity(&self, session: &Session, user_id: &str) -> Result<IdentityPublicKey, SdkError> {
+    pub(crate) async fn current_identity(
+        &self,
+        session: &Session,
+        user_id: &str,
+    ) -> Result<IdentityPublicKey, SdkError> {
         let response = self
             .keys_api()?
             .get_identity_key(session.request(pb::GetIdentityKeyRequest {
@@ -443,8 +502,9 @@ impl Messenger {
         verify_identity(&identity, user_id).map_err(|error| crypto("the contact's identity key", error))
     }
 
-    /// Sends `plaintext` to `recipient_user_id`; refused while the recipient's identity differs
-    /// from the pinned one. Returns the stored message.
+    /// Sends `plaintext` to `recipient_user_id` with protocol v2: one ciphertext per device of
+    /// the recipient and per other device of this user, and an archive copy (see
+    /// [`crate::sesame`]). Refused while the recipient's identity differs from the pinned one.
     pub async fn send(
         &self,
         session: &Session,
@@ -452,69 +512,8 @@ impl Messenger {
         plaintext: &[u8],
         lifespan: Option<Duration>,
     ) -> Result<pb::Message, SdkError> {
-        let bundle = self
-            .keys_api()?
-            .fetch_key_bundle(session.request(pb::FetchKeyBundleRequest {
-                user_id: recipient_user_id.to_owned(),
-            })?)
-            .await?
-            .into_inner()
-            .bundle
-            .ok_or(SdkError::Protocol("no bundle in the answer"))?;
-        let verified = self
-            .verify_bundle(&bundle, recipient_user_id)
-            .map_err(|error| crypto("the recipient's key bundle", error))?;
-        let message_id = new_id();
-        let (envelope, sender_copy, pinned) = {
-            let mut state = self.lock()?;
-            let pinned = match state.trust.check(recipient_user_id, verified.identity()) {
-                TrustCheck::Changed { .. } => return Err(identity_changed(recipient_user_id)),
-                TrustCheck::FirstUse => true,
-                TrustCheck::Trusted => false,
-            };
-            let context = MessageContext {
-                sender_user_id: &self.user_id,
-                recipient_user_id,
-                message_id: &message_id,
-            };
-            let envelope = seal(state.keys.identity(), &context, &verified, plaintext)
-                .map_err(|error| crypto("sealing the message", error))?;
-            // Our own copy opens again whenever needed (no one-time prekey), so it is not stored.
-            let sender_copy =
-                seal_to_self(&state.keys, &context, plaintext).map_err(|error| crypto("sealing your copy", error))?;
-            (envelope, sender_copy, pinned)
-        };
-        if pinned {
-            self.persist()?;
-        }
-        let request = pb::SendMessageRequest {
-            message_id,
-            content: Some(pb::send_message_request::Content::Direct(pb::DirectContent {
-                recipient_user_id: recipient_user_id.to_owned(),
-                envelope: Some(envelope),
-            })),
-            sender_copy: Some(sender_copy),
-            lifespan: lifespan.and_then(|lifespan| prost_types::Duration::try_from(lifespan).ok()),
-        };
-        self.submit(session, request).await
-    }
-
-    /// Verifies `recipient_user_id`'s fetched bundle, reusing the signature checks of their last
-    /// one when their identity key and signed prekey have not changed.
-    fn verify_bundle(&self, bundle: &pb::KeyBundle, recipient_user_id: &str) -> Result<VerifiedBundle, CryptoError> {
-        let last = self
-            .bundles
-            .lock()
-            .ok()
-            .and_then(|bundles| bundles.get(recipient_user_id).cloned());
-        let verified = match last {
-            Some(last) => last.verify_next(bundle, recipient_user_id)?,
-            None => verify_bundle(bundle, recipient_user_id)?,
-        };
-        if let Ok(mut bundles) = self.bundles.lock() {
-            bundles.insert(recipient_user_id.to_owned(), verified.clone());
-        }
-        Ok(verified)
+        let content = caremesh_crypto::v2::Content::Message(Zeroizing::new(plaintext.to_vec()));
+        self.send_content(session, recipient_user_id, &content, lifespan).await
     }
 
     /// Sends a sealed message, retrying once with the very same request when messaging-svc is
@@ -610,6 +609,9 @@ impl Messenger {
             let plaintext = self.open_group(session, message).await?;
             return Ok(Content::Plain(plaintext.to_vec()));
         }
+        if message.protocol_version == 2 {
+            return self.open_v2(session, message).await;
+        }
         let envelope = message
             .envelope
             .as_ref()
@@ -656,8 +658,11 @@ impl Messenger {
     pub async fn inbox(
         &self,
         session: &Session,
-        request: pb::ListInboxRequest,
+        mut request: pb::ListInboxRequest,
     ) -> Result<(Vec<Opened>, String), SdkError> {
+        if request.device_id.is_empty() {
+            request.device_id = self.device_id_now()?;
+        }
         let response = self.api()?.list_inbox(session.request(request)?).await?.into_inner();
         Ok((
             self.open_all(session, response.messages).await,
@@ -674,6 +679,7 @@ impl Messenger {
     ) -> Result<Vec<Opened>, SdkError> {
         let mut messages = Vec::new();
         let mut page_token = String::new();
+        let device_id = self.device_id_now()?;
         loop {
             let response = self
                 .api()?
@@ -682,6 +688,7 @@ impl Messenger {
                     page_size: 500,
                     page_token,
                     order: order.into(),
+                    device_id: device_id.clone(),
                 })?)
                 .await?
                 .into_inner();
@@ -718,6 +725,7 @@ impl Messenger {
             .api()?
             .subscribe(session.request(pb::SubscribeRequest {
                 cursor: cursor.to_owned(),
+                device_id: self.device_id_now()?,
             })?)
             .await?
             .into_inner())
@@ -788,7 +796,7 @@ impl Messenger {
     }
 }
 
-fn identity_changed(user_id: &str) -> SdkError {
+pub(crate) fn identity_changed(user_id: &str) -> SdkError {
     SdkError::Local(format!(
         "the identity key of {user_id} changed since you last talked: compare safety numbers \
          (`carectl contacts verify {user_id}`) and accept the new key (`--accept`) before sending"

@@ -173,7 +173,13 @@ async fn perform(mesh: &TestMesh, op: &Op, session: &Session) -> Result<Answer, 
     let anonymous = |service| mesh.channel(service, Caller::Anonymous);
     match op.clone() {
         Op::GetMessage(message_id) => MessagingServiceClient::new(anonymous(Service::Messaging))
-            .get_message(req(session, msg_pb::GetMessageRequest { message_id }))
+            .get_message(req(
+                session,
+                msg_pb::GetMessageRequest {
+                    message_id,
+                    ..Default::default()
+                },
+            ))
             .await
             .map(|_| Answer::Other),
         Op::ListConversationMessages(conversation_id) => MessagingServiceClient::new(anonymous(Service::Messaging))

@@ -117,6 +117,7 @@ fn group_request(abe: &Abe, sender: &Member, policy: &str, sealed_for: &str, bod
         })),
         sender_copy: None,
         lifespan: None,
+        ..Default::default()
     };
     sign(&mut request, sender);
     request
@@ -167,6 +168,7 @@ async fn get(mesh: &TestMesh, user: &TestUser, message_id: &str) -> Result<pb::M
             user.session
                 .request(pb::GetMessageRequest {
                     message_id: message_id.to_owned(),
+                    ..Default::default()
                 })
                 .unwrap(),
         )
@@ -180,6 +182,7 @@ async fn watch(channel: Channel, user: &TestUser, cursor: &str) -> tonic::Stream
             user.session
                 .request(pb::SubscribeRequest {
                     cursor: cursor.to_owned(),
+                    ..Default::default()
                 })
                 .unwrap(),
         )

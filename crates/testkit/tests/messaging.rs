@@ -28,7 +28,7 @@ fn texts(opened: &[caremesh_sdk::messaging::Opened]) -> Vec<String> {
     opened.iter().map(|item| item.content.text()).collect()
 }
 
-async fn raw_inbox(mesh: &TestMesh, user: &TestUser) -> Vec<pb::Message> {
+async fn raw_inbox(mesh: &TestMesh, user: &TestUser, device_id: &str) -> Vec<pb::Message> {
     let mut client = MessagingServiceClient::new(mesh.channel(Service::Messaging, Caller::Anonymous));
     client
         .list_inbox(
@@ -36,6 +36,7 @@ async fn raw_inbox(mesh: &TestMesh, user: &TestUser) -> Vec<pb::Message> {
                 .request(pb::ListInboxRequest {
                     page_size: 100,
                     order: pb::SortOrder::OldestFirst.into(),
+                    device_id: device_id.to_owned(),
                     ..Default::default()
                 })
                 .unwrap(),
@@ -171,6 +172,7 @@ async fn patient_and_doctor_exchange_and_read_history_others_cannot() {
                 .session
                 .request(pb::GetMessageRequest {
                     message_id: reply.message_id.clone(),
+                    ..Default::default()
                 })
                 .unwrap(),
         )
@@ -178,7 +180,7 @@ async fn patient_and_doctor_exchange_and_read_history_others_cannot() {
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     let mut stolen = doctor_view[0].message.clone();
-    assert!(stolen.envelope.is_some());
+    assert!(stolen.device_ciphertext.is_some() || stolen.archive.is_some());
     stolen.recipient_user_id = other.user_id.clone();
     assert!(o.open_message(&other.session, &stolen).await.is_err());
     stolen.recipient_user_id = doctor.user_id.clone();
@@ -262,7 +264,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 #[tokio::test]
-async fn a_tampered_envelope_does_not_open() {
+async fn a_tampered_ciphertext_does_not_open() {
     let mesh = TestMesh::start().await;
     let patient = mesh.patient().await;
     let doctor = mesh.staff(Role::Doctor, &[]).await;
@@ -271,47 +273,54 @@ async fn a_tampered_envelope_does_not_open() {
     p.send(&patient.session, &doctor.user_id, b"lab results attached", None)
         .await
         .unwrap();
-    let message = raw_inbox(&mesh, &doctor).await.remove(0);
-    let envelope = message.envelope.clone().unwrap();
-    let mut variants: Vec<pb::Envelope> = Vec::new();
+    let message = raw_inbox(&mesh, &doctor, &d.device_id().unwrap()).await.remove(0);
+    assert_eq!(message.protocol_version, 2);
+    let original = message.device_ciphertext.clone().unwrap();
+    assert!(original.preamble.is_some(), "the first message carries the handshake");
+    let mut variants: Vec<pb::DeviceCiphertext> = Vec::new();
     for index in [0, 31] {
-        let mut e = envelope.clone();
-        e.ephemeral_public_key[index] ^= 1;
-        variants.push(e);
+        let mut c = original.clone();
+        c.ratchet_public_key[index] ^= 1;
+        variants.push(c);
     }
-    for index in [0, 11] {
-        let mut e = envelope.clone();
-        e.nonce[index] ^= 0x80;
-        variants.push(e);
-    }
-    let len = envelope.ciphertext.len();
+    let len = original.ciphertext.len();
     for index in [0, len / 2, len - 1] {
-        let mut e = envelope.clone();
-        e.ciphertext[index] ^= 1;
-        variants.push(e);
+        let mut c = original.clone();
+        c.ciphertext[index] ^= 1;
+        variants.push(c);
     }
-    let mut e = envelope.clone();
-    e.version = 2;
-    variants.push(e);
-    let mut e = envelope.clone();
-    e.recipient_one_time_prekey_id = String::new();
-    variants.push(e);
-    let mut e = envelope.clone();
-    e.ciphertext.truncate(len - 1);
-    variants.push(e);
+    let mut c = original.clone();
+    c.ciphertext.truncate(len - 1);
+    variants.push(c);
+    let mut c = original.clone();
+    c.message_number += 1;
+    variants.push(c);
+    let mut c = original.clone();
+    c.previous_chain_length += 1;
+    variants.push(c);
+    for field in 0..3 {
+        let mut c = original.clone();
+        let preamble = c.preamble.as_mut().unwrap();
+        match field {
+            0 => preamble.ephemeral_public_key[0] ^= 1,
+            1 => preamble.kem_ciphertext[0] ^= 1,
+            _ => preamble.one_time_prekey_id.clear(),
+        }
+        variants.push(c);
+    }
     for (index, variant) in variants.into_iter().enumerate() {
         let mut tampered = message.clone();
-        tampered.envelope = Some(variant);
+        tampered.device_ciphertext = Some(variant);
         assert!(
             d.open_message(&doctor.session, &tampered).await.is_err(),
             "variant {index} opened"
         );
     }
-    // Other ids bound in the associated data.
+    // The message id is bound in the associated data: moved to another id, it does not open.
     let mut swapped = message.clone();
     swapped.message_id = uuid::Uuid::now_v7().to_string();
     assert!(d.open_message(&doctor.session, &swapped).await.is_err());
-    // The genuine one still opens (failed attempts burn nothing).
+    // The genuine one still opens (failed attempts change nothing).
     let opened = d.open_message(&doctor.session, &message).await.unwrap();
     assert_eq!(opened.content, Content::Plain(b"lab results attached".to_vec()));
     mesh.shutdown().await;
@@ -599,7 +608,7 @@ async fn a_changed_identity_key_is_refused_until_accepted() {
     d.send(&doctor.session, &patient.user_id, b"second", None)
         .await
         .unwrap();
-    let inbox = raw_inbox(&mesh, &patient).await;
+    let inbox = raw_inbox(&mesh, &patient, &p2.device_id().unwrap()).await;
     let newest = inbox.last().unwrap();
     let opened = p2.open_message(&patient.session, newest).await.unwrap();
     assert_eq!(opened.content.text(), "second");
@@ -657,6 +666,7 @@ async fn a_resent_message_is_stored_once_and_a_reused_id_is_refused() {
             })),
             sender_copy: Some(envelope(&own, &own, fill)),
             lifespan: None,
+            ..Default::default()
         };
         let mut api = MessagingServiceClient::new(mesh.channel(Service::Messaging, Caller::Anonymous));
         let first = api
@@ -679,7 +689,7 @@ async fn a_resent_message_is_stored_once_and_a_reused_id_is_refused() {
             .await
             .unwrap_err();
         assert_eq!(other.code(), tonic::Code::AlreadyExists, "{}", backend.name());
-        let inbox = raw_inbox(&mesh, &doctor).await;
+        let inbox = raw_inbox(&mesh, &doctor, "").await;
         assert_eq!(
             inbox.iter().filter(|message| message.message_id == message_id).count(),
             1,
@@ -712,7 +722,10 @@ async fn a_resent_message_is_stored_once_and_a_reused_id_is_refused() {
             .subscribe(
                 doctor
                     .session
-                    .request(pb::SubscribeRequest { cursor: String::new() })
+                    .request(pb::SubscribeRequest {
+                        cursor: String::new(),
+                        ..Default::default()
+                    })
                     .unwrap(),
             )
             .await
@@ -756,7 +769,7 @@ async fn a_resent_message_is_stored_once_and_a_reused_id_is_refused() {
             "{}: every sender of the winning content is answered",
             backend.name()
         );
-        let inbox = raw_inbox(&mesh, &doctor).await;
+        let inbox = raw_inbox(&mesh, &doctor, "").await;
         for id in distinct.iter().map(|request| &request.message_id).chain([&raced_id]) {
             assert_eq!(
                 inbox.iter().filter(|message| &message.message_id == id).count(),

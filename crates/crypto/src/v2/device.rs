@@ -303,8 +303,15 @@ impl DeviceListTracker {
     /// Records a verified list: refuses an older version ([`CryptoError::DeviceListRollback`]) or
     /// other content at a version already seen ([`CryptoError::DeviceListMismatch`]), and returns
     /// the devices added and removed since the last list seen (all added on first sight).
+    ///
+    /// A list signed by another identity than the last one seen starts the user's history anew:
+    /// whether that identity is trusted is the [`crate::TrustStore`]'s decision (a changed identity
+    /// is refused until the user accepts it), and a new identity's lists start at version 1.
     pub fn observe(&mut self, list: &DeviceList) -> Result<DeviceListChange, CryptoError> {
-        let previous = self.seen.get(list.user_id());
+        let previous = self
+            .seen
+            .get(list.user_id())
+            .filter(|seen| seen.identity_key_id == list.identity_key_id());
         if let Some(seen) = previous {
             if list.version() < seen.version {
                 return Err(CryptoError::DeviceListRollback {
@@ -312,9 +319,7 @@ impl DeviceListTracker {
                     seen: seen.version,
                 });
             }
-            if list.version() == seen.version
-                && (seen.device_ids != list.device_ids() || seen.identity_key_id != list.identity_key_id())
-            {
+            if list.version() == seen.version && seen.device_ids != list.device_ids() {
                 return Err(CryptoError::DeviceListMismatch(list.version()));
             }
         }
@@ -337,6 +342,11 @@ impl DeviceListTracker {
             },
         );
         Ok(change)
+    }
+
+    /// The newest version seen for `user_id`, if any.
+    pub fn seen_version(&self, user_id: &str) -> Option<u64> {
+        self.seen.get(user_id).map(|seen| seen.version)
     }
 
     /// Forgets a user's list (after the user accepted a new identity, whose lists start anew).
