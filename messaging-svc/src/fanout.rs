@@ -31,7 +31,7 @@ pub struct Fanout {
     pub sender_device_id: String,
     /// One ciphertext per device (recipient's and the sender's others).
     pub ciphertexts: Vec<pb::DeviceCiphertext>,
-    /// The sender's archive copy.
+    /// The sender's archive copy (none for contents between the sender's own devices).
     pub archive: Option<pb::ArchiveCopy>,
 }
 
@@ -152,13 +152,11 @@ impl MessagingDomain {
     /// the lists again and resends with the same message id).
     pub(crate) async fn check_fanout(&self, sender: &str, recipient: &str, fanout: &Fanout) -> Result<(), Error> {
         check_uuid_v7(&fanout.sender_device_id, "sender_device_id")?;
-        let archive = fanout.archive.as_ref().ok_or_else(|| {
-            Error::invalid_argument(
-                "ARCHIVE_REQUIRED",
-                "archive is required with device_ciphertexts: seal a copy under your history key",
-            )
-        })?;
-        check_archive(archive, "archive")?;
+        // Messages carry the sender's archive copy; contents between devices (a new history key)
+        // carry none. The server cannot tell them apart, and need not.
+        if let Some(archive) = &fanout.archive {
+            check_archive(archive, "archive")?;
+        }
         let mut given = BTreeSet::new();
         for (index, ciphertext) in fanout.ciphertexts.iter().enumerate() {
             check_ciphertext(ciphertext, index)?;

@@ -83,10 +83,16 @@ pub(crate) async fn messenger(ctx: &Ctx, session: &Session) -> Result<Messenger,
         )));
     }
     let messenger = Messenger::open(ctx.client.clone(), ctx.store.dir(), &ctx.profile, session).await?;
+    print_notices(&messenger)?;
+    Ok(messenger)
+}
+
+/// Tells the user, on standard error, which contacts added or removed devices.
+pub(crate) fn print_notices(messenger: &Messenger) -> Result<(), SdkError> {
     for notice in messenger.take_device_notices()? {
         eprintln!("note: {notice}");
     }
-    Ok(messenger)
+    Ok(())
 }
 
 fn looks_like_id(value: &str) -> bool {
@@ -284,6 +290,7 @@ pub async fn msg(ctx: &Ctx, command: MsgCommand) -> Result<(), SdkError> {
             );
         }
     }
+    print_notices(&messenger)?;
     Ok(())
 }
 

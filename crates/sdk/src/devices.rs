@@ -74,6 +74,7 @@ pub struct DeviceInfo {
 }
 
 /// A user's verified device list and the devices an admin removed from it.
+#[derive(Clone)]
 pub(crate) struct VerifiedDevices {
     pub(crate) list: DeviceList,
     pub(crate) admin_removed: Vec<String>,
@@ -89,7 +90,50 @@ impl VerifiedDevices {
     }
 }
 
+/// A user's trusted identity with their verified device list, as last fetched.
+#[derive(Clone)]
+pub(crate) struct KnownDevices {
+    pub(crate) identity: IdentityPublicKey,
+    pub(crate) devices: VerifiedDevices,
+}
+
 impl Messenger {
+    /// `user_id`'s trusted identity and verified devices: remembered ones unless `refresh`
+    /// (after the server said a list changed), else fetched, checked and remembered.
+    pub(crate) async fn known_devices(
+        &self,
+        session: &Session,
+        user_id: &str,
+        refresh: bool,
+    ) -> Result<KnownDevices, SdkError> {
+        if !refresh
+            && let Some(known) = self
+                .contacts
+                .lock()
+                .ok()
+                .and_then(|contacts| contacts.get(user_id).cloned())
+        {
+            return Ok(known);
+        }
+        let identity = match self.recipient_identity(session, user_id).await {
+            Err(error) if error.code() == Some(tonic::Code::NotFound) => return Err(no_device_yet(user_id)),
+            other => other?,
+        };
+        let devices = self.verified_devices(session, user_id, &identity).await?;
+        let known = KnownDevices { identity, devices };
+        if let Ok(mut contacts) = self.contacts.lock() {
+            contacts.insert(user_id.to_owned(), known.clone());
+        }
+        Ok(known)
+    }
+
+    /// Forgets what was remembered of `user_id` (their identity was accepted anew).
+    pub(crate) fn forget_contact(&self, user_id: &str) {
+        if let Ok(mut contacts) = self.contacts.lock() {
+            contacts.remove(user_id);
+        }
+    }
+
     /// This device's id.
     pub fn device_id(&self) -> Result<String, SdkError> {
         self.device_id_now()
@@ -115,13 +159,19 @@ impl Messenger {
         user_id: &str,
         identity: &IdentityPublicKey,
     ) -> Result<VerifiedDevices, SdkError> {
-        let response = self
+        let response = match self
             .keys_api()?
             .get_device_list(session.request(pb::GetDeviceListRequest {
                 user_id: user_id.to_owned(),
             })?)
-            .await?
-            .into_inner();
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound && user_id != self.user_id() => {
+                return Err(no_device_yet(user_id));
+            }
+            Err(status) => return Err(status.into()),
+        };
         let signed = response
             .device_list
             .ok_or(SdkError::Protocol("no device list in the answer"))?;
@@ -577,6 +627,13 @@ enum OwnList {
 /// The state's device part, which every opened messenger has.
 pub(crate) fn device_mut(state: &mut State) -> Result<&mut DeviceState, SdkError> {
     state.device.as_mut().ok_or_else(no_device)
+}
+
+fn no_device_yet(user_id: &str) -> SdkError {
+    SdkError::Local(format!(
+        "{user_id} has no device for end-to-end messages yet: they must sign in once with an up-to-date app \
+         (or carectl) before you can write to them"
+    ))
 }
 
 fn no_device() -> SdkError {

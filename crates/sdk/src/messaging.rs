@@ -128,6 +128,10 @@ pub struct Messenger {
     disk: Arc<Disk>,
     state: Arc<Mutex<State>>,
     identities: Mutex<HashMap<(String, String), IdentityPublicKey>>,
+    /// Contacts' (and our own) trusted identity and verified device list, as last fetched: sends
+    /// use them until the server says a list changed (Sesame), so a send costs no directory
+    /// round trips.
+    pub(crate) contacts: Mutex<HashMap<String, crate::devices::KnownDevices>>,
     /// The ABE public parameters and their version, fetched on first use.
     pub(crate) abe_params: Mutex<Option<crate::abe::CachedParams>>,
     /// Attribute keys already parsed (and point-checked), by key id.
@@ -296,6 +300,7 @@ impl Messenger {
             }),
             state: Arc::new(Mutex::new(state)),
             identities: Mutex::new(HashMap::new()),
+            contacts: Mutex::new(HashMap::new()),
             abe_params: Mutex::new(None),
             parsed_keys: Mutex::new(HashMap::new()),
         };
@@ -790,6 +795,7 @@ impl Messenger {
     /// Accepts `user_id`'s current identity (after comparing safety numbers).
     pub async fn accept_identity(&self, session: &Session, user_id: &str) -> Result<ContactIdentity, SdkError> {
         let theirs = self.current_identity(session, user_id).await?;
+        self.forget_contact(user_id);
         self.lock()?.trust.accept_new(user_id, &theirs);
         self.persist()?;
         self.contact(session, user_id).await

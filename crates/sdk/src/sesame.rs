@@ -24,7 +24,11 @@ pub const DEVICE_LIST_CHANGED: &str = "DEVICE_LIST_CHANGED";
 impl Messenger {
     /// The identity to encrypt to: our own, or the contact's current one checked against the
     /// pinned one (a changed identity is refused until accepted).
-    async fn recipient_identity(&self, session: &Session, user_id: &str) -> Result<IdentityPublicKey, SdkError> {
+    pub(crate) async fn recipient_identity(
+        &self,
+        session: &Session,
+        user_id: &str,
+    ) -> Result<IdentityPublicKey, SdkError> {
         if user_id == self.user_id() {
             return Ok(self.lock()?.keys.identity().public());
         }
@@ -50,17 +54,18 @@ impl Messenger {
         lifespan: Option<Duration>,
     ) -> Result<pb::Message, SdkError> {
         let message_id = new_id();
-        let mut attempt = 0;
+        let mut refresh = false;
         loop {
             let request = self
-                .seal_for_devices(session, recipient_user_id, &message_id, content, lifespan)
+                .seal_for_devices(session, recipient_user_id, &message_id, content, lifespan, refresh)
                 .await?;
             match self.submit(session, request).await {
                 Ok(message) => {
                     self.finish_pending(&message_id)?;
                     return Ok(message);
                 }
-                Err(error) if attempt == 0 && error.reason().as_deref() == Some(DEVICE_LIST_CHANGED) => attempt += 1,
+                // The remembered device lists went stale: fetch them and seal again, once.
+                Err(error) if !refresh && error.reason().as_deref() == Some(DEVICE_LIST_CHANGED) => refresh = true,
                 Err(error) => return Err(error),
             }
         }
@@ -73,17 +78,16 @@ impl Messenger {
         message_id: &str,
         content: &Content,
         lifespan: Option<Duration>,
+        refresh: bool,
     ) -> Result<pb::SendMessageRequest, SdkError> {
         let me = self.user_id().to_owned();
-        let recipient_identity = self.recipient_identity(session, recipient_user_id).await?;
-        let recipient = self
-            .verified_devices(session, recipient_user_id, &recipient_identity)
-            .await?;
+        let known = self.known_devices(session, recipient_user_id, refresh).await?;
+        let (recipient_identity, recipient) = (known.identity, known.devices);
         let own_identity = self.lock()?.keys.identity().public();
         let own = if recipient_user_id == me {
             None
         } else {
-            Some(self.verified_devices(session, &me, &own_identity).await?)
+            Some(self.known_devices(session, &me, refresh).await?.devices)
         };
         let this_device = self.device_id_now()?;
         let mut targets: Vec<(PeerDevice, &VerifiedDevices, &IdentityPublicKey)> = Vec::new();
@@ -261,7 +265,21 @@ impl Messenger {
         let Some(ciphertext) = &message.device_ciphertext else {
             return self.open_archive(message);
         };
-        let sender_identity = self.recipient_identity(session, &message.sender_user_id).await?;
+        // The sender's identity as remembered, unless the handshake names another one.
+        let named = ciphertext
+            .preamble
+            .as_ref()
+            .map(|preamble| preamble.sender_identity_key_id.as_str());
+        let mut sender_identity = self
+            .known_devices(session, &message.sender_user_id, false)
+            .await?
+            .identity;
+        if named.is_some_and(|key_id| key_id != sender_identity.key_id()) {
+            sender_identity = self
+                .known_devices(session, &message.sender_user_id, true)
+                .await?
+                .identity;
+        }
         let ratchet = wire::ratchet_message(ciphertext)?;
         let opened = {
             let mut state = self.lock()?;

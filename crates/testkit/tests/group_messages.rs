@@ -43,6 +43,47 @@ async fn member(mesh: &TestMesh, user: TestUser) -> Member {
         .publish_key_bundle(user.session.request(keys.publish_request(5).unwrap()).unwrap())
         .await
         .unwrap();
+    // A protocol v2 device too, so that direct messages can reach the member.
+    let device = caremesh_crypto::v2::DeviceSecrets::generate().unwrap();
+    let list = caremesh_crypto::v2::DeviceList::new(
+        &user.user_id,
+        keys.identity().key_id(),
+        1,
+        [device.device_id().to_owned()],
+    )
+    .unwrap();
+    client
+        .update_device_list(
+            user.session
+                .request(pb::UpdateDeviceListRequest {
+                    version: 1,
+                    device_ids: list.device_ids().to_vec(),
+                    signature: list.sign(keys.identity()).unwrap().to_vec(),
+                })
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let signed = |key: caremesh_crypto::v2::PublishedKey| pb::SignedDeviceKey {
+        key_id: key.key_id,
+        public_key: key.public_key,
+        signature: key.signature,
+    };
+    client
+        .publish_device(
+            user.session
+                .request(pb::PublishDeviceRequest {
+                    device_id: device.device_id().to_owned(),
+                    signed_prekey: Some(signed(device.signed_prekey(keys.identity(), &user.user_id).unwrap())),
+                    last_resort_prekey: Some(signed(
+                        device.last_resort_prekey(keys.identity(), &user.user_id).unwrap(),
+                    )),
+                    ..Default::default()
+                })
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     Member { user, keys }
 }
 

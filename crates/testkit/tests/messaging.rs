@@ -796,3 +796,73 @@ async fn a_resent_message_is_stored_once_and_a_reused_id_is_refused() {
         mesh.shutdown().await;
     }
 }
+
+/// A message sealed with protocol v1 (one X3DH envelope, as clients sent before v2) still opens
+/// on the device whose keys it was sealed to, now running the v2 SDK.
+#[tokio::test]
+async fn a_v1_message_still_opens_on_the_device_it_was_sealed_to() {
+    let mesh = TestMesh::start().await;
+    let patient = mesh.patient().await;
+    let doctor = mesh.staff(Role::Doctor, &[]).await;
+    let (d, _dd) = messenger(&mesh, &doctor).await;
+
+    // An old client: v1 keys only, published and used through the raw API.
+    let mut old = caremesh_crypto::DeviceKeys::generate(&patient.user_id).unwrap();
+    let mut keys = KeyDirectoryServiceClient::new(mesh.channel(Service::Messaging, Caller::Anonymous));
+    keys.publish_key_bundle(patient.session.request(old.publish_request(5).unwrap()).unwrap())
+        .await
+        .unwrap();
+    let bundle = keys
+        .fetch_key_bundle(
+            patient
+                .session
+                .request(pb::FetchKeyBundleRequest {
+                    user_id: doctor.user_id.clone(),
+                })
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .bundle
+        .unwrap();
+    let verified = caremesh_crypto::verify_bundle(&bundle, &doctor.user_id).unwrap();
+    let message_id = caremesh_crypto::new_id();
+    let context = caremesh_crypto::MessageContext {
+        sender_user_id: &patient.user_id,
+        recipient_user_id: &doctor.user_id,
+        message_id: &message_id,
+    };
+    let envelope = caremesh_crypto::seal(old.identity(), &context, &verified, b"sealed with v1").unwrap();
+    let sender_copy = caremesh_crypto::seal_to_self(&old, &context, b"sealed with v1").unwrap();
+    let mut api = MessagingServiceClient::new(mesh.channel(Service::Messaging, Caller::Anonymous));
+    api.send_message(
+        patient
+            .session
+            .request(pb::SendMessageRequest {
+                message_id: message_id.clone(),
+                content: Some(pb::send_message_request::Content::Direct(pb::DirectContent {
+                    recipient_user_id: doctor.user_id.clone(),
+                    envelope: Some(envelope),
+                })),
+                sender_copy: Some(sender_copy),
+                ..Default::default()
+            })
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let history = d
+        .history(
+            &doctor.session,
+            Target::PeerUserId(patient.user_id.clone()),
+            pb::SortOrder::OldestFirst,
+        )
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].message.protocol_version, 1);
+    assert_eq!(history[0].content, Content::Plain(b"sealed with v1".to_vec()));
+    mesh.shutdown().await;
+}

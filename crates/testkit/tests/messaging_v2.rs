@@ -286,11 +286,36 @@ async fn two_devices_each(mesh: &TestMesh, jane: &TestUser, house: &TestUser, ta
 
     // Every device reads every message: its own sent ones (kept locally), the ones of the user's
     // other device and the peer's, each on its own ciphertext.
-    for device in [&phone, &laptop] {
-        assert_reads_all(name, device, &house.user_id, &sent).await;
-    }
-    for device in [&desk, &pager] {
-        assert_reads_all(name, device, &jane.user_id, &sent).await;
+    for (device, peer) in [
+        (&phone, &house.user_id),
+        (&laptop, &house.user_id),
+        (&desk, &jane.user_id),
+        (&pager, &jane.user_id),
+    ] {
+        let opened = assert_reads_all(name, device, peer, &sent).await;
+        for item in &opened {
+            let own_send = item.message.sender_device_id == device.id;
+            let for_device = item
+                .message
+                .device_ciphertext
+                .as_ref()
+                .map(|ciphertext| ciphertext.recipient_device_id.clone());
+            if own_send {
+                assert_eq!(
+                    for_device, None,
+                    "{name}: {} has no ciphertext of what it sent itself",
+                    device.label
+                );
+            } else {
+                assert_eq!(
+                    for_device.as_deref(),
+                    Some(device.id.as_str()),
+                    "{name}: {} reads {:?} on its own ciphertext",
+                    device.label,
+                    item.content.text()
+                );
+            }
+        }
     }
     // Read twice: opened messages stay readable (a ratchet message key works once).
     assert_reads_all(name, &laptop, &house.user_id, &sent).await;
@@ -419,23 +444,13 @@ async fn a_removed_device_reads_nothing_sent_after_its_removal() {
             "{name}: house is told that jane removed the laptop: {notices:?}"
         );
 
-        // The server keeps no ciphertext for the removed device (or refuses it as a device).
-        match raw_conversation(&mesh, &laptop.session, &house.user_id, &laptop.id).await {
-            Err(status) => eprintln!("{name}: the removed device is refused as a device: {status:?}"),
-            Ok(messages) => {
-                let message = messages
-                    .iter()
-                    .find(|message| message.message_id == after.message_id)
-                    .unwrap_or_else(|| panic!("{name}: the conversation lists the new message"));
-                assert!(
-                    message.device_ciphertext.is_none(),
-                    "{name}: the removed laptop got a ciphertext of a message sent after its removal: {:?}",
-                    message.device_ciphertext
-                );
-            }
-        }
-        // What the removed device itself sees: nothing it can open.
-        match laptop
+        // The removed device is no longer one of jane's devices: no ciphertext is asked for it
+        // (messaging-svc refuses it as a device, docs/protocol.md §10), not even by its own app.
+        let refused = raw_conversation(&mesh, &laptop.session, &house.user_id, &laptop.id)
+            .await
+            .expect_err("the removed laptop listed the conversation as a device");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{name}: {refused:?}");
+        let refused = laptop
             .messenger
             .history(
                 &laptop.session,
@@ -443,20 +458,12 @@ async fn a_removed_device_reads_nothing_sent_after_its_removal() {
                 pb::SortOrder::OldestFirst,
             )
             .await
-        {
-            Err(error) => eprintln!("{name}: the removed laptop cannot list the conversation: {error}"),
-            Ok(opened) => {
-                if let Some(item) = opened.iter().find(|item| item.message.message_id == after.message_id) {
-                    assert!(
-                        !matches!(item.content, Content::Plain(_)),
-                        "{name}: the removed laptop read a message sent after its removal (own ciphertext: {}, \
-                         archive copy: {})",
-                        item.message.device_ciphertext.is_some(),
-                        item.message.archive.is_some()
-                    );
-                }
-            }
-        }
+            .expect_err("the removed laptop listed the conversation");
+        assert_eq!(refused.code(), Some(tonic::Code::PermissionDenied), "{name}: {refused}");
+        // Still signed in as jane, it may fetch jane's archive copies; the one of the message sent
+        // after the removal is under the new history key, which it does not have.
+        assert_removed_device_cannot_open(name, &mesh, &laptop, &house.user_id, &before[0], &after).await;
+
         // Its next start is refused, saying why.
         let Device {
             messenger,
@@ -481,6 +488,57 @@ async fn a_removed_device_reads_nothing_sent_after_its_removal() {
         assert_reads_all(name, &phone, &house.user_id, &all).await;
         mesh.shutdown().await;
     }
+}
+
+/// `removed` (a device removed after it read `before`) fetches jane's archive copies as the user
+/// it is still signed in as: the copy of `after` is under a newer history key than the one of
+/// `before`, and does not open on it.
+async fn assert_removed_device_cannot_open(
+    name: &str,
+    mesh: &TestMesh,
+    removed: &Device,
+    peer: &str,
+    before: &Sent,
+    after: &Sent,
+) {
+    let messages = raw_conversation(mesh, &removed.session, peer, "").await.unwrap();
+    let find = |sent: &Sent| {
+        messages
+            .iter()
+            .find(|message| message.message_id == sent.message_id)
+            .unwrap_or_else(|| panic!("{name}: the conversation lists {:?}", sent.text))
+            .clone()
+    };
+    let (old, new) = (find(before), find(after));
+    assert!(
+        new.device_ciphertext.is_none(),
+        "{name}: no device ciphertext without a device"
+    );
+    let old_key = old.archive.as_ref().map(|copy| copy.history_key_id.clone());
+    let new_key = new.archive.as_ref().map(|copy| copy.history_key_id.clone());
+    assert!(
+        new_key.is_some(),
+        "{name}: jane's archive copy of {:?} is stored",
+        after.text
+    );
+    assert_ne!(
+        old_key, new_key,
+        "{name}: jane's archive copy of {:?} is under the history key drawn at the removal",
+        after.text
+    );
+    let opened = removed.messenger.open_message(&removed.session, &new).await;
+    assert!(
+        !matches!(
+            opened,
+            Ok(Opened {
+                content: Content::Plain(_),
+                ..
+            })
+        ),
+        "{name}: {} read {:?}, sent after its removal, from jane's archive copy",
+        removed.label,
+        after.text
+    );
 }
 
 async fn next_item(stream: &mut tonic::Streaming<pb::SubscribeResponse>) -> pb::SubscribeResponse {
@@ -819,11 +877,11 @@ async fn reopen(device: Device, client: caremesh_sdk::Client) -> Device {
     }
 }
 
-/// 5. A send saved but interrupted on the wire is resent, with the very same ciphertexts, when the
-/// device starts again: when the request was lost (the message then arrives with the restart) and
-/// when only the answer was lost (the resend is a duplicate, stored once). No message key is used
-/// twice. (Stopping messaging-svc instead makes the send fail before anything is sealed, since
-/// the key directory is the same service: nothing is pending and nothing is sent later.)
+/// 5. A send saved but interrupted is resent, with the very same ciphertexts, when the device
+/// starts again: when messaging-svc was stopped (the send is sealed from the remembered device
+/// lists, saved, and fails), when the request was lost on the wire (the message then arrives with
+/// the restart), and when only the answer was lost (the resend is a duplicate, stored once). No
+/// message key is used twice.
 #[tokio::test]
 async fn an_interrupted_send_is_resent_on_the_next_open_without_reusing_a_key() {
     for backend in backends() {
@@ -837,17 +895,26 @@ async fn an_interrupted_send_is_resent_on_the_next_open_without_reusing_a_key() 
         let text = "hello before anything goes wrong";
         expected.push(Sent::of(&send(&phone, &house.user_id, text).await, text));
 
-        // messaging-svc stopped: refused before anything is sealed, nothing left to resend.
+        // messaging-svc stopped: the send is sealed from the remembered device lists and saved,
+        // then fails; the device "crashes" right after, and its next open sends it.
         mesh.stop_service(Service::Messaging).await;
+        let while_stopped = "sent while messaging-svc was stopped";
         let refused = phone
             .messenger
-            .send(&phone.session, &house.user_id, b"while the service is stopped", None)
+            .send(&phone.session, &house.user_id, while_stopped.as_bytes(), None)
             .await
             .expect_err("a send while messaging-svc is stopped");
         assert_eq!(refused.code(), Some(tonic::Code::Unavailable), "{name}: {refused}");
         mesh.start_service(Service::Messaging).await;
+        assert_eq!(
+            raw_inbox(&mesh, &desk).await.len(),
+            1,
+            "{name}: nothing arrived while stopped"
+        );
         phone = reopen(phone, mesh.sdk()).await;
-        assert_eq!(raw_inbox(&mesh, &desk).await.len(), 1, "{name}: nothing was sent later");
+        let inbox = raw_inbox(&mesh, &desk).await;
+        assert_eq!(inbox.len(), 2, "{name}: the saved send went out with the next open");
+        expected.push(Sent::of(&newest(&inbox, &expected), while_stopped));
 
         // The request lost on the way.
         let relay = Relay::start(mesh.grpc_addr(Service::Messaging), Cut::Request, 24 * 1024).await;
@@ -863,13 +930,13 @@ async fn an_interrupted_send_is_resent_on_the_next_open_without_reusing_a_key() 
         assert!(relay.holding.load(Ordering::SeqCst), "{name}: the cut was in the send");
         assert_eq!(
             raw_inbox(&mesh, &desk).await.len(),
-            1,
+            2,
             "{name}: the cut request did not reach the server"
         );
         // The device "crashes" right after the failure and starts again (without the relay).
         phone = reopen(phone, mesh.sdk()).await;
         let inbox = raw_inbox(&mesh, &desk).await;
-        assert_eq!(inbox.len(), 2, "{name}: the saved send went out with the restart");
+        assert_eq!(inbox.len(), 3, "{name}: the saved send went out with the restart");
         let resent = newest(&inbox, &expected);
         expected.push(Sent::of(&resent, &lost));
 
@@ -886,7 +953,7 @@ async fn an_interrupted_send_is_resent_on_the_next_open_without_reusing_a_key() 
                 let (mesh, desk, expected) = (&mesh, &desk, &expected);
                 let stored = eventually(STEP, move || async move {
                     let inbox = raw_inbox(mesh, desk).await;
-                    (inbox.len() == 3).then(|| newest(&inbox, expected))
+                    (inbox.len() == 4).then(|| newest(&inbox, expected))
                 })
                 .await;
                 relay.go_down();
@@ -906,7 +973,7 @@ async fn an_interrupted_send_is_resent_on_the_next_open_without_reusing_a_key() 
             1,
             "{name}: the resend is a duplicate, stored once"
         );
-        assert_eq!(inbox.len(), 3, "{name}");
+        assert_eq!(inbox.len(), 4, "{name}");
         expected.push(Sent::of(&stored, &unanswered));
 
         // The ratchet goes on after the saved sends.
@@ -1063,5 +1130,77 @@ async fn no_plaintext_at_rest_or_in_logs_after_a_multi_device_run() {
     }
     if let Some(log_file) = &log_file {
         let _ = std::fs::remove_file(log_file);
+    }
+}
+
+/// A send that the server refuses for good (here: a lifespan out of range, and a patient writing
+/// to a patient) is not sent again by the next open, and does not stop the device from opening.
+#[tokio::test]
+#[ignore = "SDK bug: a refused send stays pending (sesame.rs send_content) and resend_pending \
+            fails Messenger::open with the refusal, on every later open"]
+async fn a_send_the_server_refuses_does_not_block_the_next_open() {
+    for backend in backends() {
+        let name = backend.name();
+        let mesh = TestMesh::builder().backend(backend.clone()).start().await;
+        let jane = mesh.patient().await;
+        let house = mesh.staff(Role::Doctor, &[]).await;
+        let other = mesh.patient().await;
+        let desk = first_device(&mesh, &house, "house's desk", "desk").await;
+        let _other = first_device(&mesh, &other, "another patient's phone", "phone").await;
+        let mut phone = first_device(&mesh, &jane, "jane's phone", "phone").await;
+        let refused = phone
+            .messenger
+            .send(
+                &phone.session,
+                &house.user_id,
+                b"too short-lived",
+                Some(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Some(tonic::Code::InvalidArgument), "{name}: {refused}");
+        let refused = phone
+            .messenger
+            .send(&phone.session, &other.user_id, b"patient to patient", None)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Some(tonic::Code::PermissionDenied), "{name}: {refused}");
+        phone = reopen(phone, mesh.sdk()).await;
+        phone = reopen(phone, mesh.sdk()).await;
+        let text = "still works";
+        let sent = vec![Sent::of(&send(&phone, &house.user_id, text).await, text)];
+        assert_reads_all(name, &desk, &jane.user_id, &sent).await;
+        mesh.shutdown().await;
+    }
+}
+
+/// After a removal, a remaining device that reads a contact's new message before it has opened
+/// the new history key (sent to it by the remover) must not store the user's archive copy under
+/// the old key, which the removed device holds.
+#[tokio::test]
+#[ignore = "SDK bug: open_v2 (sesame.rs) stores the archive copy under the newest history key this \
+            device has opened, which after a removal may still be the removed device's"]
+async fn a_remaining_device_does_not_archive_under_the_removed_devices_history_key() {
+    for backend in backends() {
+        let name = backend.name();
+        let mesh = TestMesh::builder().backend(backend.clone()).start().await;
+        let jane = mesh.patient().await;
+        let house = mesh.staff(Role::Doctor, &[]).await;
+        let phone = first_device(&mesh, &jane, "jane's phone", "phone").await;
+        let desk = first_device(&mesh, &house, "house's desk", "desk").await;
+        let laptop = link_device(&mesh, &jane, &phone, "jane's laptop", "laptop").await;
+        let tablet = link_device(&mesh, &jane, &phone, "jane's tablet", "tablet").await;
+        let text = "before the removal";
+        let before = Sent::of(&send(&desk, &jane.user_id, text).await, text);
+        for device in [&phone, &laptop, &tablet] {
+            assert_reads_all(name, device, &house.user_id, std::slice::from_ref(&before)).await;
+        }
+        phone.messenger.remove_device(&phone.session, &laptop.id).await.unwrap();
+        let text = "after the removal";
+        let after = Sent::of(&send(&desk, &jane.user_id, text).await, text);
+        // The tablet is the first of jane's devices to read it.
+        assert_reads_all(name, &tablet, &house.user_id, &[before.clone(), after.clone()]).await;
+        assert_removed_device_cannot_open(name, &mesh, &laptop, &house.user_id, &before, &after).await;
+        mesh.shutdown().await;
     }
 }

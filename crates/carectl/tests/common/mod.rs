@@ -56,3 +56,27 @@ pub async fn carectl(mesh: &TestMesh, home: &Path, profile: &str, args: &[&str],
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+/// Starts carectl with `args` and leaves it running (for commands that wait, like `device link`).
+pub fn spawn_carectl(mesh: &TestMesh, home: &Path, profile: &str, args: &[&str]) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_carectl"));
+    command
+        .arg("--ca")
+        .arg(mesh.pki().ca_cert())
+        .arg("--home")
+        .arg(home)
+        .args(["--profile", profile]);
+    for service in Service::ALL {
+        command
+            .arg("--endpoint")
+            .arg(format!("{service}={}", mesh.grpc_addr(service)));
+    }
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
