@@ -337,6 +337,14 @@ impl MessagingDomain {
                 "the message was recalled: there is nothing to archive",
             ));
         }
+        // Usually another device of the caller stored it already: then nothing is written (the
+        // conditional insert below settles a race between two devices).
+        let stored = archive_copy::Entity::find_by_id((message_id.to_owned(), principal.user_id.clone()))
+            .one(&self.db)
+            .await?;
+        if stored.is_some() {
+            return Ok(false);
+        }
         let (_turn, txn) = self.begin_write().await?;
         let inserted = archive_copy::Entity::insert(archive_copy::ActiveModel {
             message_id: Set(message_id.to_owned()),

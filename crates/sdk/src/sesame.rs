@@ -18,6 +18,14 @@ use crate::devices::{VerifiedDevices, device_mut, history_key_from};
 use crate::messaging::{Content as Opened, Messenger, crypto, local};
 use crate::wire;
 
+/// Whether a failed send may go through later as it is (the service or the network was down).
+fn is_retryable(error: &SdkError) -> bool {
+    match error {
+        SdkError::Status(status) => crate::is_transient(status) || status.code() == tonic::Code::DeadlineExceeded,
+        _ => false,
+    }
+}
+
 /// The reason messaging-svc gives when a send's devices do not match the current device lists.
 pub const DEVICE_LIST_CHANGED: &str = "DEVICE_LIST_CHANGED";
 
@@ -66,7 +74,13 @@ impl Messenger {
                 }
                 // The remembered device lists went stale: fetch them and seal again, once.
                 Err(error) if !refresh && error.reason().as_deref() == Some(DEVICE_LIST_CHANGED) => refresh = true,
-                Err(error) => return Err(error),
+                // Not delivered for now: the saved send goes out when the device starts again.
+                Err(error) if is_retryable(&error) => return Err(error),
+                // Refused for good: nothing to send again (the ciphertexts' keys are spent).
+                Err(error) => {
+                    self.finish_pending(&message_id)?;
+                    return Err(error);
+                }
             }
         }
     }
@@ -248,12 +262,11 @@ impl Messenger {
                 pb::SendMessageRequest::decode(bytes.as_slice()).map_err(|error| local("a saved send", error))?;
             match self.submit(session, request).await {
                 Ok(_) => self.finish_pending(&message_id)?,
-                // A list that changed meanwhile: those ciphertexts can no longer be delivered as
-                // they are; the message stays readable here and the user can send it again.
-                Err(error) if error.reason().as_deref() == Some(DEVICE_LIST_CHANGED) => {
-                    self.finish_pending(&message_id)?
-                }
-                Err(error) => return Err(error),
+                // Still not deliverable: kept for the next start.
+                Err(error) if is_retryable(&error) => return Ok(()),
+                // Refused for good (a list that changed meanwhile, a rule): those ciphertexts can
+                // never be delivered as they are; the user saw the send fail and can send again.
+                Err(_) => self.finish_pending(&message_id)?,
             }
         }
         Ok(())
@@ -324,7 +337,10 @@ impl Messenger {
                 self.lock()?
                     .opened
                     .insert(message.message_id.clone(), hex::encode(body.as_slice()));
-                self.persist()?;
+                // Written within OPENED_WRITE_DELAY, once per burst: whatever is on disk is
+                // consistent. Before the write the old ratchet state still holds this message's
+                // key (it opens again from the server's copy); a send writes everything first.
+                self.persist_soon()?;
                 if message.sender_user_id != self.user_id() && message.archive.is_none() {
                     self.store_archive_copy(session, message, &Content::Message(body.clone()))
                         .await?;

@@ -866,3 +866,75 @@ async fn a_v1_message_still_opens_on_the_device_it_was_sealed_to() {
     assert_eq!(history[0].content, Content::Plain(b"sealed with v1".to_vec()));
     mesh.shutdown().await;
 }
+
+/// A server that edits a device list (adds a device of its own) or strips the ML-KEM prekeys from
+/// a bundle is refused by the client: the list's signature fails, and a bundle without a signed
+/// ML-KEM prekey is not used for a weaker handshake. Simulated by editing messaging-svc's tables.
+#[tokio::test]
+async fn a_server_that_edits_device_lists_or_strips_kem_prekeys_is_refused() {
+    for backend in backends() {
+        let name = backend.name();
+        let mesh = TestMesh::builder().backend(backend.clone()).start().await;
+        let patient = mesh.patient().await;
+        let doctor = mesh.staff(Role::Doctor, &[]).await;
+        let (p, _pd) = messenger(&mesh, &patient).await;
+        let (d, _dd) = messenger(&mesh, &doctor).await;
+        let db = mesh.database(Service::Messaging).await;
+        let exec = async |sql: String| {
+            db.execute_raw(Statement::from_string(db.get_database_backend(), sql))
+                .await
+                .unwrap();
+        };
+
+        // The server swaps the doctor's ML-KEM last-resort prekey for one of its own (and hands
+        // out no one-time ML-KEM prekey): the signature does not cover it, so no handshake happens.
+        exec(format!(
+            "DELETE FROM device_kem_prekeys WHERE user_id = '{}'",
+            doctor.user_id
+        ))
+        .await;
+        let forged = caremesh_crypto::primitives::KemSecretKey::from_seed(&[7; 64]).public_key();
+        let placeholder = if matches!(backend, Backend::Sqlite) { "?" } else { "$1" };
+        db.execute_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            format!(
+                "UPDATE device_signed_prekeys SET public_key = {placeholder} WHERE user_id = '{}' \
+                 AND kind = 'ml-kem-768-last-resort-prekey'",
+                doctor.user_id
+            ),
+            [forged.into()],
+        ))
+        .await
+        .unwrap();
+        let refused = p.send(&patient.session, &doctor.user_id, b"x", None).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("signature is invalid"),
+            "{name}: {refused}"
+        );
+        // Stripped altogether, the device has no usable bundle at all: still no handshake.
+        exec(format!(
+            "DELETE FROM device_signed_prekeys WHERE user_id = '{}' AND kind = 'ml-kem-768-last-resort-prekey'",
+            doctor.user_id
+        ))
+        .await;
+        let refused = p.send(&patient.session, &doctor.user_id, b"x", None).await.unwrap_err();
+        assert!(refused.to_string().contains("no keys for device"), "{name}: {refused}");
+        drop(d);
+
+        // The server adds a device of its own to the patient's list (the signature stays the old one).
+        let fake = caremesh_crypto::new_id();
+        exec(format!(
+            "UPDATE device_lists SET device_ids = device_ids || ',{fake}' WHERE user_id = '{}'",
+            patient.user_id
+        ))
+        .await;
+        let other_doctor = mesh.staff(Role::Doctor, &[]).await;
+        let (o, _od) = messenger(&mesh, &other_doctor).await;
+        let refused = o
+            .send(&other_doctor.session, &patient.user_id, b"x", None)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("signature"), "{name}: {refused}");
+        mesh.shutdown().await;
+    }
+}
