@@ -86,6 +86,7 @@ pub(crate) fn list_message(row: &device_list::Model) -> pb::DeviceList {
         device_ids: list_ids(row),
         signature: row.signature.clone(),
         update_time: Some(to_timestamp(row.updated_at)),
+        history_key_id: row.history_key_id.clone(),
     }
 }
 
@@ -724,6 +725,7 @@ impl MessagingDomain {
     /// Inside a write transaction: verifies the caller's next device list and stores it if it is
     /// the version after the current one; drops the keys of the devices it leaves out. Returns the
     /// stored list and the devices dropped.
+    #[allow(clippy::too_many_arguments)]
     async fn apply_device_list<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -732,8 +734,15 @@ impl MessagingDomain {
         version: u64,
         device_ids: Vec<String>,
         signature: &[u8],
+        history_key_id: &str,
     ) -> Result<(device_list::Model, Vec<String>), Error> {
         let stored_version = check_version(version)?;
+        if !history_key_id.is_empty() && check_uuid_v7(history_key_id, "history_key_id").is_err() {
+            return Err(invalid(
+                "INVALID_HISTORY_KEY_ID",
+                "history_key_id must be empty or a canonical UUIDv7",
+            ));
+        }
         let list = DeviceList::verify(user_id, identity, version, device_ids, signature).map_err(|error| {
             invalid(
                 "INVALID_DEVICE_LIST",
@@ -768,6 +777,14 @@ impl MessagingDomain {
             device_ids: list.device_ids().join(","),
             signature: signature.to_vec(),
             updated_at: now,
+            history_key_id: if history_key_id.is_empty() {
+                current
+                    .as_ref()
+                    .map(|row| row.history_key_id.clone())
+                    .unwrap_or_default()
+            } else {
+                history_key_id.to_owned()
+            },
         };
         // A conditional write: of two uploads of the same version, one wins.
         let written = match &current {
@@ -779,6 +796,7 @@ impl MessagingDomain {
                         device_ids: Set(row.device_ids.clone()),
                         signature: Set(row.signature.clone()),
                         updated_at: Set(now),
+                        history_key_id: Set(row.history_key_id.clone()),
                         ..Default::default()
                     })
                     .filter(device_list::Column::UserId.eq(user_id))
@@ -826,6 +844,7 @@ impl MessagingDomain {
         version: u64,
         device_ids: Vec<String>,
         signature: &[u8],
+        history_key_id: &str,
     ) -> Result<(pb::DeviceList, Vec<String>), Error> {
         caller.require_aal2()?;
         let user_id = caller.user_id.as_str();
@@ -834,7 +853,7 @@ impl MessagingDomain {
         self.lock_devices(&txn, user_id).await?;
         let (_, public) = self.own_identity(&txn, user_id).await?;
         let (row, dropped) = self
-            .apply_device_list(&txn, user_id, &public, version, device_ids, signature)
+            .apply_device_list(&txn, user_id, &public, version, device_ids, signature, history_key_id)
             .await?;
         self.audit(
             &txn,
@@ -1378,6 +1397,7 @@ impl MessagingDomain {
                 request.device_list_version,
                 request.device_ids,
                 &request.device_list_signature,
+                "",
             )
             .await?;
         let expire_at = now + LINK_LIFETIME;

@@ -21,6 +21,8 @@ use crate::storage::{archive_copy, device, device_ciphertext, device_list, messa
 
 /// The reason of a send whose devices do not match the current device lists.
 pub const DEVICE_LIST_CHANGED: &str = "DEVICE_LIST_CHANGED";
+/// The reason of an archive copy under a history key that is no longer the account's current one.
+pub const HISTORY_KEY_ROTATED: &str = "HISTORY_KEY_ROTATED";
 const TAG_LEN: usize = 16;
 const KEM_CIPHERTEXT_LEN: usize = 1088;
 
@@ -156,6 +158,7 @@ impl MessagingDomain {
         // carry none. The server cannot tell them apart, and need not.
         if let Some(archive) = &fanout.archive {
             check_archive(archive, "archive")?;
+            self.check_history_key(sender, archive).await?;
         }
         let mut given = BTreeSet::new();
         for (index, ciphertext) in fanout.ciphertexts.iter().enumerate() {
@@ -216,6 +219,24 @@ impl MessagingDomain {
                     "the devices changed ({missing} missing, {extra} not current): fetch the device lists again and \
                      resend with the same message id"
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An archive copy must use the owner's current history key, when one was declared: a key
+    /// replaced at a device's removal is one the removed device still holds (§7.3).
+    async fn check_history_key(&self, owner: &str, archive: &pb::ArchiveCopy) -> Result<(), Error> {
+        let current = device_list::Entity::find_by_id(owner.to_owned())
+            .one(&self.db)
+            .await?
+            .map(|list| list.history_key_id)
+            .unwrap_or_default();
+        if !current.is_empty() && current != archive.history_key_id {
+            return Err(Error::failed_precondition(
+                HISTORY_KEY_ROTATED,
+                "your history key was replaced on another of your devices: read the message it sent to your \
+                 devices (your own conversation), then seal the archive copy again",
             ));
         }
         Ok(())
@@ -320,6 +341,7 @@ impl MessagingDomain {
         check_uuid_v7(message_id, "message_id")?;
         let archive = archive.ok_or_else(|| Error::invalid_argument("ARCHIVE_REQUIRED", "archive is required"))?;
         check_archive(&archive, "archive")?;
+        self.check_history_key(&principal.user_id, &archive).await?;
         let row = message::Entity::find()
             .filter(message::Column::MessageId.eq(message_id))
             .one(&self.db)

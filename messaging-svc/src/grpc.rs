@@ -255,7 +255,14 @@ impl KeyDirectoryService for Api {
         let body = request.into_inner();
         let (list, removed) = self
             .domain
-            .update_device_list(&principal, &caller, body.version, body.device_ids, &body.signature)
+            .update_device_list(
+                &principal,
+                &caller,
+                body.version,
+                body.device_ids,
+                &body.signature,
+                &body.history_key_id,
+            )
             .await?;
         Ok(Response::new(pb::UpdateDeviceListResponse {
             device_list: Some(list),

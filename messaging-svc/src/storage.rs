@@ -184,6 +184,8 @@ pub mod device_list {
         pub device_ids: String,
         pub signature: Vec<u8>,
         pub updated_at: DateTimeUtc,
+        /// The account's current history key id (protocol v2 §7.3); empty when none was declared.
+        pub history_key_id: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -784,6 +786,20 @@ impl MigrationTrait for AddDeviceFanout {
                 .alter_table(Table::alter().table(m::Entity).add_column(column).to_owned())
                 .await?;
         }
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(device_list::Entity)
+                    .add_column(
+                        ColumnDef::new(device_list::Column::HistoryKeyId)
+                            .string()
+                            .not_null()
+                            .default("")
+                            .to_owned(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
         use device_ciphertext as c;
         manager
             .create_table(
@@ -836,6 +852,14 @@ impl MigrationTrait for AddDeviceFanout {
             ],
         )
         .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(device_list::Entity)
+                    .drop_column(device_list::Column::HistoryKeyId)
+                    .to_owned(),
+            )
+            .await?;
         use message as m;
         for column in [
             m::Column::FanoutDigest,

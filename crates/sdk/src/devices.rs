@@ -270,7 +270,7 @@ impl Messenger {
             None => {}
             Some(version) => {
                 // The first device, or the account identity was replaced: a list of this device.
-                let (list, signature) = {
+                let (list, signature, history_key_id) = {
                     let state = self.lock()?;
                     let identity = state.keys.identity();
                     let list = DeviceList::new(self.user_id(), identity.key_id(), version, [device_id.clone()])
@@ -278,9 +278,15 @@ impl Messenger {
                     let signature = list
                         .sign(identity)
                         .map_err(|error| crypto("signing the device list", error))?;
-                    (list, signature)
+                    let history = &state.device.as_ref().ok_or_else(no_device)?.history;
+                    let history_key_id = history
+                        .current()
+                        .map_err(|error| crypto("the history key", error))?
+                        .history_key_id
+                        .clone();
+                    (list, signature, history_key_id)
                 };
-                self.upload_list(session, &list, &signature).await?;
+                self.upload_list(session, &list, &signature, &history_key_id).await?;
             }
         }
         let request = {
@@ -358,12 +364,19 @@ impl Messenger {
             .to_owned())
     }
 
-    async fn upload_list(&self, session: &Session, list: &DeviceList, signature: &[u8; 64]) -> Result<(), SdkError> {
+    async fn upload_list(
+        &self,
+        session: &Session,
+        list: &DeviceList,
+        signature: &[u8; 64],
+        history_key_id: &str,
+    ) -> Result<(), SdkError> {
         self.keys_api()?
             .update_device_list(session.request(pb::UpdateDeviceListRequest {
                 version: list.version(),
                 device_ids: list.device_ids().to_vec(),
                 signature: signature.to_vec(),
+                history_key_id: history_key_id.to_owned(),
             })?)
             .await?;
         let mut state = self.lock()?;
@@ -483,12 +496,8 @@ impl Messenger {
                 .map_err(|error| crypto("signing the device list", error))?;
             (list, signature)
         };
-        self.upload_list(session, &list, &signature).await?;
-        self.rotate_history_key(session).await
-    }
-
-    /// Draws a new history key and sends it to the user's other devices.
-    pub(crate) async fn rotate_history_key(&self, session: &Session) -> Result<(), SdkError> {
+        // A new history key, declared with the list that drops the device (the server then
+        // refuses archive copies under the old one), then sent to the remaining devices.
         let key = HistoryKey::generate().map_err(|error| crypto("generating a history key", error))?;
         let bytes = key.bytes().map_err(|error| crypto("the history key", error))?;
         let content = Content::HistoryKey {
@@ -497,9 +506,11 @@ impl Messenger {
         };
         {
             let mut state = self.lock()?;
-            device_mut(&mut state)?.history.push_current(key);
+            device_mut(&mut state)?.history.push_current(key.clone());
         }
         self.persist()?;
+        self.upload_list(session, &list, &signature, &key.history_key_id)
+            .await?;
         let others = self
             .own_devices(session)
             .await?

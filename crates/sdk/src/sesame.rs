@@ -18,16 +18,25 @@ use crate::devices::{VerifiedDevices, device_mut, history_key_from};
 use crate::messaging::{Content as Opened, Messenger, crypto, local};
 use crate::wire;
 
-/// Whether a failed send may go through later as it is (the service or the network was down).
+/// Whether a failed send may go through later as it is: the service was unavailable, the call
+/// timed out, or the connection broke on the client's side (tonic reports that as a status with
+/// a source error, whatever its code; a status the server sent has none). Resending is safe:
+/// sends are idempotent by message id.
 fn is_retryable(error: &SdkError) -> bool {
     match error {
-        SdkError::Status(status) => crate::is_transient(status) || status.code() == tonic::Code::DeadlineExceeded,
+        SdkError::Status(status) => {
+            crate::is_transient(status)
+                || status.code() == tonic::Code::DeadlineExceeded
+                || std::error::Error::source(status).is_some()
+        }
         _ => false,
     }
 }
 
 /// The reason messaging-svc gives when a send's devices do not match the current device lists.
 pub const DEVICE_LIST_CHANGED: &str = "DEVICE_LIST_CHANGED";
+/// The reason messaging-svc gives for an archive copy under a history key another device replaced.
+pub const HISTORY_KEY_ROTATED: &str = "HISTORY_KEY_ROTATED";
 
 impl Messenger {
     /// The identity to encrypt to: our own, or the contact's current one checked against the
@@ -74,6 +83,12 @@ impl Messenger {
                 }
                 // The remembered device lists went stale: fetch them and seal again, once.
                 Err(error) if !refresh && error.reason().as_deref() == Some(DEVICE_LIST_CHANGED) => refresh = true,
+                // Another device replaced the history key: take it from our own conversation and
+                // seal again, once.
+                Err(error) if !refresh && error.reason().as_deref() == Some(HISTORY_KEY_ROTATED) => {
+                    self.catch_up_history(session).await?;
+                    refresh = true;
+                }
                 // Not delivered for now: the saved send goes out when the device starts again.
                 Err(error) if is_retryable(&error) => return Err(error),
                 // Refused for good: nothing to send again (the ciphertexts' keys are spent).
@@ -387,7 +402,41 @@ impl Messenger {
         }
     }
 
+    /// Opens what this user's other devices sent to this one (a new history key, after a device
+    /// was removed), so that the history key ring is current.
+    async fn catch_up_history(&self, session: &Session) -> Result<(), SdkError> {
+        let me = self.user_id().to_owned();
+        self.history(
+            session,
+            pb::list_conversation_messages_request::Target::PeerUserId(me),
+            pb::SortOrder::OldestFirst,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Stores the user's archive copy; when the history key was replaced on another device, once
+    /// more after catching up, and not at all if this device has not received the new key yet
+    /// (another device of the user stores it then: the server refuses the old key).
     async fn store_archive_copy(
+        &self,
+        session: &Session,
+        message: &pb::Message,
+        content: &Content,
+    ) -> Result<(), SdkError> {
+        match self.try_store_archive_copy(session, message, content).await {
+            Err(error) if error.reason().as_deref() == Some(HISTORY_KEY_ROTATED) => {
+                Box::pin(self.catch_up_history(session)).await?;
+                match self.try_store_archive_copy(session, message, content).await {
+                    Err(error) if error.reason().as_deref() == Some(HISTORY_KEY_ROTATED) => Ok(()),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn try_store_archive_copy(
         &self,
         session: &Session,
         message: &pb::Message,

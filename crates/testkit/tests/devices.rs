@@ -69,6 +69,7 @@ impl Account {
             version,
             device_ids: list.device_ids().to_vec(),
             signature: list.sign(&self.identity()).unwrap().to_vec(),
+            ..Default::default()
         }
     }
 }
@@ -470,6 +471,7 @@ async fn device_lists_need_a_valid_signature_and_the_next_version_and_dropped_de
                 version: 2,
                 device_ids: many,
                 signature: vec![0; 64],
+                ..Default::default()
             },
         )
         .await
@@ -901,6 +903,7 @@ async fn malformed_ids_and_keys_are_invalid_argument() {
             version: 1,
             device_ids: vec![v4.clone()],
             signature: vec![0; 64],
+            ..Default::default()
         },
     )
     .await

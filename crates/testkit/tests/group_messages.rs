@@ -59,6 +59,7 @@ async fn member(mesh: &TestMesh, user: TestUser) -> Member {
                     version: 1,
                     device_ids: list.device_ids().to_vec(),
                     signature: list.sign(keys.identity()).unwrap().to_vec(),
+                    ..Default::default()
                 })
                 .unwrap(),
         )

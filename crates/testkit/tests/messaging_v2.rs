@@ -5,8 +5,7 @@
 //! removal of a device (no ciphertext for it, its next open refused), live delivery to every
 //! device, notices of a contact's added device, a send interrupted on the wire and resent on the
 //! next open without a key used twice, and no plaintext at rest or in the logs. Each test runs on
-//! SQLite and, when CAREMESH_TEST_DATABASE_URL is set, on PostgreSQL. A test that shows a known
-//! SDK bug is ignored until the bug is fixed (its `ignore` reason says which).
+//! SQLite and, when CAREMESH_TEST_DATABASE_URL is set, on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::{BTreeMap, HashSet};
@@ -1177,8 +1176,6 @@ async fn a_send_the_server_refuses_does_not_block_the_next_open() {
 /// the new history key (sent to it by the remover) must not store the user's archive copy under
 /// the old key, which the removed device holds.
 #[tokio::test]
-#[ignore = "SDK bug: open_v2 (sesame.rs) stores the archive copy under the newest history key this \
-            device has opened, which after a removal may still be the removed device's"]
 async fn a_remaining_device_does_not_archive_under_the_removed_devices_history_key() {
     for backend in backends() {
         let name = backend.name();
