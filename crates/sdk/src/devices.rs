@@ -253,11 +253,13 @@ impl Messenger {
     /// device) and that the directory has its keys, topping up one-time prekeys.
     pub(crate) async fn maintain_device(&self, session: &Session) -> Result<(), SdkError> {
         let device_id = self.device_id_now()?;
+        let mut admin_removed = Vec::new();
         let version = match self.own_list(session).await? {
             OwnList::Verified(devices) if devices.list.contains(&device_id) => {
                 if devices.admin_removed.contains(&device_id) {
                     return Err(removed_error());
                 }
+                admin_removed = devices.admin_removed;
                 None
             }
             // A list signed by this identity without this device: another device removed it
@@ -349,6 +351,15 @@ impl Messenger {
             self.keys_api()?
                 .upload_device_prekeys(session.request(request)?)
                 .await?;
+        }
+        // Devices an admin removed: the signed list drops them and the history key rotates, as
+        // when a device of the user removes one (§4, §7.3). Another device of the user may do it
+        // at the same moment; then its list wins and this one is ABORTED, which is fine.
+        for removed in admin_removed {
+            match self.remove_device(session, &removed).await {
+                Err(error) if error.code() == Some(tonic::Code::Aborted) => {}
+                other => other?,
+            }
         }
         Ok(())
     }

@@ -26,6 +26,7 @@ pub mod auth;
 pub mod devices;
 pub mod group;
 pub mod messaging;
+mod opened;
 pub mod profile;
 pub mod records;
 pub mod sesame;

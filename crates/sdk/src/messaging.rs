@@ -45,8 +45,9 @@ pub const SIGNED_PREKEY_MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::days(7);
 pub(crate) struct State {
     pub(crate) keys: DeviceKeys,
     pub(crate) trust: TrustStore,
-    /// Plaintexts of the messages opened so far, by message id (hex). Protocol v2 keeps every
-    /// opened message here (a ratchet message key works once), and the messages this device sent.
+    /// Plaintexts opened before they moved to [`crate::opened`] (hex, by message id): moved
+    /// there when the state is loaded, and empty from then on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) opened: BTreeMap<String, String>,
     /// Attribute (ABE) keys issued to this device, newest last.
     #[serde(default)]
@@ -132,6 +133,8 @@ pub struct Messenger {
     /// use them until the server says a list changed (Sesame), so a send costs no directory
     /// round trips.
     pub(crate) contacts: Mutex<HashMap<String, crate::devices::KnownDevices>>,
+    /// The plaintexts this device opened or sent (`<profile>.messages`).
+    pub(crate) opened: crate::opened::OpenedLog,
     /// The ABE public parameters and their version, fetched on first use.
     pub(crate) abe_params: Mutex<Option<crate::abe::CachedParams>>,
     /// Attribute keys already parsed (and point-checked), by key id.
@@ -199,7 +202,8 @@ fn write_state(state: &Mutex<State>, disk: &Disk) -> Result<(), SdkError> {
     result
 }
 
-fn seal_and_write(json: &[u8], disk: &Disk) -> Result<(), SdkError> {
+/// The profile's local key: read once from the key file, or created there on first use.
+fn local_key(disk: &Disk) -> Result<Zeroizing<[u8; 32]>, SdkError> {
     let mut cached = disk
         .key
         .lock()
@@ -228,7 +232,11 @@ fn seal_and_write(json: &[u8], disk: &Disk) -> Result<(), SdkError> {
             key
         }
     };
-    drop(cached);
+    Ok(key)
+}
+
+fn seal_and_write(json: &[u8], disk: &Disk) -> Result<(), SdkError> {
+    let key = local_key(disk)?;
     let nonce =
         caremesh_crypto::primitives::random_array::<12>().map_err(|error| crypto("generating a nonce", error))?;
     let ciphertext = caremesh_crypto::primitives::aes256gcm_seal(&key, &nonce, b"caremesh-sdk-device-state-v1", json)
@@ -287,20 +295,29 @@ impl Messenger {
             state.device = Some(crate::devices::DeviceState::new_primary()?);
         }
         let primary = state.device.as_ref().is_some_and(|device| device.primary);
+        let disk = Arc::new(Disk {
+            state_path,
+            key_path,
+            key: Mutex::new(None),
+            writing: Mutex::new(()),
+            dirty: AtomicBool::new(false),
+            scheduled: AtomicBool::new(false),
+        });
+        let key = local_key(&disk)?;
+        let opened = crate::opened::OpenedLog::load(&dir.join(format!("{profile}.messages")), &key)?;
+        // Plaintexts from before the separate store move there (then the state drops them).
+        for (message_id, hex_text) in std::mem::take(&mut state.opened) {
+            let body = hex::decode(&hex_text).map_err(|error| local("stored message", error))?;
+            opened.insert(&key, &message_id, &body)?;
+        }
         let messenger = Self {
             client,
             user_id: session.user_id.clone(),
-            disk: Arc::new(Disk {
-                state_path,
-                key_path,
-                key: Mutex::new(None),
-                writing: Mutex::new(()),
-                dirty: AtomicBool::new(false),
-                scheduled: AtomicBool::new(false),
-            }),
+            disk,
             state: Arc::new(Mutex::new(state)),
             identities: Mutex::new(HashMap::new()),
             contacts: Mutex::new(HashMap::new()),
+            opened,
             abe_params: Mutex::new(None),
             parsed_keys: Mutex::new(HashMap::new()),
         };
@@ -370,6 +387,11 @@ impl Messenger {
         serde_json::from_slice(&json)
             .map(Some)
             .map_err(|error| local(&format!("{} is not device state", state_path.display()), error))
+    }
+
+    /// The profile's local key (read once, or created on first use).
+    pub(crate) fn local_key(&self) -> Result<Zeroizing<[u8; 32]>, SdkError> {
+        local_key(&self.disk)
     }
 
     /// Writes the state now (sealed under the local key, created on first use).
@@ -600,15 +622,11 @@ impl Messenger {
 
     async fn content(&self, session: &Session, message: &pb::Message) -> Result<Content, SdkError> {
         if message.state() == pb::MessageState::Recalled {
-            if self.lock()?.opened.remove(&message.message_id).is_some() {
-                self.persist()?;
-            }
+            self.opened.remove(&*self.local_key()?, &message.message_id)?;
             return Ok(Content::Recalled);
         }
-        if let Some(hex_text) = self.lock()?.opened.get(&message.message_id) {
-            return hex::decode(hex_text)
-                .map(Content::Plain)
-                .map_err(|error| local("stored message", error));
+        if let Some(body) = self.opened.get(&message.message_id) {
+            return Ok(Content::Plain(body));
         }
         if message.kind() == pb::MessageKind::Group {
             let plaintext = self.open_group(session, message).await?;
@@ -636,11 +654,12 @@ impl Messenger {
             // Envelopes sealed to a one-time prekey open only once: keep those. Our own copies
             // and envelopes without one open again, so they need not be stored.
             let spent = !envelope.recipient_one_time_prekey_id.is_empty();
-            if spent {
-                state.opened.insert(message.message_id.clone(), hex::encode(&plaintext));
-            }
             (plaintext, spent)
         };
+        if spent {
+            self.opened
+                .insert(&*self.local_key()?, &message.message_id, &plaintext)?;
+        }
         if spent {
             self.persist_soon()?;
         }
@@ -765,9 +784,7 @@ impl Messenger {
             .into_inner()
             .message
             .ok_or(SdkError::Protocol("no message in the answer"))?;
-        if self.lock()?.opened.remove(message_id).is_some() {
-            self.persist()?;
-        }
+        self.opened.remove(&*self.local_key()?, message_id)?;
         Ok(message)
     }
 

@@ -143,7 +143,7 @@ impl Messenger {
             .map_err(|error| crypto("encoding the message", error))?;
         let request = {
             let mut state = self.lock()?;
-            let crate::messaging::State { device, opened, .. } = &mut *state;
+            let crate::messaging::State { device, .. } = &mut *state;
             let device = device.as_mut().ok_or(SdkError::Protocol("no device state"))?;
             let mut device_ciphertexts = Vec::with_capacity(targets.len());
             for (peer, _, _) in &targets {
@@ -154,7 +154,7 @@ impl Messenger {
                 device_ciphertexts.push(wire::device_ciphertext(&peer.user_id, message));
             }
             let archive = match content {
-                Content::Message(body) => {
+                Content::Message(_) => {
                     let context = ArchiveContext {
                         owner_user_id: &me,
                         message_id,
@@ -162,7 +162,6 @@ impl Messenger {
                         sender_device_id: &this_device,
                         recipient_user_id,
                     };
-                    opened.insert(message_id.to_owned(), hex::encode(body.as_slice()));
                     Some(wire::archive_copy(
                         ArchiveCopy::seal(&device.history, &context, content)
                             .map_err(|error| crypto("sealing the archive copy", error))?,
@@ -187,8 +186,12 @@ impl Messenger {
                 .insert(message_id.to_owned(), hex::encode(request.encode_to_vec()));
             request
         };
-        // The advanced ratchets and the request are on disk before the request leaves: a crash
-        // now resends these very ciphertexts, and no message key is ever used twice.
+        // This device's own copy is kept, and the advanced ratchets and the request are on disk
+        // before the request leaves: a crash now resends these very ciphertexts, and no message
+        // key is ever used twice.
+        if let Content::Message(body) = content {
+            self.opened.insert(&*self.local_key()?, message_id, body)?;
+        }
         self.persist()?;
         Ok(request)
     }
@@ -349,12 +352,10 @@ impl Messenger {
         let content = Content::decode(&plaintext).map_err(|error| crypto("reading the message", error))?;
         match content {
             Content::Message(body) => {
-                self.lock()?
-                    .opened
-                    .insert(message.message_id.clone(), hex::encode(body.as_slice()));
-                // Written within OPENED_WRITE_DELAY, once per burst: whatever is on disk is
-                // consistent. Before the write the old ratchet state still holds this message's
-                // key (it opens again from the server's copy); a send writes everything first.
+                self.opened.insert(&*self.local_key()?, &message.message_id, &body)?;
+                // The ratchet state is written within OPENED_WRITE_DELAY, once per burst: whatever
+                // is on disk is consistent. Before the write the old state still holds this
+                // message's key (it opens again from the server's copy); a send writes first.
                 self.persist_soon()?;
                 if message.sender_user_id != self.user_id() && message.archive.is_none() {
                     self.store_archive_copy(session, message, &Content::Message(body.clone()))

@@ -1200,3 +1200,79 @@ async fn a_remaining_device_does_not_archive_under_the_removed_devices_history_k
         mesh.shutdown().await;
     }
 }
+
+/// An admin removes one of jane's devices: senders leave it out at once (the server reports it
+/// removed), and the next of jane's devices to start signs a list without it and rotates the
+/// history key, so the removed device can neither open its own next open nor new archive copies.
+#[tokio::test]
+async fn an_admin_removal_is_completed_by_the_users_next_device() {
+    use caremesh_proto::messaging::v1::key_directory_service_client::KeyDirectoryServiceClient;
+    for backend in backends() {
+        let name = backend.name();
+        let mesh = TestMesh::builder().backend(backend.clone()).start().await;
+        let jane = mesh.patient().await;
+        let house = mesh.staff(Role::Doctor, &[]).await;
+        let phone = first_device(&mesh, &jane, "jane's phone", "phone").await;
+        let desk = first_device(&mesh, &house, "house's desk", "desk").await;
+        let laptop = link_device(&mesh, &jane, &phone, "jane's laptop", "laptop").await;
+        let admin = mesh.admin().await;
+        let mut keys = KeyDirectoryServiceClient::new(mesh.channel(Service::Messaging, Caller::Anonymous));
+        keys.remove_device(
+            admin
+                .session
+                .request(pb::RemoveDeviceRequest {
+                    user_id: jane.user_id.clone(),
+                    device_id: laptop.id.clone(),
+                })
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let before = keys
+            .get_device_list(
+                jane.session
+                    .request(pb::GetDeviceListRequest {
+                        user_id: jane.user_id.clone(),
+                    })
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        let version = before.device_list.as_ref().unwrap().version;
+        assert_eq!(before.admin_removed_device_ids, vec![laptop.id.clone()], "{name}");
+
+        // The phone starts again: it drops the laptop from the signed list and rotates the key.
+        let phone = reopen(phone, mesh.sdk()).await;
+        let after = keys
+            .get_device_list(
+                jane.session
+                    .request(pb::GetDeviceListRequest {
+                        user_id: jane.user_id.clone(),
+                    })
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        let list = after.device_list.unwrap();
+        assert_eq!(list.version, version + 1, "{name}: a new signed list");
+        assert_eq!(list.device_ids, vec![phone.id.clone()], "{name}: without the laptop");
+        assert_ne!(
+            list.history_key_id,
+            before.device_list.unwrap().history_key_id,
+            "{name}: the history key rotated"
+        );
+        assert!(after.admin_removed_device_ids.is_empty(), "{name}");
+
+        // A new message reaches the phone only; the laptop cannot start any more.
+        let text = "after the admin removed the laptop";
+        let sent = vec![Sent::of(&send(&desk, &jane.user_id, text).await, text)];
+        assert_reads_all(name, &phone, &house.user_id, &sent).await;
+        let refused = Messenger::open(mesh.sdk(), laptop.dir.path(), &laptop.profile, &laptop.session)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("removed"), "{name}: {refused}");
+        mesh.shutdown().await;
+    }
+}
