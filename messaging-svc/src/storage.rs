@@ -564,11 +564,7 @@ impl MigrationTrait for AddGroupMessages {
                 .to_owned(),
             ColumnDef::new(m::Column::GroupEnvelope).binary().null().to_owned(),
         ];
-        for column in columns {
-            manager
-                .alter_table(Table::alter().table(m::Entity).add_column(column).to_owned())
-                .await?;
-        }
+        caremesh_runtime::migration::add_columns(manager, m::Entity.into_table_ref(), columns).await?;
         let indexes: [(&str, Vec<DynIden>); 2] = [
             (
                 "idx_messages_kind",
@@ -593,12 +589,12 @@ impl MigrationTrait for AddGroupMessages {
                 .drop_index(Index::drop().name(name).table(m::Entity).if_exists().to_owned())
                 .await?;
         }
-        for column in [m::Column::GroupEnvelope, m::Column::Policy, m::Column::Kind] {
-            manager
-                .alter_table(Table::alter().table(m::Entity).drop_column(column).to_owned())
-                .await?;
-        }
-        Ok(())
+        caremesh_runtime::migration::drop_columns(
+            manager,
+            m::Entity.into_table_ref(),
+            [m::Column::GroupEnvelope, m::Column::Policy, m::Column::Kind].map(IntoIden::into_iden),
+        )
+        .await
     }
 }
 
@@ -781,25 +777,17 @@ impl MigrationTrait for AddDeviceFanout {
                 .to_owned(),
             ColumnDef::new(m::Column::FanoutDigest).binary().null().to_owned(),
         ];
-        for column in columns {
-            manager
-                .alter_table(Table::alter().table(m::Entity).add_column(column).to_owned())
-                .await?;
-        }
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(device_list::Entity)
-                    .add_column(
-                        ColumnDef::new(device_list::Column::HistoryKeyId)
-                            .string()
-                            .not_null()
-                            .default("")
-                            .to_owned(),
-                    )
-                    .to_owned(),
-            )
-            .await?;
+        caremesh_runtime::migration::add_columns(manager, m::Entity.into_table_ref(), columns).await?;
+        caremesh_runtime::migration::add_columns(
+            manager,
+            device_list::Entity.into_table_ref(),
+            [ColumnDef::new(device_list::Column::HistoryKeyId)
+                .string()
+                .not_null()
+                .default("")
+                .to_owned()],
+        )
+        .await?;
         use device_ciphertext as c;
         manager
             .create_table(
@@ -852,24 +840,23 @@ impl MigrationTrait for AddDeviceFanout {
             ],
         )
         .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(device_list::Entity)
-                    .drop_column(device_list::Column::HistoryKeyId)
-                    .to_owned(),
-            )
-            .await?;
+        caremesh_runtime::migration::drop_columns(
+            manager,
+            device_list::Entity.into_table_ref(),
+            [device_list::Column::HistoryKeyId.into_iden()],
+        )
+        .await?;
         use message as m;
-        for column in [
-            m::Column::FanoutDigest,
-            m::Column::SenderDeviceId,
-            m::Column::ProtocolVersion,
-        ] {
-            manager
-                .alter_table(Table::alter().table(m::Entity).drop_column(column).to_owned())
-                .await?;
-        }
-        Ok(())
+        caremesh_runtime::migration::drop_columns(
+            manager,
+            m::Entity.into_table_ref(),
+            [
+                m::Column::FanoutDigest,
+                m::Column::SenderDeviceId,
+                m::Column::ProtocolVersion,
+            ]
+            .map(IntoIden::into_iden),
+        )
+        .await
     }
 }

@@ -31,3 +31,31 @@ pub async fn drop_tables(manager: &SchemaManager<'_>, tables: impl IntoIterator<
     }
     Ok(())
 }
+
+/// Adds `columns` to `table`, one statement each (SQLite alters one thing at a time).
+pub async fn add_columns(
+    manager: &SchemaManager<'_>,
+    table: TableRef,
+    columns: impl IntoIterator<Item = ColumnDef>,
+) -> Result<(), DbErr> {
+    for mut column in columns {
+        manager
+            .alter_table(Table::alter().table(table.clone()).add_column(&mut column).to_owned())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Drops `columns` from `table`, one statement each.
+pub async fn drop_columns(
+    manager: &SchemaManager<'_>,
+    table: TableRef,
+    columns: impl IntoIterator<Item = DynIden>,
+) -> Result<(), DbErr> {
+    for column in columns {
+        manager
+            .alter_table(Table::alter().table(table.clone()).drop_column(column).to_owned())
+            .await?;
+    }
+    Ok(())
+}
