@@ -44,6 +44,9 @@ pub(crate) struct DeviceState {
     pub(crate) pending: BTreeMap<String, String>,
     /// Changes of contacts' device lists not yet shown to the user.
     pub(crate) notices: Vec<String>,
+    /// When the signed prekey and the last-resort prekey were made or last rotated.
+    #[serde(default)]
+    pub(crate) rotated_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl DeviceState {
@@ -58,6 +61,7 @@ impl DeviceState {
             published: false,
             pending: BTreeMap::new(),
             notices: Vec::new(),
+            rotated_at: None,
         })
     }
 }
@@ -297,6 +301,21 @@ impl Messenger {
             let device = device.as_mut().ok_or_else(no_device)?;
             let identity = keys.identity();
             let user_id = self.user_id();
+            let now = chrono::Utc::now();
+            match rotation(device.rotated_at, now) {
+                Rotation::Start => device.rotated_at = Some(now),
+                Rotation::Rotate { forget_previous } => {
+                    if forget_previous {
+                        device.secrets.forget_previous();
+                    }
+                    device
+                        .secrets
+                        .rotate(identity, user_id)
+                        .map_err(|error| crypto("rotating the device's prekeys", error))?;
+                    device.rotated_at = Some(now);
+                }
+                Rotation::None => {}
+            }
             let signed_prekey = device
                 .secrets
                 .signed_prekey(identity, user_id)
@@ -630,9 +649,37 @@ impl Messenger {
                 published: false,
                 pending: BTreeMap::new(),
                 notices: Vec::new(),
+                rotated_at: None,
             }),
         };
         Self::start(client, dir, profile, session, state).await
+    }
+}
+
+/// How long the previous signed and last-resort prekeys are kept after a rotation (§3.2), for
+/// handshakes begun before it.
+pub const PREVIOUS_PREKEY_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(30);
+
+/// What the device's prekeys need at `now`, rotated last at `rotated_at`.
+#[derive(Debug, PartialEq, Eq)]
+enum Rotation {
+    /// Never recorded: count from now.
+    Start,
+    /// Older than a week: new signed and last-resort prekeys; the previous ones go first when
+    /// the keys are older than 30 days (the device was off), since they are older still.
+    Rotate {
+        forget_previous: bool,
+    },
+    None,
+}
+
+fn rotation(rotated_at: Option<chrono::DateTime<chrono::Utc>>, now: chrono::DateTime<chrono::Utc>) -> Rotation {
+    match rotated_at {
+        None => Rotation::Start,
+        Some(at) if now - at > crate::messaging::SIGNED_PREKEY_MAX_AGE => Rotation::Rotate {
+            forget_previous: now - at > PREVIOUS_PREKEY_RETENTION,
+        },
+        Some(_) => Rotation::None,
     }
 }
 
@@ -669,4 +716,25 @@ fn removed_error() -> SdkError {
 /// Keeps the secret bytes of a received history key wiped.
 pub(crate) fn history_key_from(history_key_id: &str, key: &Zeroizing<[u8; 32]>) -> Result<HistoryKey, SdkError> {
     HistoryKey::from_bytes(history_key_id.to_owned(), key).map_err(|error| crypto("a received history key", error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prekeys_rotate_weekly_and_old_ones_go_after_30_days() {
+        let now = chrono::Utc::now();
+        let days = chrono::TimeDelta::days;
+        assert_eq!(rotation(None, now), Rotation::Start);
+        assert_eq!(rotation(Some(now - days(6)), now), Rotation::None);
+        assert_eq!(
+            rotation(Some(now - days(8)), now),
+            Rotation::Rotate { forget_previous: false }
+        );
+        assert_eq!(
+            rotation(Some(now - days(31)), now),
+            Rotation::Rotate { forget_previous: true }
+        );
+    }
 }
