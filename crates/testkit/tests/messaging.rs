@@ -938,3 +938,29 @@ async fn a_server_that_edits_device_lists_or_strips_kem_prekeys_is_refused() {
         mesh.shutdown().await;
     }
 }
+
+/// Messages delivered out of order and with gaps still open: the doctor's device reads its raw
+/// inbox in a shuffled order, leaving two messages for last (skipped message keys).
+#[tokio::test]
+async fn messages_read_out_of_order_and_with_gaps_still_open() {
+    for backend in backends() {
+        let name = backend.name();
+        let mesh = TestMesh::builder().backend(backend.clone()).start().await;
+        let patient = mesh.patient().await;
+        let doctor = mesh.staff(Role::Doctor, &[]).await;
+        let (p, _pd) = messenger(&mesh, &patient).await;
+        let (d, _dd) = messenger(&mesh, &doctor).await;
+        for index in 0..6 {
+            p.send(&patient.session, &doctor.user_id, format!("part {index}").as_bytes(), None)
+                .await
+                .unwrap();
+        }
+        let inbox = raw_inbox(&mesh, &doctor, &d.device_id().unwrap()).await;
+        assert_eq!(inbox.len(), 6, "{name}");
+        for index in [4, 1, 5, 0, 3, 2] {
+            let opened = d.open_message(&doctor.session, &inbox[index]).await.unwrap();
+            assert_eq!(opened.content.text(), format!("part {index}"), "{name}: part {index}");
+        }
+        mesh.shutdown().await;
+    }
+}
