@@ -951,9 +951,14 @@ async fn messages_read_out_of_order_and_with_gaps_still_open() {
         let (p, _pd) = messenger(&mesh, &patient).await;
         let (d, _dd) = messenger(&mesh, &doctor).await;
         for index in 0..6 {
-            p.send(&patient.session, &doctor.user_id, format!("part {index}").as_bytes(), None)
-                .await
-                .unwrap();
+            p.send(
+                &patient.session,
+                &doctor.user_id,
+                format!("part {index}").as_bytes(),
+                None,
+            )
+            .await
+            .unwrap();
         }
         let inbox = raw_inbox(&mesh, &doctor, &d.device_id().unwrap()).await;
         assert_eq!(inbox.len(), 6, "{name}");
