@@ -229,6 +229,8 @@ impl ServiceRuntime {
                 .set_service_status(*name, tonic_health::ServingStatus::Serving)
                 .await;
         }
+        // grpcurl needs reflection on every port it is pointed at: the ops port lists health only.
+        let ops_reflection = reflection(&[], service)?;
         let reflection = reflection(&names, service)?;
         let tls_config = caremesh_tls::server::server_config(Arc::clone(&self.tls))
             .map_err(|source| StartError::Tls { service, source })?;
@@ -244,6 +246,8 @@ impl ServiceRuntime {
             .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
         let ops = Server::builder()
             .add_service(HealthServer::new(HealthService::from_health_reporter(health.clone())))
+            .add_service(ops_reflection.v1)
+            .add_service(ops_reflection.v1alpha)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.ops), token.clone().cancelled_owned());
 
         let servers = tokio::spawn(async move { tokio::try_join!(main, ops) });

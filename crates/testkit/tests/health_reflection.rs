@@ -84,6 +84,35 @@ async fn the_ops_port_serves_health_only() {
     );
 }
 
+/// grpcurl (`grpcurl -plaintext localhost:50155 grpc.health.v1.Health/Check`) needs reflection
+/// on the ops port too: it lists health and reflection, nothing of caremesh's.
+#[tokio::test]
+async fn the_ops_port_serves_reflection_for_health() {
+    let mesh = TestMesh::start().await;
+    let ops = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.ops_addr(Service::Audit)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = v1::ServerReflectionClient::new(ops);
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response: v1::ServerReflectionResponse = stream.message().await.unwrap().unwrap();
+    let Some(v1::MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("not a service list");
+    };
+    let names: BTreeSet<String> = list.service.into_iter().map(|service| service.name).collect();
+    assert!(names.contains("grpc.health.v1.Health"), "{names:?}");
+    assert!(!names.iter().any(|name| name.starts_with("caremesh.")), "{names:?}");
+}
+
 mod v1 {
     pub use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     pub use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
