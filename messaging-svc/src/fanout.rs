@@ -16,14 +16,13 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{Audited, Caller, MessagingDomain, check_uuid_v7};
-use crate::messages::{MAX_CIPHERTEXT_LEN, MessageView};
+use crate::messages::{MAX_CIPHERTEXT_LEN, MessageView, TAG_LEN, check_sealed_body};
 use crate::storage::{archive_copy, device, device_ciphertext, device_list, message};
 
 /// The reason of a send whose devices do not match the current device lists.
 pub const DEVICE_LIST_CHANGED: &str = "DEVICE_LIST_CHANGED";
 /// The reason of an archive copy under a history key that is no longer the account's current one.
 pub const HISTORY_KEY_ROTATED: &str = "HISTORY_KEY_ROTATED";
-const TAG_LEN: usize = 16;
 const KEM_CIPHERTEXT_LEN: usize = 1088;
 
 /// What a protocol v2 send carries besides its addressing.
@@ -96,13 +95,7 @@ pub(crate) fn check_archive(archive: &pb::ArchiveCopy, what: &str) -> Result<(),
     if check_uuid_v7(&archive.history_key_id, "history_key_id").is_err() {
         return Err(bad("history_key_id must be a canonical UUIDv7"));
     }
-    if archive.nonce.len() != 12 {
-        return Err(bad("nonce must be 12 bytes"));
-    }
-    if archive.ciphertext.len() < TAG_LEN || archive.ciphertext.len() > MAX_CIPHERTEXT_LEN {
-        return Err(bad("ciphertext must be 16 bytes to 256 KiB"));
-    }
-    Ok(())
+    check_sealed_body(&archive.nonce, &archive.ciphertext).map_err(|problem| bad(&problem))
 }
 
 /// SHA-256 over a send's ciphertexts (in the order given) and its archive copy.

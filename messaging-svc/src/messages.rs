@@ -24,7 +24,8 @@ use crate::storage::{GROUP_LOG, KIND_DIRECT, KIND_GROUP, delivery, message};
 
 /// Largest ciphertext in an envelope (including the tag).
 pub const MAX_CIPHERTEXT_LEN: usize = 256 * 1024;
-const TAG_LEN: usize = 16;
+/// The AES-256-GCM tag every ciphertext ends with.
+pub(crate) const TAG_LEN: usize = 16;
 const DEFAULT_PAGE: u64 = 50;
 const MAX_PAGE: u64 = 500;
 const MIN_LIFESPAN: Duration = Duration::from_secs(60);

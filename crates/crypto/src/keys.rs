@@ -39,7 +39,7 @@ fn new_x25519_secret() -> Result<StaticSecret, CryptoError> {
     Ok(StaticSecret::from(*bytes))
 }
 
-fn key32(bytes: &[u8], what: &'static str) -> Result<[u8; 32], CryptoError> {
+pub(crate) fn key32(bytes: &[u8], what: &'static str) -> Result<[u8; 32], CryptoError> {
     bytes.try_into().map_err(|_| CryptoError::InvalidKey {
         what,
         reason: "must be 32 bytes",

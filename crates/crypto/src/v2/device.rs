@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use crate::CryptoError;
 use crate::encoding::Encoder;
 use crate::ids::{check_user_id, check_uuid_v7, new_id};
-use crate::keys::{IdentityKeyPair, IdentityPublicKey};
+use crate::keys::{IdentityKeyPair, IdentityPublicKey, key32};
 use crate::primitives::{self, KEM_PUBLIC_KEY_LEN, KEM_SEED_LEN, KemSecretKey, random_array};
 
 /// Most devices a user may have.
@@ -69,13 +69,6 @@ impl DeviceKeyKind {
             Self::KemLastResort | Self::KemOneTime => primitives::kem_check_public_key(public_key),
         }
     }
-}
-
-fn key32(bytes: &[u8], what: &'static str) -> Result<[u8; 32], CryptoError> {
-    bytes.try_into().map_err(|_| CryptoError::InvalidKey {
-        what,
-        reason: "must be 32 bytes",
-    })
 }
 
 /// The bytes `IKsig` signs for a device key (§3.2).
