@@ -69,7 +69,7 @@ fn invalid(reason: &'static str, message: impl Into<String>) -> Error {
 }
 
 /// The ids of a stored list, ascending.
-fn list_ids(row: &device_list::Model) -> Vec<String> {
+pub(crate) fn list_ids(row: &device_list::Model) -> Vec<String> {
     row.device_ids
         .split(',')
         .filter(|id| !id.is_empty())
@@ -320,7 +320,11 @@ impl MessagingDomain {
     }
 
     /// The devices of `user_id` an admin removed, ascending.
-    async fn admin_removed<C: ConnectionTrait>(&self, conn: &C, user_id: &str) -> Result<Vec<String>, Error> {
+    pub(crate) async fn admin_removed<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        user_id: &str,
+    ) -> Result<Vec<String>, Error> {
         Ok(device::Entity::find()
             .filter(device::Column::UserId.eq(user_id))
             .filter(device::Column::AdminRemovedAt.is_not_null())

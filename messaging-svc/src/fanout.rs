@@ -15,9 +15,10 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use sha2::{Digest, Sha256};
 
+use crate::devices::list_ids;
 use crate::domain::{Audited, Caller, MessagingDomain, check_uuid_v7};
 use crate::messages::{MAX_CIPHERTEXT_LEN, MessageView, TAG_LEN, check_sealed_body};
-use crate::storage::{archive_copy, device, device_ciphertext, device_list, message};
+use crate::storage::{archive_copy, device_ciphertext, device_list, message};
 
 /// The reason of a send whose devices do not match the current device lists.
 pub const DEVICE_LIST_CHANGED: &str = "DEVICE_LIST_CHANGED";
@@ -113,32 +114,43 @@ pub(crate) fn fanout_digest(fanout: &Fanout) -> Vec<u8> {
     hash.finalize().to_vec()
 }
 
+/// A user's devices to encrypt to, from their current device list.
+#[derive(Debug, Default)]
+pub(crate) struct ActiveDevices {
+    /// Listed and not removed by an admin.
+    pub(crate) ids: BTreeSet<String>,
+    /// The history key id the list declares (empty: none).
+    pub(crate) history_key_id: String,
+}
+
+/// An archive copy must use the owner's current history key, when one was declared: a key
+/// replaced at a device's removal is one the removed device still holds (§7.3).
+fn check_history_key(current: &str, archive: &pb::ArchiveCopy) -> Result<(), Error> {
+    if !current.is_empty() && current != archive.history_key_id {
+        return Err(Error::failed_precondition(
+            HISTORY_KEY_ROTATED,
+            "your history key was replaced on another of your devices: read the message it sent to your \
+             devices (your own conversation), then seal the archive copy again",
+        ));
+    }
+    Ok(())
+}
+
 impl MessagingDomain {
-    /// `user_id`'s devices to encrypt to: in the current signed list and not removed by an admin;
-    /// `None` when the user has no device list.
+    /// `user_id`'s devices to encrypt to; `None` when the user has no device list.
     pub(crate) async fn active_devices<C: ConnectionTrait>(
         &self,
         conn: &C,
         user_id: &str,
-    ) -> Result<Option<BTreeSet<String>>, Error> {
+    ) -> Result<Option<ActiveDevices>, Error> {
         let Some(list) = device_list::Entity::find_by_id(user_id.to_owned()).one(conn).await? else {
             return Ok(None);
         };
-        let removed: BTreeSet<String> = device::Entity::find()
-            .filter(device::Column::UserId.eq(user_id))
-            .filter(device::Column::AdminRemovedAt.is_not_null())
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(|row| row.device_id)
-            .collect();
-        Ok(Some(
-            list.device_ids
-                .split(',')
-                .filter(|id| !id.is_empty() && !removed.contains(*id))
-                .map(str::to_owned)
-                .collect(),
-        ))
+        let removed = self.admin_removed(conn, user_id).await?;
+        Ok(Some(ActiveDevices {
+            ids: list_ids(&list).into_iter().filter(|id| !removed.contains(id)).collect(),
+            history_key_id: list.history_key_id,
+        }))
     }
 
     /// Checks a v2 send: every ciphertext well formed and from the sending device, which is one
@@ -151,7 +163,6 @@ impl MessagingDomain {
         // carry none. The server cannot tell them apart, and need not.
         if let Some(archive) = &fanout.archive {
             check_archive(archive, "archive")?;
-            self.check_history_key(sender, archive).await?;
         }
         let mut given = BTreeSet::new();
         for (index, ciphertext) in fanout.ciphertexts.iter().enumerate() {
@@ -172,6 +183,10 @@ impl MessagingDomain {
             }
         }
         let own = self.active_devices(&self.db, sender).await?.unwrap_or_default();
+        if let Some(archive) = &fanout.archive {
+            check_history_key(&own.history_key_id, archive)?;
+        }
+        let own = own.ids;
         if !own.contains(&fanout.sender_device_id) {
             return Err(Error::failed_precondition(
                 "UNKNOWN_DEVICE",
@@ -181,12 +196,15 @@ impl MessagingDomain {
         let theirs = if recipient == sender {
             BTreeSet::new()
         } else {
-            self.active_devices(&self.db, recipient).await?.ok_or_else(|| {
-                Error::failed_precondition(
-                    "DEVICES_NOT_PUBLISHED",
-                    "the recipient has no devices yet: they must sign in with an up-to-date app first",
-                )
-            })?
+            self.active_devices(&self.db, recipient)
+                .await?
+                .ok_or_else(|| {
+                    Error::failed_precondition(
+                        "DEVICES_NOT_PUBLISHED",
+                        "the recipient has no devices yet: they must sign in with an up-to-date app first",
+                    )
+                })?
+                .ids
         };
         let expected: BTreeSet<(&str, &str)> = theirs
             .iter()
@@ -212,24 +230,6 @@ impl MessagingDomain {
                     "the devices changed ({missing} missing, {extra} not current): fetch the device lists again and \
                      resend with the same message id"
                 ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// An archive copy must use the owner's current history key, when one was declared: a key
-    /// replaced at a device's removal is one the removed device still holds (§7.3).
-    async fn check_history_key(&self, owner: &str, archive: &pb::ArchiveCopy) -> Result<(), Error> {
-        let current = device_list::Entity::find_by_id(owner.to_owned())
-            .one(&self.db)
-            .await?
-            .map(|list| list.history_key_id)
-            .unwrap_or_default();
-        if !current.is_empty() && current != archive.history_key_id {
-            return Err(Error::failed_precondition(
-                HISTORY_KEY_ROTATED,
-                "your history key was replaced on another of your devices: read the message it sent to your \
-                 devices (your own conversation), then seal the archive copy again",
             ));
         }
         Ok(())
@@ -270,7 +270,7 @@ impl MessagingDomain {
         let listed = self
             .active_devices(&self.db, &principal.user_id)
             .await?
-            .is_some_and(|devices| devices.contains(device_id));
+            .is_some_and(|devices| devices.ids.contains(device_id));
         if !listed {
             return Err(Error::permission_denied(
                 "NOT_YOUR_DEVICE",
@@ -334,7 +334,11 @@ impl MessagingDomain {
         check_uuid_v7(message_id, "message_id")?;
         let archive = archive.ok_or_else(|| Error::invalid_argument("ARCHIVE_REQUIRED", "archive is required"))?;
         check_archive(&archive, "archive")?;
-        self.check_history_key(&principal.user_id, &archive).await?;
+        let own = self
+            .active_devices(&self.db, &principal.user_id)
+            .await?
+            .unwrap_or_default();
+        check_history_key(&own.history_key_id, &archive)?;
         let row = message::Entity::find()
             .filter(message::Column::MessageId.eq(message_id))
             .one(&self.db)

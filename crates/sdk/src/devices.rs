@@ -138,11 +138,6 @@ impl Messenger {
         }
     }
 
-    /// This device's id.
-    pub fn device_id(&self) -> Result<String, SdkError> {
-        self.device_id_now()
-    }
-
     /// Takes the notices about contacts' device changes (added or removed devices) not shown yet.
     pub fn take_device_notices(&self) -> Result<Vec<String>, SdkError> {
         let notices = {
@@ -256,7 +251,7 @@ impl Messenger {
     /// Makes sure this device is in the user's device list (creating the list on the first
     /// device) and that the directory has its keys, topping up one-time prekeys.
     pub(crate) async fn maintain_device(&self, session: &Session) -> Result<(), SdkError> {
-        let device_id = self.device_id_now()?;
+        let device_id = self.device_id()?;
         let mut admin_removed = Vec::new();
         let version = match self.own_list(session).await? {
             OwnList::Verified(devices) if devices.list.contains(&device_id) => {
@@ -383,7 +378,8 @@ impl Messenger {
         Ok(())
     }
 
-    pub(crate) fn device_id_now(&self) -> Result<String, SdkError> {
+    /// This device's id.
+    pub fn device_id(&self) -> Result<String, SdkError> {
         let state = self.lock()?;
         Ok(state
             .device
@@ -420,7 +416,7 @@ impl Messenger {
 
     /// The user's devices.
     pub async fn devices(&self, session: &Session) -> Result<Vec<DeviceInfo>, SdkError> {
-        let this_device = self.device_id_now()?;
+        let this_device = self.device_id()?;
         let own = self
             .own_devices(session)
             .await?
@@ -506,7 +502,7 @@ impl Messenger {
     /// Removes one of the user's other devices: a signed list without it, its sessions dropped,
     /// and a new history key sent to the remaining devices (so it reads nothing archived later).
     pub async fn remove_device(&self, session: &Session, device_id: &str) -> Result<(), SdkError> {
-        if device_id == self.device_id_now()? {
+        if device_id == self.device_id()? {
             return Err(SdkError::Local(
                 "a device cannot remove itself: remove it from another of your devices".to_owned(),
             ));
@@ -705,7 +701,7 @@ fn no_device_yet(user_id: &str) -> SdkError {
     ))
 }
 
-fn no_device() -> SdkError {
+pub(crate) fn no_device() -> SdkError {
     SdkError::Local("this profile has no protocol v2 device state".to_owned())
 }
 

@@ -685,7 +685,7 @@ impl Messenger {
         mut request: pb::ListInboxRequest,
     ) -> Result<(Vec<Opened>, String), SdkError> {
         if request.device_id.is_empty() {
-            request.device_id = self.device_id_now()?;
+            request.device_id = self.device_id()?;
         }
         let response = self.api()?.list_inbox(session.request(request)?).await?.into_inner();
         Ok((
@@ -703,7 +703,7 @@ impl Messenger {
     ) -> Result<Vec<Opened>, SdkError> {
         let mut messages = Vec::new();
         let mut page_token = String::new();
-        let device_id = self.device_id_now()?;
+        let device_id = self.device_id()?;
         loop {
             let response = self
                 .api()?
@@ -749,7 +749,7 @@ impl Messenger {
             .api()?
             .subscribe(session.request(pb::SubscribeRequest {
                 cursor: cursor.to_owned(),
-                device_id: self.device_id_now()?,
+                device_id: self.device_id()?,
             })?)
             .await?
             .into_inner())

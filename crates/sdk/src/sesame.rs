@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::SdkError;
 use crate::auth::Session;
-use crate::devices::{VerifiedDevices, device_mut, history_key_from};
+use crate::devices::{VerifiedDevices, device_mut, history_key_from, no_device};
 use crate::messaging::{Content as Opened, Messenger, crypto, local};
 use crate::wire;
 
@@ -118,7 +118,7 @@ impl Messenger {
         } else {
             Some(self.known_devices(session, &me, refresh).await?.devices)
         };
-        let this_device = self.device_id_now()?;
+        let this_device = self.device_id()?;
         let mut targets: Vec<(PeerDevice, &VerifiedDevices, &IdentityPublicKey)> = Vec::new();
         for (user_id, devices, identity) in [
             (recipient_user_id, Some(&recipient), &recipient_identity),
@@ -144,7 +144,7 @@ impl Messenger {
         let request = {
             let mut state = self.lock()?;
             let crate::messaging::State { device, .. } = &mut *state;
-            let device = device.as_mut().ok_or(SdkError::Protocol("no device state"))?;
+            let device = device.as_mut().ok_or_else(no_device)?;
             let mut device_ciphertexts = Vec::with_capacity(targets.len());
             for (peer, _, _) in &targets {
                 let message = device
@@ -231,7 +231,7 @@ impl Messenger {
                 .into_inner();
             let mut state = self.lock()?;
             let crate::messaging::State { keys, device, .. } = &mut *state;
-            let device = device.as_mut().ok_or(SdkError::Protocol("no device state"))?;
+            let device = device.as_mut().ok_or_else(no_device)?;
             for bundle in &response.bundles {
                 let bundle = wire::device_bundle(user_id, bundle)?;
                 let verified = verify_device_bundle(&bundle, identity, &devices.list)
@@ -315,7 +315,7 @@ impl Messenger {
         let opened = {
             let mut state = self.lock()?;
             let crate::messaging::State { keys, device, .. } = &mut *state;
-            let device = device.as_mut().ok_or(SdkError::Protocol("no device state"))?;
+            let device = device.as_mut().ok_or_else(no_device)?;
             let result = device.sessions.decrypt(
                 keys.identity(),
                 self.user_id(),
@@ -388,7 +388,7 @@ impl Messenger {
         })?;
         let copy = wire::archive_from(copy)?;
         let state = self.lock()?;
-        let device = state.device.as_ref().ok_or(SdkError::Protocol("no device state"))?;
+        let device = state.device.as_ref().ok_or_else(no_device)?;
         let context = ArchiveContext {
             owner_user_id: self.user_id(),
             message_id: &message.message_id,
@@ -445,7 +445,7 @@ impl Messenger {
     ) -> Result<(), SdkError> {
         let archive = {
             let state = self.lock()?;
-            let device = state.device.as_ref().ok_or(SdkError::Protocol("no device state"))?;
+            let device = state.device.as_ref().ok_or_else(no_device)?;
             let context = ArchiveContext {
                 owner_user_id: self.user_id(),
                 message_id: &message.message_id,
