@@ -145,6 +145,7 @@ impl AuditService for AuditApi {
         request: Request<pb::StreamAlertsRequest>,
     ) -> Result<Response<Self::StreamAlertsStream>, Status> {
         let caller = self.caller(&request).await?;
+        let revoked = self.runtime.until_revoked(&caller.principal);
         let mut cursor = self.reader.start_alert_stream(&caller, request.get_ref()).await?;
         let kinds = request.into_inner().kinds;
         let reader = self.reader.clone();
@@ -175,7 +176,10 @@ impl AuditService for AuditApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let alerts = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok(Response::new(caremesh_runtime::grpc::close_when_revoked(
+            alerts, revoked,
+        )))
     }
 
     type ExportEventsStream = BoxStream<'static, Result<pb::ExportEventsResponse, Status>>;

@@ -12,6 +12,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrde
 use crate::attributes;
 use crate::domain::{Audited, AuthDomain, Caller, check_etag, normalize_username, validate_username};
 use crate::password;
+use crate::revocations;
 use crate::storage::{session, user};
 
 pub const ROLES: &[&str] = &["patient", "doctor", "nurse", "admin", "auditor"];
@@ -461,9 +462,12 @@ impl AuthDomain {
             },
         )
         .await?;
-        let row = self.find_user(&txn, user_id).await?;
+        let updated = UserView::new(self.find_user(&txn, user_id).await?);
+        // Tokens issued before now stop carrying what was taken away (the revocation feed).
+        let before = UserView::new(row);
+        revocations::record_removed_attributes(&txn, user_id, &before.assigned, &updated.assigned, now).await?;
         txn.commit().await?;
-        Ok(UserView::new(row))
+        Ok(updated)
     }
 
     /// A user's current role, status and attributes (internal RPC).

@@ -19,6 +19,7 @@ use crate::accounts::{NewUser, UserFilter, UserView};
 use crate::domain::{AuthDomain, Caller, etag};
 use crate::emergency::NewGrant;
 use crate::keys::PublishedKey;
+use crate::revocations;
 use crate::sessions::{IssuedSession, LoginOutcome, SecondFactor};
 
 pub fn router(runtime: &ServiceRuntime, domain: AuthDomain) -> MeshRouter {
@@ -642,5 +643,39 @@ impl AuthInternalService for Api {
             })
             .await?;
         Ok(Response::new(pb::GrantEmergencyAttributeResponse { attribute }))
+    }
+
+    async fn list_revocations(
+        &self,
+        request: Request<pb::ListRevocationsRequest>,
+    ) -> Result<Response<pb::ListRevocationsResponse>, Status> {
+        let since = request.into_inner().since.as_ref().and_then(from_timestamp);
+        let feed = self.domain.revocations(since).await?;
+        Ok(Response::new(pb::ListRevocationsResponse {
+            server_time: Some(to_timestamp(feed.read_at)),
+            sessions: feed
+                .sessions
+                .into_iter()
+                .map(|(session_id, user_id, revoked_at)| pb::RevokedSession {
+                    session_id,
+                    user_id,
+                    revoke_time: Some(to_timestamp(revoked_at)),
+                })
+                .collect(),
+            removed_attributes: feed
+                .removed_attributes
+                .into_iter()
+                .map(|removal| pb::RemovedAttribute {
+                    user_id: removal.user_id,
+                    attribute: removal.attribute,
+                    remove_time: Some(to_timestamp(removal.removed_at)),
+                })
+                .collect(),
+            retention: Some(prost_types::Duration {
+                seconds: revocations::retention().num_seconds(),
+                nanos: 0,
+            }),
+            more_since: feed.more_since.map(to_timestamp),
+        }))
     }
 }

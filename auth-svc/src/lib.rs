@@ -17,6 +17,7 @@ mod grpc;
 mod keys;
 mod mfa;
 pub mod password;
+mod revocations;
 mod secrets;
 mod sessions;
 pub mod settings;
@@ -98,5 +99,10 @@ pub fn peer_policy() -> PeerPolicy {
             "caremesh.auth.v1.AuthInternalService",
             "GrantEmergencyAttribute",
             [ServiceName::AbeAuthority].map(ServiceName::spiffe_id),
+        )
+        .allow(
+            "caremesh.auth.v1.AuthInternalService",
+            "ListRevocations",
+            ServiceName::ALL.map(ServiceName::spiffe_id),
         )
 }

@@ -71,10 +71,19 @@ pub const REGISTER_RATE_PER_MINUTE: &str = "CAREMESH_AUTH_REGISTER_RATE_PER_MINU
 pub const ARGON2_MEMORY_KIB: &str = "CAREMESH_AUTH_ARGON2_MEMORY_KIB";
 pub const ARGON2_ITERATIONS: &str = "CAREMESH_AUTH_ARGON2_ITERATIONS";
 
+/// Every service refuses a token that claims to live longer.
+const MAX_ACCESS_TOKEN_TTL: u32 = caremesh_token::MAX_LIFETIME_SECONDS as u32;
+
 impl AuthSettings {
     pub fn from_env(env: &dyn EnvSource) -> Result<Self, ConfigError> {
         let mut settings = Self::default();
-        if let Some(seconds) = bounded_u32(env, ACCESS_TOKEN_TTL_SECONDS, 10, 600, "10 to 600 seconds")? {
+        if let Some(seconds) = bounded_u32(
+            env,
+            ACCESS_TOKEN_TTL_SECONDS,
+            10,
+            MAX_ACCESS_TOKEN_TTL,
+            "10 to 600 seconds",
+        )? {
             settings.access_token_ttl = Duration::from_secs(seconds.into());
         }
         if let Some(seconds) = bounded_u32(env, SESSION_IDLE_SECONDS, 60, 86_400, "60 to 86400 seconds")? {

@@ -183,6 +183,27 @@ pub mod signing_key {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod attribute_removal {
+    use sea_orm::entity::prelude::*;
+
+    /// An attribute an admin removed, kept while access tokens issued before the removal may
+    /// still be live (the revocation feed).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "attribute_removals")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub user_id: String,
+        pub attribute: String,
+        pub removed_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
@@ -191,6 +212,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateAuditOutbox),
             Box::new(CreateAuthTables),
             Box::new(CreateEmergencyGrants),
+            Box::new(CreateRevocationFeed),
         ]
     }
 }
@@ -380,6 +402,69 @@ impl MigrationTrait for CreateEmergencyGrants {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .drop_table(Table::drop().table(emergency_grant::Entity).if_exists().to_owned())
+            .await
+    }
+}
+
+/// The revocation feed reads sessions by the time they ended, and the attributes removed.
+struct CreateRevocationFeed;
+
+impl MigrationName for CreateRevocationFeed {
+    fn name(&self) -> &str {
+        "m20261202_000004_create_revocation_feed"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for CreateRevocationFeed {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use attribute_removal as r;
+        manager
+            .create_table(
+                Table::create()
+                    .table(r::Entity)
+                    .if_not_exists()
+                    .col(string(r::Column::Id).primary_key())
+                    .col(string(r::Column::UserId))
+                    .col(string(r::Column::Attribute))
+                    .col(timestamp_with_time_zone(r::Column::RemovedAt))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("idx_attribute_removals_removed_at")
+                    .table(r::Entity)
+                    .col(r::Column::RemovedAt)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("idx_sessions_revoked_at")
+                    .table(session::Entity)
+                    .col(session::Column::RevokedAt)
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .if_exists()
+                    .name("idx_sessions_revoked_at")
+                    .table(session::Entity)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .drop_table(Table::drop().table(attribute_removal::Entity).if_exists().to_owned())
             .await
     }
 }

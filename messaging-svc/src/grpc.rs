@@ -8,7 +8,7 @@ use caremesh_proto::messaging::v1::messaging_internal_service_server::{
 };
 use caremesh_proto::messaging::v1::messaging_service_server::{MessagingService, MessagingServiceServer};
 use caremesh_runtime::auth::Principal;
-use caremesh_runtime::grpc::{peer_identity, to_status};
+use caremesh_runtime::grpc::{close_when_revoked, peer_identity, to_status};
 use caremesh_runtime::time::to_timestamp;
 use caremesh_runtime::{Error, MeshRouter, ServiceRuntime};
 use futures::StreamExt;
@@ -539,7 +539,8 @@ impl MessagingService for Api {
             })
             .map_err(to_status)
         });
-        Ok(Response::new(stream.boxed()))
+        let revoked = self.runtime.until_revoked(&principal);
+        Ok(Response::new(close_when_revoked(stream.boxed(), revoked)))
     }
 
     async fn send_receipts(

@@ -218,6 +218,7 @@ mod tests {
             attributes: attributes.iter().map(|attribute| (*attribute).to_owned()).collect(),
             session_id: "s1".to_owned(),
             aal: 2,
+            issued_at: 0,
         }
     }
 

@@ -3,10 +3,11 @@
 //! caller's time. Keys are cached; a token naming an unknown key id triggers one refresh (rate
 //! limited), so signing-key rotation needs no restart anywhere. Tokens whose signature checked
 //! out are remembered ([`VerifiedTokens`]), so a client's every call costs one signature check
-//! per token, not per call.
+//! per token, not per call. Then the revocation feed ([`crate::revocation`]) has the last word:
+//! a revoked session is refused and removed attributes are dropped.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use caremesh_proto::auth::v1::GetVerificationKeysRequest;
@@ -15,6 +16,7 @@ use caremesh_token::{Claims, TokenError, VerifiedTokens};
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 
+use crate::revocation::RevocationFeed;
 use crate::{Error, MeshChannel, time};
 
 /// Who a verified access token says the caller is.
@@ -27,6 +29,9 @@ pub struct Principal {
     pub session_id: String,
     /// Authenticator assurance level: 1 (password only) or 2 (with a second factor).
     pub aal: u8,
+    /// When the access token was issued (Unix seconds): revocations apply to tokens issued
+    /// before them.
+    pub issued_at: i64,
 }
 
 impl Principal {
@@ -37,6 +42,7 @@ impl Principal {
             attributes: claims.attrs,
             session_id: claims.sid,
             aal: claims.aal,
+            issued_at: claims.iat,
         }
     }
 
@@ -132,16 +138,23 @@ pub struct KeySetVerifier {
     cache: RwLock<KeyCache>,
     refreshing: tokio::sync::Mutex<()>,
     verified: VerifiedTokens,
+    revocations: Arc<RevocationFeed>,
 }
 
 impl KeySetVerifier {
     pub fn new(auth: MeshChannel) -> Self {
         Self {
+            revocations: Arc::new(RevocationFeed::new(auth.clone())),
             client: AuthServiceClient::new(auth),
             cache: RwLock::new(KeyCache::default()),
             refreshing: tokio::sync::Mutex::new(()),
             verified: VerifiedTokens::new(VERIFIED_TOKENS),
         }
+    }
+
+    /// The revocation feed this verifier applies (its poller is run by the service).
+    pub fn revocations(&self) -> Arc<RevocationFeed> {
+        Arc::clone(&self.revocations)
     }
 
     fn lookup(&self, kid: &str, now: DateTime<Utc>) -> Option<VerifyingKey> {
@@ -238,7 +251,8 @@ impl TokenVerifier for KeySetVerifier {
             }
             other => other,
         };
-        claims.map(Principal::from_claims).map_err(token_error)
+        let principal = claims.map(Principal::from_claims).map_err(token_error)?;
+        self.revocations.check(principal).await
     }
 }
 
@@ -273,6 +287,7 @@ mod tests {
             attributes: vec![],
             session_id: "s".to_owned(),
             aal: 1,
+            issued_at: 0,
         };
         assert_eq!(principal.require_aal2().unwrap_err().reason(), "MFA_REQUIRED");
         let principal = Principal { aal: 2, ..principal };

@@ -11,6 +11,25 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::{Error, ErrorCode};
 
+/// A server stream that ends with the refusal once `revoked` resolves (see
+/// [`crate::ServiceRuntime::until_revoked`]): a revoked session or disabled account keeps no live
+/// stream open.
+pub fn close_when_revoked<T: Send + 'static>(
+    stream: futures::stream::BoxStream<'static, Result<T, tonic::Status>>,
+    revoked: futures::future::BoxFuture<'static, Error>,
+) -> futures::stream::BoxStream<'static, Result<T, tonic::Status>> {
+    use futures::StreamExt;
+    futures::stream::unfold(Some((stream, revoked)), |open| async move {
+        let (mut stream, mut revoked) = open?;
+        tokio::select! {
+            biased;
+            refusal = &mut revoked => Some((Err(to_status(refusal)), None)),
+            item = stream.next() => item.map(|item| (item, Some((stream, revoked)))),
+        }
+    })
+    .boxed()
+}
+
 /// The `ErrorInfo.domain` of every caremesh error.
 pub const ERROR_DOMAIN: &str = "caremesh.local";
 

@@ -2,6 +2,8 @@
 //! services the same way (see `ARCHITECTURE.md`).
 //!
 //! - [`auth`]: users authenticated by bearer token, verified locally with auth-svc's keys.
+//! - [`revocation`]: auth-svc's revocation feed, polled, so revoked sessions and removed
+//!   attributes take effect within a second on every service.
 //! - [`config`]: typed configuration, `CAREMESH_*` overrides through an injectable source.
 //! - [`mesh`]: start a service (TLS, key-encryption key, migrated database) and serve it over mTLS
 //!   with health, reflection, the peer allowlist and graceful shutdown.
@@ -24,6 +26,7 @@ pub mod kek;
 pub mod mesh;
 pub mod migration;
 pub mod outbox;
+pub mod revocation;
 pub mod telemetry;
 pub mod time;
 

@@ -1,7 +1,8 @@
 //! What every service runs on: [`ServiceRuntime::start`] loads TLS material, the key-encryption
 //! key and the database (migrated); [`ServiceRuntime::serve`] serves the service's gRPC routes on
 //! the mTLS port (with health, reflection, trace context and the peer allowlist) and health on the
-//! plaintext ops port, runs the audit relay, and drains in-flight calls on shutdown.
+//! plaintext ops port, runs the audit relay and the revocation feed's poller, and drains in-flight
+//! calls on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,6 +30,7 @@ use crate::config::ServiceConfig;
 use crate::grpc::{PeerPolicy, PeerPolicyLayer};
 use crate::kek::{Kek, KekError};
 use crate::outbox::Outbox;
+use crate::revocation::RevocationFeed;
 use crate::telemetry::{TraceContextInterceptor, TraceContextLayer};
 use crate::{ServiceName, db};
 
@@ -152,6 +154,8 @@ pub struct ServiceRuntime {
     pub writer: db::Writer,
     /// Verifies users' access tokens with auth-svc's published keys.
     pub tokens: Arc<dyn TokenVerifier>,
+    /// auth-svc's revocation feed, which `tokens` applies; [`ServiceRuntime::serve`] polls it.
+    pub revocations: Arc<RevocationFeed>,
     shutdown: CancellationToken,
 }
 
@@ -168,10 +172,12 @@ impl ServiceRuntime {
             .map_err(|source| StartError::Database { service, source })?;
         let clock = Arc::clone(&config.clock);
         let auth = mesh_channel(&config, &tls, ServiceName::Auth, ChannelOptions::default())?;
+        let verifier = KeySetVerifier::new(auth);
         Ok(Self {
             outbox: Outbox::new(service, Arc::clone(&clock)),
             writer: db::Writer::new(db.clone()),
-            tokens: Arc::new(KeySetVerifier::new(auth)),
+            revocations: verifier.revocations(),
+            tokens: Arc::new(verifier),
             config,
             db,
             clock,
@@ -185,6 +191,12 @@ impl ServiceRuntime {
     pub async fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Principal, crate::Error> {
         let token = bearer_token(request.metadata())?;
         self.tokens.verify(token, self.clock.now()).await
+    }
+
+    /// Resolves once `principal`'s session is revoked: a long-lived stream ends with it
+    /// ([`crate::grpc::close_when_revoked`]).
+    pub fn until_revoked(&self, principal: &Principal) -> futures::future::BoxFuture<'static, crate::Error> {
+        self.revocations.until_revoked(principal.clone())
     }
 
     pub fn service(&self) -> ServiceName {
@@ -221,6 +233,7 @@ impl ServiceRuntime {
         )?;
         let relay = self.outbox.relay(self.writer.clone(), relay_channel, self.config.relay);
         let relay_task = tokio::spawn(relay.run(token.child_token()));
+        let feed_task = tokio::spawn(Arc::clone(&self.revocations).run(token.child_token()));
 
         let MeshRouter { routes, names } = router;
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -265,6 +278,7 @@ impl ServiceRuntime {
             .await;
         token.cancel();
         let _relay_stopped = relay_task.await;
+        let _feed_stopped = feed_task.await;
         match tokio::time::timeout(DRAIN_TIMEOUT, servers).await {
             Ok(Ok(Ok(_))) => Ok(()),
             Ok(Ok(Err(source))) => Err(StartError::Serve { service, source }),

@@ -93,7 +93,8 @@ impl Messenger {
         Ok(cached)
     }
 
-    /// Asks the authority for a key with the user's current attributes and keeps it.
+    /// Asks the authority for a key with the user's current attributes and keeps it; older keys
+    /// with attributes the user no longer has are dropped.
     pub async fn refresh_attribute_key(&self, session: &Session) -> Result<AttributeKeyInfo, SdkError> {
         let identity_key_id = self.lock()?.keys.identity().key_id().to_owned();
         let response = self
@@ -163,7 +164,15 @@ impl Messenger {
         {
             let mut state = self.lock()?;
             let now = Utc::now();
-            state.attribute_keys.retain(|stored| stored.expires_at > now);
+            // The new key holds every attribute the user still has: an older key with one it
+            // lacks (removed by an admin) goes, so this device cannot open with it any more.
+            state.attribute_keys.retain(|stored| {
+                stored.expires_at > now
+                    && stored
+                        .attributes
+                        .iter()
+                        .all(|attribute| info.attributes.contains(attribute))
+            });
             if let Ok(mut parsed) = self.parsed_keys.lock() {
                 parsed.retain(|key_id, _| state.attribute_keys.iter().any(|stored| &stored.key_id == key_id));
             }

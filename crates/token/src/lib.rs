@@ -28,6 +28,12 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Tolerated clock difference between auth-svc and the verifying service.
 pub const CLOCK_SKEW_SECONDS: i64 = 30;
 
+/// The longest lifetime (`exp - iat`) of an access token; a token claiming more is refused.
+pub const MAX_LIFETIME_SECONDS: i64 = 600;
+
+/// How long a revocation matters: a token issued before it has expired everywhere by then.
+pub const REVOCATION_RETENTION_SECONDS: i64 = MAX_LIFETIME_SECONDS + 2 * CLOCK_SKEW_SECONDS;
+
 /// What an access token says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,6 +139,10 @@ fn check_lifetime(claims: &Claims, now: i64) -> Result<(), TokenError> {
     }
     if claims.iat > now + CLOCK_SKEW_SECONDS {
         return Err(TokenError::NotYetValid);
+    }
+    // Revocations are kept only this long (REVOCATION_RETENTION_SECONDS): no token may outlive them.
+    if claims.exp.saturating_sub(claims.iat) > MAX_LIFETIME_SECONDS {
+        return Err(TokenError::Malformed);
     }
     Ok(())
 }
