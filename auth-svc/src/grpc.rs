@@ -645,13 +645,13 @@ impl AuthInternalService for Api {
         Ok(Response::new(pb::GrantEmergencyAttributeResponse { attribute }))
     }
 
-    async fn list_revocations(
+    async fn poll_revocations(
         &self,
-        request: Request<pb::ListRevocationsRequest>,
-    ) -> Result<Response<pb::ListRevocationsResponse>, Status> {
+        request: Request<pb::PollRevocationsRequest>,
+    ) -> Result<Response<pb::PollRevocationsResponse>, Status> {
         let since = request.into_inner().since.as_ref().and_then(from_timestamp);
         let feed = self.domain.revocations(since).await?;
-        Ok(Response::new(pb::ListRevocationsResponse {
+        Ok(Response::new(pb::PollRevocationsResponse {
             server_time: Some(to_timestamp(feed.read_at)),
             sessions: feed
                 .sessions

@@ -102,7 +102,7 @@ pub fn peer_policy() -> PeerPolicy {
         )
         .allow(
             "caremesh.auth.v1.AuthInternalService",
-            "ListRevocations",
+            "PollRevocations",
             ServiceName::ALL.map(ServiceName::spiffe_id),
         )
 }

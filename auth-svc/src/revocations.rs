@@ -1,4 +1,4 @@
-//! The revocation feed (`AuthInternalService.ListRevocations`): what ended before the access
+//! The revocation feed (`AuthInternalService.PollRevocations`): what ended before the access
 //! tokens that carry it expire. Sessions record when they were revoked; attribute removals are
 //! recorded by [`record_removed_attributes`] in the transaction that removes them. Both are read
 //! by the time they happened, and only while a token issued before them can still be live

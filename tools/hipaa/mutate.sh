@@ -76,6 +76,15 @@ with: if !events.is_empty() {
 test: crates/testkit/tests/outbox.rs::an_event_written_while_audit_is_down_arrives_exactly_once_after_it_starts
 cargo: -p caremesh-testkit --test outbox
 name: an_event_written_while_audit_is_down_arrives_exactly_once_after_it_starts
+
+id: revocation
+control: the revocation feed: a token of a revoked session is refused on every service
+file: crates/runtime/src/revocation.rs
+line: if self.sessions.contains_key(&principal.session_id) {
+with: if false {
+test: crates/testkit/tests/revocation.rs::a_revoked_session_is_refused_by_every_service_and_after_a_restart
+cargo: -p caremesh-testkit --test revocation
+name: a_revoked_session_is_refused_by_every_service_and_after_a_restart
 MUTATIONS
 
 if [ -n "${HIPAA_MUTATE_TARGET_DIR:-}" ]; then

@@ -1,6 +1,6 @@
 //! Revocations that take effect before the access tokens they concern expire. Tokens are
 //! verified locally and live up to ten minutes, so every service polls auth-svc's revocation feed
-//! (`AuthInternalService.ListRevocations`, over mTLS) every [`POLL_INTERVAL`]:
+//! (`AuthInternalService.PollRevocations`, over mTLS) every [`POLL_INTERVAL`]:
 //! - a token of a revoked session (logout, admin revocation, disabled account, reused refresh
 //!   token) is refused, UNAUTHENTICATED;
 //! - a token issued at or before an attribute's removal no longer carries it, so policies checked
@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use caremesh_proto::auth::v1::auth_internal_service_client::AuthInternalServiceClient;
-use caremesh_proto::auth::v1::{ListRevocationsRequest, ListRevocationsResponse};
+use caremesh_proto::auth::v1::{PollRevocationsRequest, PollRevocationsResponse};
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -51,7 +51,7 @@ struct Known {
 
 impl Known {
     /// Adds an answer's entries; returns whether anything new was learnt.
-    fn merge(&mut self, answer: &ListRevocationsResponse) -> bool {
+    fn merge(&mut self, answer: &PollRevocationsResponse) -> bool {
         let mut learnt = false;
         for revoked in &answer.sessions {
             let Some(at) = revoked.revoke_time.as_ref().and_then(time::from_timestamp) else {
@@ -150,7 +150,7 @@ impl RevocationFeed {
             let answer = self
                 .client
                 .clone()
-                .list_revocations(ListRevocationsRequest {
+                .poll_revocations(PollRevocationsRequest {
                     since: since.map(time::to_timestamp),
                 })
                 .await
@@ -275,8 +275,8 @@ mod tests {
         DateTime::from_timestamp(seconds, 500_000_000).unwrap()
     }
 
-    fn answer(sessions: &[(&str, i64)], removals: &[(&str, i64)]) -> ListRevocationsResponse {
-        ListRevocationsResponse {
+    fn answer(sessions: &[(&str, i64)], removals: &[(&str, i64)]) -> PollRevocationsResponse {
+        PollRevocationsResponse {
             sessions: sessions
                 .iter()
                 .map(|(id, seconds)| RevokedSession {
@@ -293,7 +293,7 @@ mod tests {
                     remove_time: Some(time::to_timestamp(at(*seconds))),
                 })
                 .collect(),
-            ..ListRevocationsResponse::default()
+            ..PollRevocationsResponse::default()
         }
     }
 
