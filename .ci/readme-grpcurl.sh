@@ -53,7 +53,7 @@ cp "$TARGET/debug/caremesh" "$TARGET/debug/carectl" "$WORK/bin/"
 echo "built caremesh and carectl: $((SECONDS - STARTED)) s so far"
 
 # --- start `caremesh up` --------------------------------------------------------------------------
-PORTS="50051 50052 50053 50054 50055 50151 50152 50153 50154 50155"
+PORTS=(50051 50052 50053 50054 50055 50151 50152 50153 50154 50155)
 MESH_PID=
 stop_mesh() {
   local status=$?
@@ -62,6 +62,8 @@ stop_mesh() {
     for _ in $(seq 1 50); do kill -0 "$MESH_PID" 2>/dev/null || break; sleep 0.2; done
     kill -KILL "$MESH_PID" 2>/dev/null || true
     wait "$MESH_PID" 2>/dev/null || true
+    # A failed line may be explained by the mesh's log (it holds no secrets: the admin's are in a file).
+    [ "$status" -eq 0 ] || { echo "last lines of caremesh up's log:"; tail -n 15 "$WORK/up.log"; }
   fi
   rm -rf "$WORK"
   printf 'README grpcurl lines: %d s\n' $((SECONDS - STARTED))
@@ -71,16 +73,16 @@ trap stop_mesh EXIT
 trap 'exit 130' INT TERM
 
 # `caremesh up` uses the standard ports: say plainly which one is taken rather than fail later.
-busy=$(python3 - $PORTS <<'PY'
+busy=$(python3 - "${PORTS[@]}" <<'PY'
 import socket, sys
-for port in sys.argv[1:]:
+def taken(port):
     with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", int(port))) == 0:
-            print(port)
+        return s.connect_ex(("127.0.0.1", int(port))) == 0
+print(" ".join(port for port in sys.argv[1:] if taken(port)))
 PY
 )
 if [ -n "$busy" ]; then
-  echo "FAIL: port(s) $(echo $busy) already in use; caremesh up needs 50051-50055 and 50151-50155 free" >&2
+  echo "FAIL: port(s) $busy already in use; caremesh up needs 50051-50055 and 50151-50155 free" >&2
   exit 1
 fi
 
@@ -178,18 +180,24 @@ fi
 
 # --- buf curl, reflection v1 only (no fallback to v1alpha) ------------------------------------
 printf '\nbuf curl with --reflect-protocol grpc-v1:\n'
-export BUF="buf curl --protocol grpc --reflect-protocol grpc-v1"
-export BUF_TLS="--cacert data/pki/ca.crt --cert data/pki/operator-admin.crt --key data/pki/operator-admin.key"
-JANE_TOKEN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["access_token"])' \
-  "$HOME/.config/caremesh/default.session.json")
-export JANE_TOKEN
-run_line script tool '$BUF $BUF_TLS --list-methods https://localhost:50051' ''
-run_line script tool '$BUF $BUF_TLS https://localhost:50054/grpc.health.v1.Health/Check' ''
-run_line script tool '$BUF --http2-prior-knowledge http://localhost:50154/grpc.health.v1.Health/Check' ''
-run_line script tool '$BUF --cacert data/pki/ca.crt -H "authorization: Bearer $JANE_TOKEN" https://localhost:50051/caremesh.auth.v1.AuthService/WhoAmI' \
-  '{"user": {"username": "jane", ...}, "aal": "ASSURANCE_LEVEL_AAL1", ...}'
-run_line script tool '$BUF --cacert data/pki/ca.crt -d "{}" https://localhost:50055/caremesh.audit.v1.AuditInternalService/IngestEvents' \
-  $'Unauthenticated: /caremesh.audit.v1.AuditInternalService/IngestEvents is an internal RPC: ...\nDetails: google.rpc.ErrorInfo reason MESH_IDENTITY_REQUIRED'
+# The lines are in single quotes on purpose: printed as written (no token), expanded when run.
+# shellcheck disable=SC2016
+buf_lines() {
+  export BUF="buf curl --protocol grpc --reflect-protocol grpc-v1"
+  export BUF_TLS="--cacert data/pki/ca.crt --cert data/pki/operator-admin.crt --key data/pki/operator-admin.key"
+  # jane's access token from her carectl session, for WhoAmI.
+  JANE_TOKEN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["access_token"])' \
+    "$HOME/.config/caremesh/default.session.json")
+  export JANE_TOKEN
+  run_line script tool '$BUF $BUF_TLS --list-methods https://localhost:50051' ''
+  run_line script tool '$BUF $BUF_TLS https://localhost:50054/grpc.health.v1.Health/Check' ''
+  run_line script tool '$BUF --http2-prior-knowledge http://localhost:50154/grpc.health.v1.Health/Check' ''
+  run_line script tool '$BUF --cacert data/pki/ca.crt -H "authorization: Bearer $JANE_TOKEN" https://localhost:50051/caremesh.auth.v1.AuthService/WhoAmI' \
+    '{"user": {"username": "jane", ...}, "aal": "ASSURANCE_LEVEL_AAL1", ...}'
+  run_line script tool '$BUF --cacert data/pki/ca.crt -d "{}" https://localhost:50055/caremesh.audit.v1.AuditInternalService/IngestEvents' \
+    $'Unauthenticated: /caremesh.audit.v1.AuditInternalService/IngestEvents is an internal RPC: ...\nDetails: google.rpc.ErrorInfo reason MESH_IDENTITY_REQUIRED'
+}
+buf_lines
 
 printf '\nREADME-grpcurl: %d passed, %d failed\n' $((lines - failed)) "$failed"
 [ "$failed" -eq 0 ]

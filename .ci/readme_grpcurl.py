@@ -300,7 +300,7 @@ def check(state, command, expect, rc, out):
     if expect and not expect.startswith("{"):
         need(rc != 0, f"exit {rc}, but the README shows an error")
         return error_check(tool, expect, out)
-    need(rc == 0, f"exit {rc}")
+    need(rc == 0, "the call failed")
     if port in OPS_PORTS:
         package = None
     elif port in PACKAGE_OF_PORT:
