@@ -515,6 +515,12 @@ async fn call_internal(
                 .await
                 .map(drop)
         }
+        "caremesh.auth.v1.AuthInternalService/PollRevocations" => {
+            AuthInternalServiceClient::new(mesh.channel(Service::Auth, caller))
+                .poll_revocations(req(session, auth_pb::PollRevocationsRequest { since: None }))
+                .await
+                .map(drop)
+        }
         "caremesh.auth.v1.AuthInternalService/GrantEmergencyAttribute" => {
             AuthInternalServiceClient::new(mesh.channel(Service::Auth, caller))
                 .grant_emergency_attribute(req(
