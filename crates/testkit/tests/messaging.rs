@@ -940,7 +940,9 @@ async fn a_server_that_edits_device_lists_or_strips_kem_prekeys_is_refused() {
 }
 
 /// Messages delivered out of order and with gaps still open: the doctor's device reads its raw
-/// inbox in a shuffled order, leaving two messages for last (skipped message keys).
+/// inbox in a shuffled order, leaving two messages for last (skipped message keys). A replayed
+/// ciphertext (an opened message's ciphertext under a new id) is refused, a message delivered
+/// twice stays one message, and the session goes on.
 #[tokio::test]
 async fn messages_read_out_of_order_and_with_gaps_still_open() {
     for backend in backends() {
@@ -966,6 +968,28 @@ async fn messages_read_out_of_order_and_with_gaps_still_open() {
             let opened = d.open_message(&doctor.session, &inbox[index]).await.unwrap();
             assert_eq!(opened.content.text(), format!("part {index}"), "{name}: part {index}");
         }
+        // A replayed ciphertext: the server hands an opened message's ciphertext out again
+        // under a new message id. Its key is spent and the id is bound in: refused.
+        for index in [2, 5] {
+            let mut replayed = inbox[index].clone();
+            replayed.message_id = uuid::Uuid::now_v7().to_string();
+            let refused = d.open_message(&doctor.session, &replayed).await;
+            assert!(refused.is_err(), "{name}: replayed part {index} opened: {refused:?}");
+        }
+        // The same message delivered twice is the same message, not a second one.
+        let again = d.open_message(&doctor.session, &inbox[3]).await.unwrap();
+        assert_eq!(again.message.message_id, inbox[3].message_id, "{name}");
+        assert_eq!(again.content.text(), "part 3", "{name}");
+        // And the session goes on.
+        p.send(&patient.session, &doctor.user_id, b"part 6", None)
+            .await
+            .unwrap();
+        let inbox = raw_inbox(&mesh, &doctor, &d.device_id().unwrap()).await;
+        let mut texts = Vec::new();
+        for message in &inbox {
+            texts.push(d.open_message(&doctor.session, message).await.unwrap().content.text());
+        }
+        assert!(texts.contains(&"part 6".to_owned()), "{name}: {texts:?}");
         mesh.shutdown().await;
     }
 }
