@@ -1,5 +1,5 @@
 //! `caremesh`, the operator binary. Argument parsing and printing only: the work is done by
-//! `caremesh-serve` (running the mesh), `caremesh-pki`, the runtime and `caremesh-loadgen`
+//! `caremesh-serve` (running the mesh), `caremesh-web` (the web app's HTTPS origin), `caremesh-pki`, the runtime and `caremesh-loadgen`
 //! (`caremesh bench`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -26,6 +26,10 @@ enum Command {
     /// Run all five services in this process on the embedded default: SQLite files, a dev PKI
     /// and a key-encryption key under the data directory (created if missing).
     Up(UpArgs),
+    /// Run the web app's HTTPS origin alone (gRPC-Web to the services, the app's static files),
+    /// configured by the environment: CAREMESH_WEB_LISTEN, CAREMESH_WEB_ROOT, CAREMESH_TLS_DIR
+    /// (ca.crt, web.crt, web.key), CAREMESH_<SERVICE>_ENDPOINT.
+    Web,
     /// Development PKI.
     Pki {
         #[command(subcommand)]
@@ -179,7 +183,8 @@ struct UpArgs {
 
 #[derive(Subcommand)]
 enum PkiCommand {
-    /// Create a CA, a certificate per service and an operator certificate (existing files are kept).
+    /// Create a CA, a certificate per service, an operator certificate and the web origin's
+    /// certificate (existing files are kept).
     Init {
         #[arg(long)]
         dir: PathBuf,
@@ -214,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     caremesh_runtime::tls::install_crypto_provider();
     match cli.command {
         Command::Up(args) => up(args).await,
+        Command::Web => web().await,
         Command::Pki {
             command:
                 PkiCommand::Init {
@@ -224,7 +230,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let services = ServiceName::ALL.map(ServiceName::as_str);
             let operators: Vec<&str> = operators.iter().map(String::as_str).collect();
-            let report = caremesh_pki::init(&dir, &services, &operators, &dns_names)?;
+            let mut report = caremesh_pki::init(&dir, &services, &operators, &dns_names)?;
+            let web = caremesh_pki::init_web(&dir, &dns_names)?;
+            report.created.extend(web.created);
+            report.existing.extend(web.existing);
             for path in &report.created {
                 println!("created  {}", path.display());
             }
@@ -434,6 +443,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .zip(&listeners)
         .filter_map(|(config, listeners)| Some((config.service, listeners.grpc_addr()?, listeners.ops_addr()?)))
         .collect();
+    let web_config = up_web_config(&layout, &args, &bound)?;
+    let web_listener = tokio::net::TcpListener::bind(web_config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "web origin: cannot bind {} (set {})",
+                web_config.listen,
+                caremesh_web::config::WEB_LISTEN
+            )
+        })?;
+    let web_addr = web_listener.local_addr()?;
     let database = configs.first().map(|config| config.database.clone());
     let shutdown = CancellationToken::new();
     let services: Vec<_> = configs.into_iter().zip(listeners).collect();
@@ -441,6 +461,16 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let env = database_env(&args.database);
         async move { caremesh_serve::run_mesh(services, &env, shutdown).await }
+    });
+    let web = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let result = caremesh_web::serve(web_listener, web_config, shutdown.clone().cancelled_owned()).await;
+            if result.is_err() {
+                shutdown.cancel();
+            }
+            result
+        }
     });
     let ready = async {
         for (service, _, ops) in &bound {
@@ -491,6 +521,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             ops.port()
         );
     }
+    println!();
+    println!("  web app: https://{host}:{}/", web_addr.port());
     let auth_port = bound
         .iter()
         .find(|(service, _, _)| *service == ServiceName::Auth)
@@ -529,9 +561,54 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         () = shutdown.cancelled() => {}
     }
     let result = mesh.await;
+    let web_result = web.await;
     telemetry.shutdown();
     let _ = std::fs::remove_file(&pid_file);
     result.context("the mesh task failed")??;
+    web_result.context("the web origin task failed")??;
     println!("stopped.");
     Ok(())
+}
+
+/// The web origin of `caremesh up`: the layout's PKI, in front of the services as bound, on
+/// `--bind`:8443 unless CAREMESH_WEB_LISTEN says otherwise.
+fn up_web_config(
+    layout: &EmbeddedLayout,
+    args: &UpArgs,
+    bound: &[(ServiceName, SocketAddr, SocketAddr)],
+) -> anyhow::Result<caremesh_web::WebConfig> {
+    let env = Layered(
+        MapEnv::default().set(keys::DATA_DIR, layout.data_dir.display().to_string()),
+        ProcessEnv,
+    );
+    let mut config = caremesh_web::WebConfig::from_env(&env)?;
+    if ProcessEnv.get(caremesh_web::config::WEB_LISTEN).is_none() {
+        config.listen = SocketAddr::new(args.bind, caremesh_web::config::DEFAULT_PORT);
+    }
+    for (service, grpc, _) in bound {
+        let ip = match grpc.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        config
+            .upstreams
+            .insert(*service, SocketAddr::new(ip, grpc.port()).to_string());
+    }
+    Ok(config)
+}
+
+/// `caremesh web`: the web origin alone, configured by the environment (Kubernetes runs it so).
+async fn web() -> anyhow::Result<()> {
+    let env = ProcessEnv;
+    let provider = caremesh_runtime::telemetry::tracer_provider(env.get(keys::OTLP_ENDPOINT).as_deref())?;
+    let telemetry = caremesh_runtime::telemetry::install(provider, caremesh_runtime::entry::log_format(&env));
+    let config = caremesh_web::WebConfig::from_env(&env)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot bind {}", config.listen))?;
+    println!("web app: https://{}/", listener.local_addr()?);
+    let result = caremesh_web::serve(listener, config, caremesh_runtime::entry::shutdown_signal()).await;
+    telemetry.shutdown();
+    Ok(result?)
 }

@@ -22,6 +22,7 @@ async fn caremesh_up_runs_the_whole_mesh_on_the_embedded_default_and_stops_on_ct
     assert!(banner.contains("embedded default"), "{banner}");
     assert!(banner.contains("grpcurl -cacert"), "{banner}");
     assert!(banner.contains("operator-admin.crt"), "{banner}");
+    assert!(banner.contains("web app: https://localhost:"), "{banner}");
     assert!(ready_after < Duration::from_secs(20), "ready after {ready_after:?}");
     let data = dir.path().join("data");
     for file in ["pki/ca.crt", "pki/operator-admin.key", "kek.key", "auth.db", "audit.db"] {

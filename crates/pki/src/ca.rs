@@ -325,6 +325,29 @@ pub(crate) fn service_spec(service: &str, extra_names: &[String]) -> Result<Leaf
     Ok(spec)
 }
 
+/// The spec of the web origin's certificate; see [`crate::init_web`]: DNS SAN `localhost` and IP
+/// SANs `127.0.0.1`, `::1`, then `extra_names` (IPs become IP SANs), serverAuth only, no URI SAN
+/// (it is not a mesh identity and cannot authenticate as a client).
+pub(crate) fn web_spec(extra_names: &[String]) -> LeafSpec {
+    let mut spec = LeafSpec::new("caremesh web origin");
+    spec.dns_names = vec!["localhost".to_owned()];
+    spec.ip_addresses = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+    for name in extra_names {
+        let name = name.trim();
+        if name.is_empty() {
+            continue;
+        }
+        match name.parse::<IpAddr>() {
+            Ok(ip) if !spec.ip_addresses.contains(&ip) => spec.ip_addresses.push(ip),
+            Ok(_) => {}
+            Err(_) if !spec.dns_names.iter().any(|d| d == name) => spec.dns_names.push(name.to_owned()),
+            Err(_) => {}
+        }
+    }
+    spec.server_auth = true;
+    spec
+}
+
 /// The spec of an operator certificate; see [`CertificateAuthority::issue_operator`].
 pub(crate) fn operator_spec(name: &str) -> Result<LeafSpec> {
     validate_operator_name(name)?;

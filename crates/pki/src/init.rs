@@ -8,7 +8,7 @@ use x509_parser::extensions::GeneralName;
 
 use crate::ca::{
     CertificateAuthority, LeafSpec, check_currently_valid, key_matches, operator_spec, parse_cert_pem, parse_key,
-    parse_x509, service_spec,
+    parse_x509, service_spec, web_spec,
 };
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Replace};
@@ -82,6 +82,31 @@ pub fn init(dir: &Path, services: &[&str], operators: &[&str], extra_dns: &[Stri
         let (cert, key) = (layout.operator_cert(operator), layout.operator_key(operator));
         ensure_leaf(&ca, &spec, &cert, &key, &mut report)?;
     }
+    Ok(report)
+}
+
+/// Makes sure `dir` holds the web origin's HTTPS certificate and key (`web.crt`, `web.key`,
+/// [`PkiLayout::web_cert`]), issued by the CA in `dir` (created if missing, like [`init`]):
+/// DNS SAN `localhost` plus `extra_dns`, IP SANs `127.0.0.1` and `::1`, serverAuth only and no
+/// SPIFFE id. Existing files are checked and kept, as in [`init`]; the report lists only the web
+/// files.
+pub fn init_web(dir: &Path, extra_dns: &[String]) -> Result<InitReport> {
+    fsutil::create_private_dir(dir)?;
+    let layout = PkiLayout::new(dir);
+    let mut ca_report = InitReport::default();
+    let ca = ensure_ca(&layout, &mut ca_report)?;
+    let mut report = InitReport {
+        dir: dir.to_owned(),
+        created: ca_report.created,
+        existing: Vec::new(),
+    };
+    ensure_leaf(
+        &ca,
+        &web_spec(extra_dns),
+        &layout.web_cert(),
+        &layout.web_key(),
+        &mut report,
+    )?;
     Ok(report)
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 /// | `ca.crt`, `ca.key` | the CA certificate and private key |
 /// | `<service>.crt`, `<service>.key` | a service's certificate and key (e.g. `auth-svc.crt`) |
 /// | `operator-<name>.crt`, `operator-<name>.key` | an operator's client certificate and key |
+/// | `web.crt`, `web.key` | the web origin's server certificate and key (`localhost`, no SPIFFE id) |
 ///
 /// Certificates are PEM (`CERTIFICATE`), keys are PEM PKCS#8 (`PRIVATE KEY`), mode 0600.
 ///
@@ -51,6 +52,16 @@ impl PkiLayout {
         self.dir.join(format!("{service}.key"))
     }
 
+    /// `<dir>/web.crt`: the web origin's HTTPS certificate.
+    pub fn web_cert(&self) -> PathBuf {
+        self.dir.join("web.crt")
+    }
+
+    /// `<dir>/web.key`
+    pub fn web_key(&self) -> PathBuf {
+        self.dir.join("web.key")
+    }
+
     /// `<dir>/operator-<name>.crt`
     pub fn operator_cert(&self, name: &str) -> PathBuf {
         self.dir.join(format!("operator-{name}.crt"))
@@ -76,5 +87,7 @@ mod tests {
         assert_eq!(l.service_key("auth-svc"), Path::new("/p/auth-svc.key"));
         assert_eq!(l.operator_cert("alice"), Path::new("/p/operator-alice.crt"));
         assert_eq!(l.operator_key("alice"), Path::new("/p/operator-alice.key"));
+        assert_eq!(l.web_cert(), Path::new("/p/web.crt"));
+        assert_eq!(l.web_key(), Path::new("/p/web.key"));
     }
 }

@@ -31,7 +31,7 @@ mod layout;
 
 pub use ca::{CertificateAuthority, IssuedCert, LeafSpec, PrivateKeyPem};
 pub use error::{Error, Result};
-pub use init::{InitReport, init};
+pub use init::{InitReport, init, init_web};
 pub use layout::PkiLayout;
 
 /// The SPIFFE trust domain of the mesh.

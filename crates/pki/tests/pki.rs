@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use caremesh_pki::{CertificateAuthority, Error, LeafSpec, PkiLayout, init, operator_spiffe_id, service_spiffe_id};
+use caremesh_pki::{
+    CertificateAuthority, Error, LeafSpec, PkiLayout, init, init_web, operator_spiffe_id, service_spiffe_id,
+};
 use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier as _;
@@ -535,4 +537,51 @@ fn init_reuses_an_existing_ca() {
     parse(&der)
         .verify_signature(Some(parse(ca.cert_der()).public_key()))
         .unwrap();
+}
+
+#[test]
+fn web_certificate_is_a_localhost_server_certificate_kept_across_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    init(&dir, SERVICES, &["admin"], &[]).unwrap();
+    let before = snapshot(&dir);
+    let layout = PkiLayout::new(&dir);
+
+    let report = init_web(&dir, &["caremesh.hospital.example".to_owned()]).unwrap();
+    assert_eq!(report.created, vec![layout.web_key(), layout.web_cert()]);
+    // The CA and the other files were kept as they were.
+    let after = snapshot(&dir);
+    for (path, bytes) in &before {
+        assert_eq!(after.get(path), Some(bytes), "{} changed", path.display());
+    }
+
+    let cert_pem = fs::read_to_string(layout.web_cert()).unwrap();
+    let der = pem_to_der(&cert_pem);
+    let cert = parse(&der);
+    let sans = sans(&cert);
+    assert_eq!(sans.dns, vec!["localhost", "caremesh.hospital.example"]);
+    assert!(sans.ips.contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
+    assert!(sans.uris.is_empty(), "the web certificate is no mesh identity");
+    assert_eq!(ekus(&cert), (true, false, false), "serverAuth only");
+
+    let ca = CertificateAuthority::load(&layout.ca_cert(), &layout.ca_key()).unwrap();
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots(&ca), provider())
+        .build()
+        .unwrap();
+    let end_entity = rustls::pki_types::CertificateDer::from(der.clone());
+    for name in ["localhost", "127.0.0.1"] {
+        verifier
+            .verify_server_cert(
+                &end_entity,
+                &[],
+                &ServerName::try_from(name).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+    }
+
+    let again = init_web(&dir, &["caremesh.hospital.example".to_owned()]).unwrap();
+    assert!(again.created.is_empty());
+    assert_eq!(again.existing, vec![layout.web_cert(), layout.web_key()]);
 }

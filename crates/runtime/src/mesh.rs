@@ -1,8 +1,8 @@
 //! What every service runs on: [`ServiceRuntime::start`] loads TLS material, the key-encryption
 //! key and the database (migrated); [`ServiceRuntime::serve`] serves the service's gRPC routes on
-//! the mTLS port (with health, reflection, trace context and the peer allowlist) and health on the
-//! plaintext ops port, runs the audit relay and the revocation feed's poller, and drains in-flight
-//! calls on shutdown.
+//! the mTLS port (native gRPC and gRPC-Web, with health, reflection, trace context and the peer
+//! allowlist) and health on the plaintext ops port, runs the audit relay and the revocation feed's
+//! poller, and drains in-flight calls on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -249,7 +249,13 @@ impl ServiceRuntime {
             .map_err(|source| StartError::Tls { service, source })?;
         let incoming = caremesh_tls::server::accept(listeners.grpc, tls_config);
 
+        // gRPC-Web (HTTP/1.1 or HTTP/2) besides native gRPC. The translation is the outermost
+        // layer, so the trace context and the peer allowlist see every call as native gRPC and a
+        // refusal reaches a gRPC-Web caller in its own framing. No CORS layer: the web origin is
+        // same-origin only, so no response carries Access-Control-Allow-Origin.
         let main = Server::builder()
+            .accept_http1(true)
+            .layer(tonic_web::GrpcWebLayer::new())
             .layer(TraceContextLayer::new(service.as_str()))
             .layer(PeerPolicyLayer::new(policy))
             .add_routes(routes)

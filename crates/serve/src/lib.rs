@@ -90,7 +90,7 @@ impl EmbeddedLayout {
     }
 
     /// Creates what is missing: the dev PKI (CA, one certificate per service, the operator
-    /// certificate) and the key-encryption key. Existing files are kept.
+    /// certificate, the web origin's certificate) and the key-encryption key. Existing files are kept.
     pub fn prepare(&self, extra_dns: &[String]) -> Result<Prepared, MeshError> {
         let services = ServiceName::ALL.map(ServiceName::as_str);
         let report =
@@ -98,9 +98,14 @@ impl EmbeddedLayout {
                 dir: self.pki.dir().to_owned(),
                 source,
             })?;
+        // The web origin's HTTPS certificate (`web.crt`, `localhost`), next to the others.
+        let web = caremesh_pki::init_web(self.pki.dir(), extra_dns).map_err(|source| MeshError::Pki {
+            dir: self.pki.dir().to_owned(),
+            source,
+        })?;
         let (_, kek_created) = Kek::load_or_generate(&self.kek_file)?;
         Ok(Prepared {
-            pki_created: report.created_anything(),
+            pki_created: report.created_anything() || web.created_anything(),
             kek_created,
         })
     }

@@ -23,13 +23,24 @@ use crate::{PeerIdentity, ReloadingMaterial, TlsError, spiffe_id_of};
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// TLS 1.3 only, ALPN h2, certificate and client verifier re-read from disk when they change.
+/// TLS 1.3 only, ALPN h2 (and http/1.1 for gRPC-Web clients that speak HTTP/1.1), certificate and client verifier re-read from disk when they change.
 pub fn server_config(material: Arc<ReloadingMaterial>) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(Arc::clone(material.provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(ReloadingClientVerifier(Arc::clone(&material))))
         .with_cert_resolver(Arc::new(ReloadingCertResolver(material)));
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The web origin's listener (browsers): TLS 1.3 only, no client certificates asked for, ALPN h2
+/// and http/1.1, the certificate re-read from disk when it changes.
+pub fn public_server_config(material: Arc<ReloadingMaterial>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(Arc::clone(material.provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(ReloadingCertResolver(material)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -40,6 +40,8 @@ pub fn mesh_env(command: &mut Command, ports: &[u16]) {
             )
             .env(format!("CAREMESH_{prefix}_ENDPOINT"), &grpc);
     }
+    // The web origin on a port of its own choosing (it prints it), never the default 8443.
+    command.env("CAREMESH_WEB_LISTEN", "127.0.0.1:0");
 }
 
 /// A running `caremesh up`.
