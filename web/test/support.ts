@@ -20,20 +20,19 @@ export function protocolVectors(): Json {
 
 /**
  * The Wycheproof directory: `$CAREMESH_VECTORS_DIR`, else `../shared/vectors/wycheproof` next to
- * the repository (as the Rust tests). Missing is a failure, never a skip.
+ * the repository (as the Rust tests). The design brief keeps these vectors out of the repository:
+ * when they are absent the tests say that they skipped (as `crates/crypto/tests/wycheproof.rs`).
  */
-export function wycheproofDir(): string {
+export const WYCHEPROOF_DIR: string | null = (() => {
   const dir = process.env.CAREMESH_VECTORS_DIR ?? resolve(REPO_ROOT, "../shared/vectors/wycheproof");
-  if (!existsSync(dir)) {
-    throw new Error(
-      `Wycheproof vectors not found at ${dir}: set CAREMESH_VECTORS_DIR or put them at ../shared/vectors/wycheproof next to the repository`,
-    );
-  }
-  return dir;
-}
+  if (existsSync(dir)) return dir;
+  console.warn(`skipped: Wycheproof vectors not found at ${dir} (set CAREMESH_VECTORS_DIR)`);
+  return null;
+})();
 
 export function wycheproof(file: string): Json {
-  const path = join(wycheproofDir(), file);
+  if (WYCHEPROOF_DIR === null) throw new Error("Wycheproof vectors are not available");
+  const path = join(WYCHEPROOF_DIR, file);
   if (!existsSync(path)) throw new Error(`Wycheproof file missing: ${path}`);
   return JSON.parse(readFileSync(path, "utf8"));
 }
