@@ -16,10 +16,9 @@ use caremesh_runtime::outbox::{Actor, Outbox};
 use caremesh_runtime::{Error, ServiceRuntime};
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait};
-use tokio::sync::Semaphore;
 
 use crate::keys::SigningKeys;
-use crate::password::{self, HashCost};
+use crate::password::Hashing;
 use crate::settings::AuthSettings;
 use crate::storage::user;
 use crate::throttle::{SourceLimiter, UsernameBackoff};
@@ -76,22 +75,20 @@ pub struct AuthDomain {
     pub(crate) login_limiter: Arc<SourceLimiter>,
     pub(crate) register_limiter: Arc<SourceLimiter>,
     pub(crate) backoff: Arc<UsernameBackoff>,
-    /// Argon2id runs on blocking threads, at most this many at once, so a login flood cannot
-    /// take every core.
-    hashing: Arc<Semaphore>,
+    /// Every Argon2id hash and check, in one fair, bounded queue: at most
+    /// `settings.argon2_concurrency` at once (so a login flood can take neither every core nor
+    /// unbounded memory), at most `settings.argon2_queue` waiting.
+    hashing: Arc<Hashing>,
     /// A hash to check passwords of unknown usernames against (same cost as a real check).
     decoy_hash: Arc<String>,
-    /// Argon2 working memory reused between checks.
-    memory: Arc<password::MemoryPool>,
 }
 
 impl AuthDomain {
     pub async fn start(runtime: &ServiceRuntime, settings: AuthSettings) -> Result<Self, Error> {
         let keys = SigningKeys::new();
         keys.ensure(&runtime.writer, &runtime.kek, runtime.clock.now()).await?;
-        let cost = settings.password_cost;
-        let decoy_hash = hash_blocking(String::new(), cost, true).await?;
-        let parallelism = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let hashing = Arc::new(Hashing::new(settings.argon2_concurrency, settings.argon2_queue));
+        let decoy_hash = hashing.decoy(settings.password_cost).await?;
         Ok(Self {
             db: runtime.db.clone(),
             writer: runtime.writer.clone(),
@@ -103,9 +100,8 @@ impl AuthDomain {
             backoff: Arc::new(UsernameBackoff::new(settings.backoff_after)),
             settings: Arc::new(settings),
             keys: Arc::new(keys),
-            hashing: Arc::new(Semaphore::new(parallelism)),
+            hashing,
             decoy_hash: Arc::new(decoy_hash),
-            memory: Arc::new(password::MemoryPool::default()),
         })
     }
 
@@ -113,32 +109,20 @@ impl AuthDomain {
         self.clock.now()
     }
 
-    /// Hashes a password off the async threads.
+    /// Hashes a password off the async threads, in turn (RESOURCE_EXHAUSTED when the queue is
+    /// full).
     pub(crate) async fn hash_password(&self, password: &str) -> Result<String, Error> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|error| Error::internal("hashing", error))?;
-        hash_blocking(password.to_owned(), self.settings.password_cost, false).await
+        self.hashing.hash(password, self.settings.password_cost).await
     }
 
-    /// Checks a password against `stored` (or against the decoy when there is no account).
+    /// Checks a password against `stored` (or against the decoy when there is no account), in
+    /// the same queue either way, so unknown usernames wait and cost what real checks do.
     pub(crate) async fn verify_password(&self, password: &str, stored: Option<&str>) -> Result<bool, Error> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|error| Error::internal("hashing", error))?;
-        let password = zeroize::Zeroizing::new(password.to_owned());
         let (stored, real) = match stored {
             Some(stored) => (stored.to_owned(), true),
             None => (self.decoy_hash.as_ref().clone(), false),
         };
-        let memory = Arc::clone(&self.memory);
-        let matches = tokio::task::spawn_blocking(move || memory.verify(&password, &stored))
-            .await
-            .map_err(|error| Error::internal("verifying a password", error))?;
+        let matches = self.hashing.verify(password, stored).await?;
         Ok(matches && real)
     }
 
@@ -180,19 +164,6 @@ impl AuthDomain {
             .await?
             .ok_or_else(|| Error::not_found("USER_NOT_FOUND", format!("no user with id {user_id}")))
     }
-}
-
-async fn hash_blocking(password: String, cost: HashCost, decoy: bool) -> Result<String, Error> {
-    let password = zeroize::Zeroizing::new(password);
-    tokio::task::spawn_blocking(move || {
-        if decoy {
-            password::decoy_hash(cost)
-        } else {
-            password::hash(&password, cost)
-        }
-    })
-    .await
-    .map_err(|error| Error::internal("hashing a password", error))?
 }
 
 /// Normalizes a username for storage and lookup.

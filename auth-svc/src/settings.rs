@@ -27,6 +27,10 @@ pub struct AuthSettings {
     /// Failed logins (in a row) before each further attempt has to wait, doubling each time.
     pub backoff_after: u32,
     pub password_cost: HashCost,
+    /// Argon2id hashes and checks that may run at once (each holds `password_cost` memory).
+    pub argon2_concurrency: usize,
+    /// Sign-ins (and other hashes) that may wait for a turn; the next is refused.
+    pub argon2_queue: usize,
     pub login_rate: RateLimit,
     pub register_rate: RateLimit,
     /// How long the second step of a login may take.
@@ -46,6 +50,8 @@ impl Default for AuthSettings {
             lockout_threshold: 20,
             backoff_after: 5,
             password_cost: HashCost::OWASP_MINIMUM,
+            argon2_concurrency: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            argon2_queue: 64,
             login_rate: RateLimit {
                 per_minute: 60,
                 burst: 20,
@@ -70,6 +76,8 @@ pub const LOGIN_RATE_PER_MINUTE: &str = "CAREMESH_AUTH_LOGIN_RATE_PER_MINUTE";
 pub const REGISTER_RATE_PER_MINUTE: &str = "CAREMESH_AUTH_REGISTER_RATE_PER_MINUTE";
 pub const ARGON2_MEMORY_KIB: &str = "CAREMESH_AUTH_ARGON2_MEMORY_KIB";
 pub const ARGON2_ITERATIONS: &str = "CAREMESH_AUTH_ARGON2_ITERATIONS";
+pub const ARGON2_CONCURRENCY: &str = "CAREMESH_AUTH_ARGON2_CONCURRENCY";
+pub const ARGON2_QUEUE: &str = "CAREMESH_AUTH_ARGON2_QUEUE";
 
 /// Every service refuses a token that claims to live longer.
 const MAX_ACCESS_TOKEN_TTL: u32 = caremesh_token::MAX_LIFETIME_SECONDS as u32;
@@ -129,6 +137,12 @@ impl AuthSettings {
         if let Some(iterations) = bounded_u32(env, ARGON2_ITERATIONS, minimum.iterations, 100, "2 or more")? {
             settings.password_cost.iterations = iterations;
         }
+        if let Some(concurrency) = bounded_u32(env, ARGON2_CONCURRENCY, 1, 256, "1 to 256")? {
+            settings.argon2_concurrency = concurrency as usize;
+        }
+        if let Some(queue) = bounded_u32(env, ARGON2_QUEUE, 0, 100_000, "0 to 100000")? {
+            settings.argon2_queue = queue as usize;
+        }
         Ok(settings)
     }
 }
@@ -155,5 +169,11 @@ mod tests {
         );
         let weak = MapEnv::default().set(ARGON2_MEMORY_KIB, "1024");
         assert!(AuthSettings::from_env(&weak).is_err(), "below OWASP's minimum");
+        let queue = MapEnv::default().set(ARGON2_CONCURRENCY, "1").set(ARGON2_QUEUE, "0");
+        let settings = AuthSettings::from_env(&queue).unwrap();
+        assert_eq!((settings.argon2_concurrency, settings.argon2_queue), (1, 0));
+        assert!(AuthSettings::default().argon2_concurrency >= 1, "the number of cores");
+        let none = MapEnv::default().set(ARGON2_CONCURRENCY, "0");
+        assert!(AuthSettings::from_env(&none).is_err(), "at least one hash at a time");
     }
 }
