@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Browser tests of the web app (issue #15): builds caremesh, starts `caremesh up` in a temporary
+# data directory on free ports with the web root at web/dist, runs the Playwright tests
+# (playwright-core + node:test) in Debian's chromium, and always stops the mesh.
+#
+#   bash web/e2e/run.sh            # from anywhere; web/dist must be built (npm run build)
+#
+# Settings: CHROMIUM (default /usr/bin/chromium), CARGO_TARGET_DIR (where cargo puts caremesh),
+# E2E_SCREENSHOTS (a directory: the tests save a screenshot of each screen there).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+web="$(dirname "$here")"
+repo="$(dirname "$web")"
+cd "$repo"
+
+export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+if [[ ! -x "$CHROMIUM" ]]; then
+  echo "e2e: $CHROMIUM is missing (Debian: apt-get install -y chromium)" >&2
+  exit 1
+fi
+if [[ ! -f web/dist/index.html ]]; then
+  echo "e2e: web/dist is not built (npm --prefix web run build)" >&2
+  exit 1
+fi
+if [[ ! -d web/node_modules/playwright-core ]]; then
+  echo "e2e: web/node_modules is missing (npm --prefix web ci)" >&2
+  exit 1
+fi
+
+echo "e2e: cargo build -p caremesh"
+cargo build -q -p caremesh
+caremesh="${CARGO_TARGET_DIR:-$repo/target}/debug/caremesh"
+
+# Eleven free ports: the web origin, then each service's gRPC and health ports.
+read -r -a ports < <(node -e '
+const net = require("node:net");
+const servers = Array.from({ length: 11 }, () => net.createServer());
+Promise.all(servers.map((s) => new Promise((ok) => s.listen(0, "127.0.0.1", () => ok(s.address().port)))))
+  .then((ports) => { console.log(ports.join(" ")); servers.forEach((s) => s.close()); });
+')
+
+data="$(mktemp -d "${TMPDIR:-/tmp}/caremesh-e2e.XXXXXX")"
+pid=""
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+    kill -INT "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  if [[ $status -ne 0 ]]; then
+    echo "e2e: failed; the mesh's log:" >&2
+    tail -n 60 "$data/caremesh.log" >&2 || true
+  fi
+  rm -rf "$data"
+  exit $status
+}
+trap cleanup EXIT INT TERM
+
+env_vars=(
+  "CAREMESH_WEB_ROOT=$web/dist"
+  "CAREMESH_WEB_LISTEN=127.0.0.1:${ports[0]}"
+  # Several registrations and sign-ins from one address (the web origin's) per run.
+  "CAREMESH_AUTH_REGISTER_RATE_PER_MINUTE=1000"
+  "CAREMESH_AUTH_LOGIN_RATE_PER_MINUTE=1000"
+)
+i=1
+for svc in AUTH MESSAGING ABE RECORDS AUDIT; do
+  env_vars+=(
+    "CAREMESH_${svc}_LISTEN=127.0.0.1:${ports[$i]}"
+    "CAREMESH_${svc}_ENDPOINT=localhost:${ports[$i]}"
+    "CAREMESH_${svc}_OPS_LISTEN=127.0.0.1:${ports[$((i + 5))]}"
+  )
+  i=$((i + 1))
+done
+
+echo "e2e: caremesh up (data in $data, web on 127.0.0.1:${ports[0]})"
+env "${env_vars[@]}" "$caremesh" up --data-dir "$data" >"$data/caremesh.log" 2>&1 &
+pid=$!
+
+for _ in $(seq 1 300); do
+  if grep -q "caremesh is up" "$data/caremesh.log" 2>/dev/null; then break; fi
+  if ! kill -0 "$pid" 2>/dev/null; then echo "e2e: caremesh up exited" >&2; exit 1; fi
+  sleep 0.1
+done
+grep -q "caremesh is up" "$data/caremesh.log" || { echo "e2e: caremesh up not ready after 30 s" >&2; exit 1; }
+
+export E2E_BASE_URL="https://localhost:${ports[0]}"
+export E2E_WEB_CERT="$data/pki/web.crt"
+echo "e2e: browser tests against $E2E_BASE_URL"
+(cd "$web" && node --test --test-concurrency=1 --test-timeout=180000 --test-reporter=spec e2e/*.test.mjs)

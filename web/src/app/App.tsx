@@ -1,0 +1,99 @@
+// The shell: header (app name, who is signed in, sign out), the current screen by route, and the
+// guards that keep signed-out users on the public screens and signed-in users off them.
+
+import type { JSX } from "preact";
+import { useEffect, useState } from "preact/hooks";
+
+import type { CaremeshClient, SessionInfo } from "../client";
+import { HomeScreen } from "../features/auth/HomeScreen";
+import { MfaScreen } from "../features/auth/MfaScreen";
+import { RegisterScreen } from "../features/auth/RegisterScreen";
+import { SecondFactorScreen } from "../features/auth/SecondFactorScreen";
+import { SignInScreen } from "../features/auth/SignInScreen";
+import { Button, ErrorPanel, useOperation } from "./components";
+import { ClientContext } from "./context";
+import { navigate, useRoute, type Route } from "./router";
+
+const PUBLIC: readonly Route[] = ["register", "sign-in", "second-factor"];
+
+function useSession(client: CaremeshClient): SessionInfo | null {
+  const [info, setInfo] = useState(client.session.info);
+  useEffect(() => client.session.subscribe(setInfo), [client]);
+  return info;
+}
+
+export function App(props: { client: CaremeshClient }): JSX.Element {
+  const { client } = props;
+  const session = useSession(client);
+  const route = useRoute();
+  const [registeredAs, setRegisteredAs] = useState<string | null>(null);
+  const signOut = useOperation("signOut");
+
+  // Where the route may not be shown in this state, go where it makes sense.
+  let target: Route | null = route;
+  if (session === null) {
+    if (route === null || !PUBLIC.includes(route)) target = "sign-in";
+    if (route === "second-factor" && !client.awaitingSecondFactor) target = "sign-in";
+  } else if (route === null || PUBLIC.includes(route)) {
+    target = "home";
+  }
+  useEffect(() => {
+    if (target !== route && target !== null) navigate(target);
+  }, [target, route]);
+
+  const doSignOut = () =>
+    void signOut.run(async () => {
+      setRegisteredAs(null);
+      await client.signOut();
+      navigate("sign-in");
+    });
+
+  let screen: JSX.Element | null = null;
+  switch (target === route ? route : null) {
+    case "register":
+      screen = <RegisterScreen onRegistered={setRegisteredAs} />;
+      break;
+    case "sign-in":
+      screen = <SignInScreen key={registeredAs ?? ""} registeredAs={registeredAs} />;
+      break;
+    case "second-factor":
+      screen = <SecondFactorScreen />;
+      break;
+    case "mfa":
+      screen = <MfaScreen />;
+      break;
+    case "home":
+      screen = <HomeScreen />;
+      break;
+    default:
+      screen = null;
+  }
+
+  return (
+    <ClientContext.Provider value={client}>
+      <a class="skip" href="#main">
+        Skip to content
+      </a>
+      <header class="topbar">
+        <span class="brand">
+          <img src="/icon.svg" alt="" width="28" height="28" />
+          caremesh
+        </span>
+        {session ? (
+          <nav aria-label="Account">
+            <span class="who">
+              {session.role} · {session.aal}
+            </span>
+            <Button type="button" variant="secondary" busy={signOut.busy} busyLabel="Signing out…" onClick={doSignOut}>
+              Sign out
+            </Button>
+          </nav>
+        ) : null}
+      </header>
+      <main id="main">
+        <ErrorPanel error={signOut.error} />
+        {screen}
+      </main>
+    </ClientContext.Provider>
+  );
+}

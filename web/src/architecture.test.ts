@@ -1,0 +1,30 @@
+// The layering rule: the UI (src/app, src/features) talks only to src/client. It imports no
+// transport, no generated protobuf code and no cryptography directly.
+
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+
+import { describe, expect, it } from "vitest";
+
+const FORBIDDEN = [/^@connectrpc\//, /^@bufbuild\//, /^@noble\//, /\/gen\//, /\/crypto(\/|$)/, /\/client\/.+/];
+
+function files(dir: string): string[] {
+  return readdirSync(dir).flatMap((name) => {
+    const path = join(dir, name);
+    return statSync(path).isDirectory() ? files(path) : /\.tsx?$/.test(name) ? [path] : [];
+  });
+}
+
+describe("UI layering", () => {
+  for (const dir of ["src/app", "src/features"]) {
+    for (const file of files(dir)) {
+      it(`${file} imports only the client layer`, () => {
+        const source = readFileSync(file, "utf8");
+        const imports = [...source.matchAll(/from\s+"([^"]+)"/g)].map((match) => match[1] ?? "");
+        for (const specifier of imports) {
+          for (const pattern of FORBIDDEN) expect(specifier, `${file} imports ${specifier}`).not.toMatch(pattern);
+        }
+      });
+    }
+  }
+});

@@ -1,0 +1,189 @@
+// The client layer: the only module the UI (src/app, src/features) imports. It owns the
+// gRPC-Web transport, the generated service clients and the in-memory session, and hands the UI
+// plain values (no protobuf messages, no tokens). src/architecture.test.ts checks that the UI
+// imports nothing else of the transport, the generated code or the cryptography.
+
+import { createClient, type Client } from "@connectrpc/connect";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+
+import { AuthService, SecondFactor as Factor } from "../gen/caremesh/auth/v1/auth_pb";
+import { Role, UserStatus } from "../gen/caremesh/auth/v1/user_pb";
+import { describeError, type ErrorView, type Operation } from "./errors";
+import { aalName, roleName, SessionStore, type Aal, type RoleName, type SessionInfo } from "./session";
+import { createTransport } from "./transport";
+
+export { describeError };
+export type { Aal, ErrorView, Operation, RoleName, SessionInfo };
+
+export interface Registered {
+  readonly username: string;
+  /** Patients are active at once; doctors and nurses wait for an administrator. */
+  readonly status: "active" | "pending" | "disabled" | "unknown";
+}
+
+export type SignInResult =
+  | { readonly kind: "signedIn" }
+  | { readonly kind: "secondFactor"; readonly expires: Date | null; readonly recoveryAllowed: boolean };
+
+export type SecondFactor = { readonly totp: string } | { readonly recoveryCode: string };
+
+export interface Enrolment {
+  readonly otpauthUri: string;
+  readonly secret: string;
+  readonly issuer: string;
+  readonly digits: number;
+  readonly periodSeconds: number;
+  readonly expires: Date | null;
+}
+
+export interface Identity {
+  readonly userId: string;
+  readonly username: string;
+  readonly displayName: string;
+  readonly role: RoleName;
+  readonly status: Registered["status"];
+  readonly aal: Aal;
+  readonly mfaEnrolled: boolean;
+  readonly recoveryCodesRemaining: number;
+  readonly sessionExpires: Date | null;
+}
+
+function statusName(status: UserStatus): Registered["status"] {
+  switch (status) {
+    case UserStatus.ACTIVE:
+      return "active";
+    case UserStatus.PENDING:
+      return "pending";
+    case UserStatus.DISABLED:
+      return "disabled";
+    default:
+      return "unknown";
+  }
+}
+
+export class CaremeshClient {
+  private readonly auth: Client<typeof AuthService>;
+  readonly session: SessionStore;
+  /** The half-finished login's challenge (memory only, single use). */
+  private challenge: string | null = null;
+
+  constructor(baseUrl: string) {
+    // The session refreshes through its own unauthenticated client (no bearer interceptor loop).
+    const bare = createClient(AuthService, createTransport(baseUrl, async () => null));
+    this.session = new SessionStore(async (refreshToken) => {
+      const response = await bare.refresh({ refreshToken });
+      if (!response.tokens) throw new Error("refresh answered without tokens");
+      return response.tokens;
+    });
+    this.auth = createClient(AuthService, createTransport(baseUrl, () => this.session.accessToken()));
+  }
+
+  async register(input: { username: string; displayName: string; password: string }): Promise<Registered> {
+    const response = await this.auth.register({
+      username: input.username,
+      displayName: input.displayName,
+      password: input.password,
+      role: Role.PATIENT,
+    });
+    return {
+      username: response.user?.username ?? input.username,
+      status: statusName(response.user?.status ?? UserStatus.UNSPECIFIED),
+    };
+  }
+
+  async signIn(username: string, password: string): Promise<SignInResult> {
+    this.session.clear();
+    this.challenge = null;
+    const response = await this.auth.login({ username, password });
+    switch (response.outcome.case) {
+      case "tokens":
+        this.session.set(response.outcome.value);
+        return { kind: "signedIn" };
+      case "mfaChallenge": {
+        const challenge = response.outcome.value;
+        this.challenge = challenge.challengeToken;
+        return {
+          kind: "secondFactor",
+          expires: challenge.expireTime ? timestampDate(challenge.expireTime) : null,
+          recoveryAllowed: challenge.factors.includes(Factor.RECOVERY_CODE),
+        };
+      }
+      default:
+        throw new Error("the server answered the sign-in with neither tokens nor a challenge");
+    }
+  }
+
+  get awaitingSecondFactor(): boolean {
+    return this.challenge !== null;
+  }
+
+  async completeSignIn(factor: SecondFactor): Promise<{ recoveryCodesRemaining: number }> {
+    if (this.challenge === null) throw new Error("no sign-in is waiting for a second factor");
+    const code =
+      "totp" in factor
+        ? { case: "totpCode" as const, value: factor.totp.trim() }
+        : { case: "recoveryCode" as const, value: factor.recoveryCode.trim() };
+    const response = await this.auth.completeLogin({ challengeToken: this.challenge, code });
+    if (!response.tokens) throw new Error("the server answered without tokens");
+    this.challenge = null;
+    this.session.set(response.tokens);
+    return { recoveryCodesRemaining: response.recoveryCodesRemaining };
+  }
+
+  /** Forgets a half-finished sign-in. */
+  cancelSignIn(): void {
+    this.challenge = null;
+  }
+
+  async enrolTotp(): Promise<Enrolment> {
+    const response = await this.auth.enrollTotp({});
+    return {
+      otpauthUri: response.otpauthUri,
+      secret: response.secret,
+      issuer: response.issuer,
+      digits: response.digits,
+      periodSeconds: Number(response.period?.seconds ?? 30n),
+      expires: response.expireTime ? timestampDate(response.expireTime) : null,
+    };
+  }
+
+  /** Confirms the enrolment; the session becomes AAL2. Returns the recovery codes (shown once). */
+  async confirmTotp(code: string): Promise<string[]> {
+    const response = await this.auth.confirmTotp({ code: code.trim() });
+    if (response.tokens) this.session.set(response.tokens);
+    return [...response.recoveryCodes];
+  }
+
+  async whoAmI(): Promise<Identity> {
+    const response = await this.auth.whoAmI({});
+    const user = response.user;
+    const info = this.session.info;
+    return {
+      userId: user?.userId ?? info?.userId ?? "",
+      username: user?.username ?? "",
+      displayName: user?.displayName ?? "",
+      role: roleName(user?.role ?? Role.UNSPECIFIED),
+      status: statusName(user?.status ?? UserStatus.UNSPECIFIED),
+      aal: aalName(response.aal),
+      mfaEnrolled: user?.mfaEnrolled ?? false,
+      recoveryCodesRemaining: response.recoveryCodesRemaining,
+      sessionExpires: response.sessionExpireTime ? timestampDate(response.sessionExpireTime) : null,
+    };
+  }
+
+  /** Ends the session on the server (best effort) and wipes it from memory in any case. */
+  async signOut(): Promise<void> {
+    const refreshToken = this.session.refreshToken;
+    this.challenge = null;
+    try {
+      if (refreshToken !== null) await this.auth.logout({ refreshToken });
+    } finally {
+      this.session.clear();
+    }
+  }
+}
+
+/** The app's client for the page's own origin. */
+export function createCaremeshClient(baseUrl: string = location.origin): CaremeshClient {
+  return new CaremeshClient(baseUrl);
+}

@@ -1,0 +1,71 @@
+// The signed-in home: who you are (WhoAmI), the session's assurance level, and the way to MFA.
+
+import type { JSX } from "preact";
+import { useEffect, useState } from "preact/hooks";
+
+import type { Identity } from "../../client";
+import { Button, ErrorPanel, ScreenTitle, useOperation } from "../../app/components";
+import { useClient } from "../../app/context";
+import { href } from "../../app/router";
+
+export function HomeScreen(): JSX.Element {
+  const client = useClient();
+  const [identity, setIdentity] = useState<Identity | null>(null);
+  const load = useOperation("session");
+
+  const refresh = () =>
+    void load.run(async () => {
+      setIdentity(await client.whoAmI());
+    });
+  useEffect(() => {
+    refresh();
+  }, []);
+
+  return (
+    <section class="card">
+      <ScreenTitle>{identity ? `Welcome, ${identity.displayName || identity.username}` : "Welcome"}</ScreenTitle>
+      {load.busy && !identity ? (
+        <p role="status" class="progress">
+          <span class="spinner" aria-hidden="true" /> Loading your account…
+        </p>
+      ) : null}
+      <ErrorPanel error={load.error} />
+      {load.error ? (
+        <Button type="button" variant="secondary" onClick={refresh}>
+          Try again
+        </Button>
+      ) : null}
+      {identity ? (
+        <>
+          <dl class="facts" data-testid="whoami">
+            <dt>Username</dt>
+            <dd data-testid="username">{identity.username}</dd>
+            <dt>Role</dt>
+            <dd data-testid="role">{identity.role}</dd>
+            <dt>Assurance level</dt>
+            <dd data-testid="aal">{identity.aal}</dd>
+            <dt>Two-step sign-in</dt>
+            <dd>{identity.mfaEnrolled ? `on (${identity.recoveryCodesRemaining} recovery codes left)` : "off"}</dd>
+            {identity.sessionExpires ? (
+              <>
+                <dt>Session ends</dt>
+                <dd>{identity.sessionExpires.toLocaleString()}</dd>
+              </>
+            ) : null}
+          </dl>
+          {identity.aal !== "AAL2" && !identity.mfaEnrolled ? (
+            <div class="notice">
+              <p>
+                Health data needs assurance level AAL2: set up two-step sign-in with an authenticator app to read
+                records and messages.
+              </p>
+              <a class="button primary" href={href("mfa")}>
+                Set up two-step sign-in
+              </a>
+            </div>
+          ) : null}
+        </>
+      ) : null}
+    </section>
+  );
+}
