@@ -3,6 +3,7 @@
 //! Secrets at rest are sealed under the key-encryption key (TOTP secrets, signing keys) or stored
 //! as hashes (passwords, recovery codes, refresh tokens, challenges).
 
+use caremesh_runtime::migration::{create_index, drop_tables};
 use caremesh_runtime::outbox::CreateAuditOutbox;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
@@ -431,26 +432,22 @@ impl MigrationTrait for CreateRevocationFeed {
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .if_not_exists()
-                    .name("idx_attribute_removals_removed_at")
-                    .table(r::Entity)
-                    .col(r::Column::RemovedAt)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .if_not_exists()
-                    .name("idx_sessions_revoked_at")
-                    .table(session::Entity)
-                    .col(session::Column::RevokedAt)
-                    .to_owned(),
-            )
-            .await
+        create_index(
+            manager,
+            "idx_attribute_removals_removed_at",
+            r::Entity.into_table_ref(),
+            vec![r::Column::RemovedAt.into_iden()],
+            false,
+        )
+        .await?;
+        create_index(
+            manager,
+            "idx_sessions_revoked_at",
+            session::Entity.into_table_ref(),
+            vec![session::Column::RevokedAt.into_iden()],
+            false,
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -463,8 +460,6 @@ impl MigrationTrait for CreateRevocationFeed {
                     .to_owned(),
             )
             .await?;
-        manager
-            .drop_table(Table::drop().table(attribute_removal::Entity).if_exists().to_owned())
-            .await
+        drop_tables(manager, [attribute_removal::Entity.into_table_ref()]).await
     }
 }
