@@ -105,6 +105,13 @@ fn session_revoked() -> Error {
     )
 }
 
+fn attributes_changed() -> Error {
+    Error::unauthenticated(
+        "ATTRIBUTES_CHANGED",
+        "an admin changed your attributes: refresh your access token and open the stream again",
+    )
+}
+
 /// The feed as one service sees it.
 #[derive(Debug)]
 pub struct RevocationFeed {
@@ -232,8 +239,9 @@ impl RevocationFeed {
             .apply(principal)
     }
 
-    /// Resolves, with the refusal, once `principal`'s session is revoked: long-lived streams
-    /// end with it.
+    /// Resolves, with the refusal, once `principal`'s session is revoked or one of its
+    /// attributes removed: long-lived streams end with it (a stream that chose what to deliver by
+    /// the attributes must not go on delivering by the old ones).
     pub fn until_revoked(self: &Arc<Self>, principal: Principal) -> BoxFuture<'static, Error> {
         let feed = Arc::clone(self);
         Box::pin(async move {
@@ -243,7 +251,11 @@ impl RevocationFeed {
                     .known
                     .read()
                     .ok()
-                    .and_then(|known| known.apply(principal.clone()).err());
+                    .and_then(|known| match known.apply(principal.clone()) {
+                        Err(refusal) => Some(refusal),
+                        Ok(seen) if seen.attributes != principal.attributes => Some(attributes_changed()),
+                        Ok(_) => None,
+                    });
                 if let Some(refusal) = refused {
                     return refusal;
                 }

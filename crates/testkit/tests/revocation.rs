@@ -1,7 +1,7 @@
 //! Revocation that takes effect now, through the real services on SQLite and PostgreSQL: an
 //! admin removing an attribute, revoking a session or disabling an account is felt by every
 //! service within 2 seconds of real time (the feed is polled every 0.5 s), not when the access
-//! tokens expire; live streams of a disabled user close; a restarted service still refuses what
+//! tokens expire; live streams of a disabled user, or of one who lost an attribute, close; a restarted service still refuses what
 //! was revoked before it started; the ABE authority issues no key for a removed attribute, and
 //! the device drops the old key at its next refresh.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -153,6 +153,8 @@ async fn a_doctor_loses_a_record_within_two_seconds_of_the_attribute_removal() {
                 .any(|key| key.attributes.contains(&"dept:cardiology".to_owned()))
         );
 
+        let mut live = device.watch(&doctor.session, "").await.unwrap();
+
         // The admin takes dept:cardiology away; the doctor's access token (valid for minutes
         // more) still lists it, but the servers stop honouring it.
         let admin = mesh.admin().await;
@@ -192,6 +194,18 @@ async fn a_doctor_loses_a_record_within_two_seconds_of_the_attribute_removal() {
             colleague_reads.is_ok(),
             "{name}: the colleague lost it too: {colleague_reads:?}"
         );
+
+        // The live stream chose group messages by the old attributes: it ends, to be reopened
+        // with a refreshed token.
+        let ended = tokio::time::timeout(PROMPTLY, live.next())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: the live stream went on after the attribute's removal"));
+        let status = match ended {
+            Some(Err(status)) => status,
+            other => panic!("{name}: the live stream gave {other:?}"),
+        };
+        assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");
+        assert_eq!(reason(&status), "ATTRIBUTES_CHANGED", "{name}");
 
         // The authority issues no key with the removed attribute, and the device drops its old key.
         let fresh = device.refresh_attribute_key(&doctor.session).await.unwrap();
