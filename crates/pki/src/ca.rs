@@ -307,7 +307,16 @@ pub(crate) fn service_spec(service: &str, extra_names: &[String]) -> Result<Leaf
     let mut spec = LeafSpec::new(service);
     spec.dns_names = vec![service.to_owned(), "localhost".to_owned()];
     spec.ip_addresses = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
-    for name in extra_names {
+    add_names(&mut spec, extra_names);
+    spec.uris = vec![service_spiffe_id(service)];
+    spec.server_auth = true;
+    spec.client_auth = true;
+    Ok(spec)
+}
+
+/// Adds `names` to `spec`'s SANs: IP addresses as IP SANs, the rest as DNS names, each once.
+fn add_names(spec: &mut LeafSpec, names: &[String]) {
+    for name in names {
         let name = name.trim();
         if name.is_empty() {
             continue;
@@ -319,10 +328,6 @@ pub(crate) fn service_spec(service: &str, extra_names: &[String]) -> Result<Leaf
             Err(_) => {}
         }
     }
-    spec.uris = vec![service_spiffe_id(service)];
-    spec.server_auth = true;
-    spec.client_auth = true;
-    Ok(spec)
 }
 
 /// The spec of the web origin's certificate; see [`crate::init_web`]: DNS SAN `localhost` and IP
@@ -332,18 +337,7 @@ pub(crate) fn web_spec(extra_names: &[String]) -> LeafSpec {
     let mut spec = LeafSpec::new("caremesh web origin");
     spec.dns_names = vec!["localhost".to_owned()];
     spec.ip_addresses = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
-    for name in extra_names {
-        let name = name.trim();
-        if name.is_empty() {
-            continue;
-        }
-        match name.parse::<IpAddr>() {
-            Ok(ip) if !spec.ip_addresses.contains(&ip) => spec.ip_addresses.push(ip),
-            Ok(_) => {}
-            Err(_) if !spec.dns_names.iter().any(|d| d == name) => spec.dns_names.push(name.to_owned()),
-            Err(_) => {}
-        }
-    }
+    add_names(&mut spec, extra_names);
     spec.server_auth = true;
     spec
 }
