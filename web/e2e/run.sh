@@ -6,6 +6,7 @@
 #   bash web/e2e/run.sh            # from anywhere; web/dist must be built (npm run build)
 #
 # Settings: CHROMIUM (default /usr/bin/chromium), CARGO_TARGET_DIR (where cargo puts caremesh),
+# CAREMESH_BIN (a caremesh binary already built: no cargo build),
 # E2E_SCREENSHOTS (a directory: the tests save a screenshot of each screen there).
 set -euo pipefail
 
@@ -28,9 +29,14 @@ if [[ ! -d web/node_modules/playwright-core ]]; then
   exit 1
 fi
 
-echo "e2e: cargo build -p caremesh"
-cargo build -q -p caremesh
-caremesh="${CARGO_TARGET_DIR:-$repo/target}/debug/caremesh"
+if [[ -n "${CAREMESH_BIN:-}" ]]; then
+  caremesh="$CAREMESH_BIN"
+  echo "e2e: using $caremesh"
+else
+  echo "e2e: cargo build -p caremesh"
+  cargo build -q -p caremesh
+  caremesh="${CARGO_TARGET_DIR:-$repo/target}/debug/caremesh"
+fi
 
 # Eleven free ports: the web origin, then each service's gRPC and health ports.
 read -r -a ports < <(node -e '
@@ -90,5 +96,7 @@ grep -q "caremesh is up" "$data/caremesh.log" || { echo "e2e: caremesh up not re
 
 export E2E_BASE_URL="https://localhost:${ports[0]}"
 export E2E_WEB_CERT="$data/pki/web.crt"
+# The mesh's data directory: bootstrap-admin.txt holds the first admin's password and TOTP secret.
+export E2E_DATA_DIR="$data"
 echo "e2e: browser tests against $E2E_BASE_URL"
 (cd "$web" && node --test --test-concurrency=1 --test-timeout=180000 --test-reporter=spec e2e/*.test.mjs)
