@@ -1,0 +1,177 @@
+// What every browser test shares: one Chromium per test file, a fresh context per test, the
+// checks every screen gets (axe-core, phone-width overflow, CSP violations), and the steps many
+// flows start with (register, sign in, enrol MFA, the bootstrap admin).
+
+import { createHash, X509Certificate } from "node:crypto";
+import { readFileSync, mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { after, before } from "node:test";
+import assert from "node:assert/strict";
+
+import { chromium } from "playwright-core";
+
+import { totp, totpStep } from "./totp.mjs";
+
+const require = createRequire(import.meta.url);
+const AXE_SOURCE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+export const BASE = process.env.E2E_BASE_URL ?? "https://localhost:8443";
+// The web origin's certificate (from the dev PKI): Chromium treats it as valid by its key's hash,
+// so service workers (which refuse certificate errors) register as on a trusted site.
+const WEB_CERT = process.env.E2E_WEB_CERT ?? "";
+const SCREENSHOTS = process.env.E2E_SCREENSHOTS ?? "";
+export const PHONE = { width: 390, height: 844 };
+export const DESKTOP = { width: 1280, height: 800 };
+export const PASSWORD = "correct horse battery staple 42";
+
+let browser;
+
+/** The test file's Chromium (started before its tests, closed after). */
+export function currentBrowser() {
+  return browser;
+}
+
+function spkiHash(certPath) {
+  const spki = new X509Certificate(readFileSync(certPath)).publicKey.export({ type: "spki", format: "der" });
+  return createHash("sha256").update(spki).digest("base64");
+}
+
+before(async () => {
+  const trust = WEB_CERT ? [`--ignore-certificate-errors-spki-list=${spkiHash(WEB_CERT)}`] : [];
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      ...trust,
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+/** A fresh context and page; CSP violations reported by the browser are collected. */
+export async function open(viewport) {
+  const context = await browser.newContext({ viewport, ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  const violations = [];
+  page.on("console", (message) => {
+    if (/Content Security Policy|Refused to/i.test(message.text())) violations.push(message.text());
+  });
+  page.on("pageerror", (error) => violations.push(`page error: ${error.message}`));
+  await page.goto(BASE + "/");
+  return { context, page, violations };
+}
+
+/** axe-core on the current screen (injected over the DevTools protocol: the page's CSP stays on). */
+export async function checkAccessibility(page, screen) {
+  const injected = await page.evaluate(() => typeof window.axe !== "undefined");
+  if (!injected) await page.evaluate(AXE_SOURCE);
+  const result = await page.evaluate(async () => {
+    const run = await window.axe.run(document, { resultTypes: ["violations"] });
+    return run.violations.map((violation) => ({
+      id: violation.id,
+      impact: violation.impact,
+      help: violation.help,
+      nodes: violation.nodes.map((node) => node.target.join(" ")).slice(0, 3),
+    }));
+  });
+  const serious = result.filter((violation) => violation.impact === "serious" || violation.impact === "critical");
+  assert.deepEqual(serious, [], `${screen}: axe violations`);
+}
+
+export async function checkFits(page, screen) {
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  assert.ok(overflow <= 0, `${screen}: ${overflow}px of horizontal scrolling at this width`);
+}
+
+export async function screenshot(page, name) {
+  if (!SCREENSHOTS) return;
+  mkdirSync(SCREENSHOTS, { recursive: true });
+  await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
+}
+
+/** Every check a screen gets. */
+export async function checkScreen(page, screen, violations) {
+  await checkAccessibility(page, screen);
+  await checkFits(page, screen);
+  assert.deepEqual(violations, [], `${screen}: CSP violations or page errors`);
+  await screenshot(page, `${screen}-${page.viewportSize().width}`);
+}
+
+export async function heading(page, text) {
+  try {
+    await page.getByRole("heading", { level: 1, name: text }).waitFor({ timeout: 15_000 });
+  } catch (error) {
+    const shown = await page.locator("body").innerText().catch(() => "?");
+    throw new Error(`no heading "${text}" at ${page.url()}; the page shows:\n${shown}`, { cause: error });
+  }
+}
+
+export function unique(prefix) {
+  return `${prefix}${Date.now().toString(36)}${Math.floor(Math.random() * 1e4)}`;
+}
+
+export async function register(page, username, displayName, password = PASSWORD) {
+  await page.getByRole("link", { name: "Create a patient account" }).click();
+  await heading(page, "Create a patient account");
+  await page.getByLabel("Username").fill(username);
+  await page.getByLabel("Display name").fill(displayName);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Create account" }).click();
+}
+
+export async function signInWithPassword(page, username, password = PASSWORD) {
+  await heading(page, "Sign in");
+  await page.getByLabel("Username").fill(username);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+}
+
+/** Enrols TOTP from the signed-in home (the test reads the secret off the screen, as a user
+ * types it into an app). Returns the secret, the last TOTP step used and the recovery codes. */
+export async function enrolMfa(page, welcome) {
+  await page.getByRole("link", { name: "Set up two-step sign-in" }).click();
+  await heading(page, "Set up two-step sign-in");
+  const secretElement = page.getByTestId("totp-secret");
+  await secretElement.waitFor();
+  const secret = ((await secretElement.textContent()) ?? "").replace(/\s/g, "");
+  const step = totpStep();
+  await page.getByLabel("6-digit code from the app").fill(totp(secret, step));
+  await page.getByRole("button", { name: "Turn on two-step sign-in" }).click();
+  await heading(page, "Save your recovery codes");
+  const codes = await page.getByRole("list", { name: "Recovery codes" }).getByRole("listitem").allTextContents();
+  await page.getByRole("button", { name: "I have saved them" }).click();
+  await heading(page, welcome);
+  return { secret, step, codes: codes.map((code) => code.trim()) };
+}
+
+/** Completes a second-factor prompt with the next unused TOTP code (the server accepts a code
+ * once, and one step either side). Returns the step used. */
+export async function secondFactor(page, secret, lastStep) {
+  await heading(page, "Two-step sign-in");
+  const step = Math.max(lastStep + 1, totpStep());
+  await page.getByLabel("6-digit code").fill(totp(secret, step));
+  await page.getByRole("button", { name: "Continue" }).click();
+  return step;
+}
+
+/** The bootstrap admin's credentials from the mesh's data directory (run.sh sets E2E_DATA_DIR). */
+export function bootstrapAdmin() {
+  const dir = process.env.E2E_DATA_DIR;
+  assert.ok(dir, "E2E_DATA_DIR is not set (run the tests through e2e/run.sh)");
+  const fields = {};
+  for (const line of readFileSync(join(dir, "bootstrap-admin.txt"), "utf8").split("\n")) {
+    const match = /^(\w+): (.*)$/.exec(line);
+    if (match) fields[match[1]] = match[2];
+  }
+  return { username: fields.username, password: fields.password, totpSecret: fields.totp_secret };
+}
