@@ -331,14 +331,17 @@ fn add_names(spec: &mut LeafSpec, names: &[String]) {
 }
 
 /// The spec of the web origin's certificate; see [`crate::init_web`]: DNS SAN `localhost` and IP
-/// SANs `127.0.0.1`, `::1`, then `extra_names` (IPs become IP SANs), serverAuth only, no URI SAN
-/// (it is not a mesh identity and cannot authenticate as a client).
+/// SANs `127.0.0.1`, `::1`, then `extra_names` (IPs become IP SANs); serverAuth for browsers,
+/// clientAuth with the URI SAN [`crate::web_origin_spiffe_id`] towards the services, which allow
+/// it no internal RPC and believe only the browser address it forwards.
 pub(crate) fn web_spec(extra_names: &[String]) -> LeafSpec {
     let mut spec = LeafSpec::new("caremesh web origin");
     spec.dns_names = vec!["localhost".to_owned()];
     spec.ip_addresses = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
     add_names(&mut spec, extra_names);
+    spec.uris = vec![crate::web_origin_spiffe_id()];
     spec.server_auth = true;
+    spec.client_auth = true;
     spec
 }
 

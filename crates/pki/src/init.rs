@@ -87,9 +87,10 @@ pub fn init(dir: &Path, services: &[&str], operators: &[&str], extra_dns: &[Stri
 
 /// Makes sure `dir` holds the web origin's HTTPS certificate and key (`web.crt`, `web.key`,
 /// [`PkiLayout::web_cert`]), issued by the CA in `dir` (created if missing, like [`init`]):
-/// DNS SAN `localhost` plus `extra_dns`, IP SANs `127.0.0.1` and `::1`, serverAuth only and no
-/// SPIFFE id. Existing files are checked and kept, as in [`init`]; the report lists only the web
-/// files.
+/// DNS SAN `localhost` plus `extra_dns`, IP SANs `127.0.0.1` and `::1`, serverAuth and clientAuth
+/// with the SPIFFE id [`crate::web_origin_spiffe_id`]. Existing files are checked and kept, as in
+/// [`init`], except that a web certificate that no longer matches is reissued; the report lists
+/// only the web files.
 pub fn init_web(dir: &Path, extra_dns: &[String]) -> Result<InitReport> {
     fsutil::create_private_dir(dir)?;
     let layout = PkiLayout::new(dir);
@@ -100,13 +101,19 @@ pub fn init_web(dir: &Path, extra_dns: &[String]) -> Result<InitReport> {
         created: ca_report.created,
         existing: Vec::new(),
     };
-    ensure_leaf(
-        &ca,
-        &web_spec(extra_dns),
-        &layout.web_cert(),
-        &layout.web_key(),
-        &mut report,
-    )?;
+    let spec = web_spec(extra_dns);
+    match ensure_leaf(&ca, &spec, &layout.web_cert(), &layout.web_key(), &mut report) {
+        // The web certificate is a leaf of this CA that browsers trust by the CA: one that no
+        // longer matches its spec (an older layout, a new name, expired) is reissued in place
+        // with a fresh key rather than stopping the mesh.
+        Err(Error::Invalid { .. }) => {
+            let issued = ca.issue(&spec)?;
+            issued.write_files(&layout.web_cert(), &layout.web_key(), Replace::Allow)?;
+            report.existing.clear();
+            report.created = vec![layout.web_key(), layout.web_cert()];
+        }
+        result => result?,
+    }
     Ok(report)
 }
 

@@ -50,6 +50,12 @@ pub fn operator_spiffe_id(name: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/operator/{name}")
 }
 
+/// The SPIFFE id of the web origin: `spiffe://caremesh.local/web/caremesh-web`. Its certificate
+/// authenticates it to the services as the one client whose forwarded browser address they believe.
+pub fn web_origin_spiffe_id() -> String {
+    format!("spiffe://{TRUST_DOMAIN}/web/caremesh-web")
+}
+
 /// Checks a service name: it becomes a DNS SAN, a SPIFFE path segment and a file name, so it must
 /// be a DNS label (lowercase ASCII letters, digits and `-`, not starting or ending with `-`, at most
 /// 63 characters), e.g. `auth-svc`.

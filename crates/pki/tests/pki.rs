@@ -561,8 +561,12 @@ fn web_certificate_is_a_localhost_server_certificate_kept_across_runs() {
     let sans = sans(&cert);
     assert_eq!(sans.dns, vec!["localhost", "caremesh.hospital.example"]);
     assert!(sans.ips.contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
-    assert!(sans.uris.is_empty(), "the web certificate is no mesh identity");
-    assert_eq!(ekus(&cert), (true, false, false), "serverAuth only");
+    assert_eq!(sans.uris, vec![caremesh_pki::web_origin_spiffe_id()]);
+    assert_eq!(
+        ekus(&cert),
+        (true, true, false),
+        "serverAuth for browsers, clientAuth towards the services"
+    );
 
     let ca = CertificateAuthority::load(&layout.ca_cert(), &layout.ca_key()).unwrap();
     let verifier = WebPkiServerVerifier::builder_with_provider(roots(&ca), provider())
@@ -584,4 +588,15 @@ fn web_certificate_is_a_localhost_server_certificate_kept_across_runs() {
     let again = init_web(&dir, &["caremesh.hospital.example".to_owned()]).unwrap();
     assert!(again.created.is_empty());
     assert_eq!(again.existing, vec![layout.web_cert(), layout.web_key()]);
+
+    // A certificate that no longer matches (here: a new name) is reissued, not an error.
+    let renamed = init_web(&dir, &["caremesh.clinic.example".to_owned()]).unwrap();
+    assert_eq!(renamed.created, vec![layout.web_key(), layout.web_cert()]);
+    assert!(renamed.existing.is_empty());
+    let renamed_der = pem_to_der(&fs::read_to_string(layout.web_cert()).unwrap());
+    let renamed_cert = parse(&renamed_der);
+    assert_eq!(
+        self::sans(&renamed_cert).dns,
+        vec!["localhost", "caremesh.clinic.example"]
+    );
 }

@@ -252,6 +252,84 @@ where
     }
 }
 
+/// The header in which the web origin forwards the browser's address (`ip:port`).
+pub const CLIENT_ADDRESS_HEADER: &str = "x-caremesh-client-address";
+
+/// Makes a call that the web origin forwards the browser's own: when the connection's client
+/// certificate is the web origin's ([`caremesh_tls::web_origin_spiffe_id`]), the call's
+/// [`PeerIdentity`] becomes the browser's address from [`CLIENT_ADDRESS_HEADER`] with no mesh
+/// identity, exactly what a browser connecting directly would get. From any other peer the header
+/// is removed unread, so nobody else can claim an address.
+///
+/// It runs before the [`PeerPolicyLayer`], so the web origin's certificate opens no internal RPC.
+#[derive(Clone, Debug)]
+pub struct ForwardedClientLayer {
+    web_origin: SpiffeId,
+}
+
+impl ForwardedClientLayer {
+    pub fn new() -> Self {
+        Self {
+            web_origin: caremesh_tls::web_origin_spiffe_id(),
+        }
+    }
+}
+
+impl Default for ForwardedClientLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> tower_layer::Layer<S> for ForwardedClientLayer {
+    type Service = ForwardedClientService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ForwardedClientService {
+            inner,
+            web_origin: self.web_origin.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ForwardedClientService<S> {
+    inner: S,
+    web_origin: SpiffeId,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for ForwardedClientService<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        forwarded_client(&mut request, &self.web_origin);
+        self.inner.call(request)
+    }
+}
+
+fn forwarded_client<B>(request: &mut http::Request<B>, web_origin: &SpiffeId) {
+    let forwarded = request.headers_mut().remove(CLIENT_ADDRESS_HEADER);
+    let Some(peer) = request.extensions_mut().get_mut::<PeerIdentity>() else {
+        return;
+    };
+    if peer.spiffe_id.as_ref() == Some(web_origin) {
+        peer.spiffe_id = None;
+        peer.remote_addr = forwarded
+            .as_ref()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +414,44 @@ mod tests {
             status.get_details_retry_info().unwrap().retry_delay,
             Some(std::time::Duration::from_secs(3))
         );
+    }
+
+    fn forwarded(peer: Option<SpiffeId>, header: Option<&str>) -> (Option<PeerIdentity>, bool) {
+        let mut builder = http::Request::builder().uri("/caremesh.auth.v1.AuthService/Login");
+        if let Some(value) = header {
+            builder = builder.header(CLIENT_ADDRESS_HEADER, value);
+        }
+        let mut request = builder
+            .extension(PeerIdentity {
+                remote_addr: Some("10.0.0.9:4430".parse().unwrap()),
+                spiffe_id: peer,
+            })
+            .body(())
+            .unwrap();
+        forwarded_client(&mut request, &caremesh_tls::web_origin_spiffe_id());
+        let kept = request.headers().contains_key(CLIENT_ADDRESS_HEADER);
+        (request.extensions().get::<PeerIdentity>().cloned(), kept)
+    }
+
+    #[test]
+    fn the_web_origin_speaks_for_the_browser_and_nobody_else_can() {
+        let (peer, kept) = forwarded(Some(caremesh_tls::web_origin_spiffe_id()), Some("192.0.2.7:51000"));
+        let peer = peer.unwrap();
+        assert_eq!(peer.remote_addr, Some("192.0.2.7:51000".parse().unwrap()));
+        assert_eq!(peer.spiffe_id, None, "a forwarded call carries no mesh identity");
+        assert!(!kept);
+
+        // Without a readable address the browser's address is unknown, not the origin's.
+        let (peer, _) = forwarded(Some(caremesh_tls::web_origin_spiffe_id()), Some("not an address"));
+        assert_eq!(peer.unwrap().remote_addr, None);
+
+        // An anonymous client or a service claiming an address is ignored, and the header dropped.
+        for claimant in [None, Some(ServiceName::Records.spiffe_id())] {
+            let (peer, kept) = forwarded(claimant.clone(), Some("192.0.2.7:51000"));
+            let peer = peer.unwrap();
+            assert_eq!(peer.remote_addr, Some("10.0.0.9:4430".parse().unwrap()));
+            assert_eq!(peer.spiffe_id, claimant);
+            assert!(!kept);
+        }
     }
 }

@@ -27,7 +27,7 @@ use tonic_health::server::HealthService;
 use crate::auth::{KeySetVerifier, Principal, TokenVerifier, bearer_token};
 use crate::clock::SharedClock;
 use crate::config::ServiceConfig;
-use crate::grpc::{PeerPolicy, PeerPolicyLayer};
+use crate::grpc::{ForwardedClientLayer, PeerPolicy, PeerPolicyLayer};
 use crate::kek::{Kek, KekError};
 use crate::outbox::Outbox;
 use crate::revocation::RevocationFeed;
@@ -250,13 +250,15 @@ impl ServiceRuntime {
         let incoming = caremesh_tls::server::accept(listeners.grpc, tls_config);
 
         // gRPC-Web (HTTP/1.1 or HTTP/2) besides native gRPC. The translation is the outermost
-        // layer, so the trace context and the peer allowlist see every call as native gRPC and a
-        // refusal reaches a gRPC-Web caller in its own framing. No CORS layer: the web origin is
+        // layer, so the trace context, the web origin's forwarded browser address and the peer
+        // allowlist see every call as native gRPC, and a refusal reaches a gRPC-Web caller in its
+        // own framing. No CORS layer: the web origin is
         // same-origin only, so no response carries Access-Control-Allow-Origin.
         let main = Server::builder()
             .accept_http1(true)
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(TraceContextLayer::new(service.as_str()))
+            .layer(ForwardedClientLayer::new())
             .layer(PeerPolicyLayer::new(policy))
             .add_routes(routes)
             .add_service(health_service)

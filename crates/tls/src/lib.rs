@@ -19,7 +19,7 @@ mod service;
 
 pub use identity::{PeerIdentity, SpiffeId, spiffe_id_of};
 pub use material::{IdentityFiles, Loaded, ReloadingMaterial, TlsFiles};
-pub use service::{ServiceName, TRUST_DOMAIN, operator_spiffe_id};
+pub use service::{ServiceName, TRUST_DOMAIN, WEB_ORIGIN_SPIFFE_PATH, operator_spiffe_id, web_origin_spiffe_id};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -94,6 +94,16 @@ pub fn operator_spiffe_id(name: &str) -> SpiffeId {
     SpiffeId::from_parts(TRUST_DOMAIN, &format!("operator/{name}"))
 }
 
+/// The SPIFFE id of the web origin (`caremesh web`). It is not a service: no internal RPC allows
+/// it. The services believe one thing of it alone, the browser's address it forwards (see
+/// `caremesh_runtime::grpc::ForwardedClientLayer`).
+pub fn web_origin_spiffe_id() -> SpiffeId {
+    SpiffeId::from_parts(TRUST_DOMAIN, WEB_ORIGIN_SPIFFE_PATH)
+}
+
+/// The path of [`web_origin_spiffe_id`] (`caremesh_pki` issues the web certificate with it).
+pub const WEB_ORIGIN_SPIFFE_PATH: &str = "web/caremesh-web";
+
 impl fmt::Display for ServiceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -33,6 +33,7 @@ pub mod static_files;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
+use tonic::transport::server::Connected;
 
 pub use config::WebConfig;
 
@@ -69,9 +71,9 @@ struct App {
 }
 
 impl App {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, request: Request<Incoming>, client: Option<SocketAddr>) -> Response<Body> {
         let mut response = if proxy::is_grpc_web(&request) {
-            self.proxy.forward(request).await
+            self.proxy.forward(request, client).await
         } else if request.method() == Method::GET || request.method() == Method::HEAD {
             self.files.respond(request.method(), request.uri().path()).await
         } else if proxy::is_grpc(&request) {
@@ -153,9 +155,10 @@ pub async fn serve(
 }
 
 async fn serve_connection(stream: caremesh_tls::server::MeshStream, app: Arc<App>, stop: CancellationToken) {
+    let client = stream.connect_info().remote_addr;
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(app.handle(request).await) }
+        async move { Ok::<_, Infallible>(app.handle(request, client).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());

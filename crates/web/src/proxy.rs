@@ -19,29 +19,24 @@
 //! - another package: UNIMPLEMENTED;
 //! - an `Origin` naming another host: PERMISSION_DENIED (same origin only).
 //!
-//! **The proxy is an anonymous TLS client**, like a browser: it verifies each service's
-//! certificate (the mesh CA and the service's SPIFFE id) but presents none of its own. The web
-//! origin is then no more privileged than a browser: taking it over gains an attacker nothing a
-//! user could not do from their own browser, the services keep authenticating every call by its
-//! bearer token, and no internal RPC opens to it (a `spiffe://caremesh.local/svc/web` identity
-//! would be a new mesh principal the allowlists had to keep out). Its certificate (`web.crt`)
-//! has serverAuth only and no SPIFFE id.
-//!
-//! **Caller addresses are not forwarded.** The services know a caller by the TCP peer address
-//! of the connection (auth-svc's per-address login and registration throttles, the `source` of
-//! audit events), and they have no notion of a forwarded address: an `X-Forwarded-For` from an
-//! anonymous client could not be trusted. So web users appear with the web origin's address, and
-//! share one per-address throttle bucket; the per-account lockout and backoff still apply per
-//! user. Any `X-Forwarded-For`/`Forwarded`/`X-Real-IP` a client sends is dropped. Trusting a
-//! forwarded address would need the web origin to authenticate to the services (a mesh identity
-//! whose `x-forwarded-for` auth-svc believes) — a follow-up, if per-user-address throttling
-//! through the web is wanted.
+//! **The proxy authenticates as the web origin, and forwards the browser's address.** Towards the
+//! services it presents the web certificate (`web.crt`: serverAuth for browsers, clientAuth with
+//! the SPIFFE id `spiffe://caremesh.local/web/caremesh-web`). It is not a service: no internal RPC
+//! allows that id, and the services authenticate every call it carries by the user's bearer token,
+//! as they do a browser's. What the id buys is one thing: each call carries the browser's TCP
+//! address in [`CLIENT_ADDRESS_HEADER`], and the services believe that header from this peer only
+//! (`caremesh_runtime::grpc::ForwardedClientLayer`), so auth-svc's per-address throttles and the
+//! `source` of audit events see the browser, not the origin. Any `X-Forwarded-For`, `Forwarded`,
+//! `X-Real-IP` or client-address header a browser sends is dropped here. Taking the origin over
+//! would let an attacker claim other addresses (defeating per-address throttles; per-account
+//! lockout still holds), nothing more.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use caremesh_runtime::ServiceName;
 use caremesh_tls::client::{ChannelOptions, Target};
-use caremesh_tls::{ReloadingMaterial, TlsError, TlsFiles};
+use caremesh_tls::{ReloadingMaterial, TlsError};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -75,7 +70,12 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
     "forwarded",
     "x-real-ip",
     "cookie",
+    CLIENT_ADDRESS_HEADER,
 ];
+
+/// The header that carries the browser's address (`ip:port`) to the services. Set by the proxy
+/// from the TCP connection; the services trust it only from the web origin's certificate.
+pub const CLIENT_ADDRESS_HEADER: &str = caremesh_runtime::grpc::CLIENT_ADDRESS_HEADER;
 
 /// Whether `request` is gRPC-Web (binary or text, by its content type).
 pub fn is_grpc_web<B>(request: &Request<B>) -> bool {
@@ -135,9 +135,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Channels to every service in `config.upstreams`, anonymous TLS (see the module header).
+    /// Channels to every service in `config.upstreams`, over TLS with the web certificate (see the
+    /// module header).
     pub fn new(config: &WebConfig) -> Result<Self, TlsError> {
-        let material = ReloadingMaterial::load(TlsFiles::ca_only(config.tls.ca.clone()))?;
+        let material = ReloadingMaterial::load(config.tls.clone())?;
         let mut channels = BTreeMap::new();
         for service in ServiceName::ALL {
             let endpoint = config
@@ -153,8 +154,8 @@ impl Proxy {
         Ok(Self { channels })
     }
 
-    /// Proxies one gRPC-Web request (or refuses it).
-    pub async fn forward(&self, request: Request<Incoming>) -> Response<Body> {
+    /// Proxies one gRPC-Web request (or refuses it). `client` is the browser's TCP address.
+    pub async fn forward(&self, request: Request<Incoming>, client: Option<SocketAddr>) -> Response<Body> {
         let reply_type = reply_content_type(&request);
         if request.method() != Method::POST {
             return status(
@@ -189,6 +190,9 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         for name in DROPPED_REQUEST_HEADERS {
             parts.headers.remove(*name);
+        }
+        if let Some(value) = client.and_then(|addr| HeaderValue::from_str(&addr.to_string()).ok()) {
+            parts.headers.insert(CLIENT_ADDRESS_HEADER, value);
         }
         // The channel adds the service's scheme and authority; the path is all that is kept.
         parts.uri = match Uri::builder().path_and_query(path.as_str()).build() {

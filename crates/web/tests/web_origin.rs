@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 const GRPC_WEB: &str = "application/grpc-web+proto";
@@ -79,6 +78,17 @@ enum Http {
 
 /// One request on a fresh HTTPS connection to `addr`, verified against `ca` as `localhost`.
 async fn send(addr: SocketAddr, ca: &Path, http: Http, request: Request<Full<Bytes>>) -> Response<Incoming> {
+    send_from(IpAddr::V4(Ipv4Addr::LOCALHOST), addr, ca, http, request).await
+}
+
+/// [`send`] from the local address `from` (any of 127.0.0.0/8 on loopback: a browser elsewhere).
+async fn send_from(
+    from: IpAddr,
+    addr: SocketAddr,
+    ca: &Path,
+    http: Http,
+    request: Request<Full<Bytes>>,
+) -> Response<Incoming> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -92,7 +102,9 @@ async fn send(addr: SocketAddr, ca: &Path, http: Http, request: Request<Full<Byt
         Http::One => b"http/1.1".to_vec(),
         Http::Two => b"h2".to_vec(),
     }];
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -220,7 +232,24 @@ async fn unary<Reply: Message + Default>(
     if let Some(token) = bearer {
         builder = builder.header("authorization", format!("Bearer {token}"));
     }
-    let response = send(web.addr, &web.ca, http, builder.body(frame(request)).unwrap()).await;
+    unary_request(web, IpAddr::V4(Ipv4Addr::LOCALHOST), builder, request).await
+}
+
+/// A unary gRPC-Web call built by `builder`, sent from the local address `from`.
+async fn unary_request<Reply: Message + Default>(
+    web: &Web,
+    from: IpAddr,
+    builder: http::request::Builder,
+    request: &impl Message,
+) -> (HeaderMap, i32, String, Option<Reply>) {
+    let response = send_from(
+        from,
+        web.addr,
+        &web.ca,
+        Http::Two,
+        builder.body(frame(request)).unwrap(),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     let (parts, body) = response.into_parts();
     let mut buffer = BytesMut::from(&body.collect().await.unwrap().to_bytes()[..]);
@@ -334,6 +363,50 @@ async fn login_and_whoami_through_the_web_origin() {
     )
     .await;
     assert_eq!(code, 16);
+    web.stop().await;
+}
+
+/// auth-svc throttles sign-ins per address: through the web origin, the address is each browser's
+/// own (forwarded by the origin, believed from its certificate only), so one browser's burst does
+/// not lock the others out, and a browser cannot claim another address.
+#[tokio::test]
+async fn sign_in_throttles_count_each_browser_not_the_origin() {
+    let mesh = TestMesh::builder()
+        // 9 a minute: a burst of 3 (auth-svc allows a third of the minute at once).
+        .setting(auth_svc::settings::LOGIN_RATE_PER_MINUTE, "9")
+        .start()
+        .await;
+    let root = tempfile::tempdir().unwrap();
+    let web = Web::start(&mesh, root.path()).await;
+    let login = |from: IpAddr, claim: Option<&str>| {
+        let mut builder = grpc_web_request(web.addr, Http::Two, "/caremesh.auth.v1.AuthService/Login");
+        if let Some(address) = claim {
+            builder = builder
+                .header(caremesh_web::proxy::CLIENT_ADDRESS_HEADER, address)
+                .header("x-forwarded-for", address);
+        }
+        let request = auth_pb::LoginRequest {
+            username: format!("nobody-{}", uuid_suffix()),
+            password: "not a password anyone has".to_owned(),
+        };
+        let web = &web;
+        async move {
+            let (_, code, message, _) = unary_request::<auth_pb::LoginResponse>(web, from, builder, &request).await;
+            (code, message)
+        }
+    };
+    let first: IpAddr = "127.0.0.2".parse().unwrap();
+    let second: IpAddr = "127.0.0.3".parse().unwrap();
+    for _ in 0..3 {
+        let (code, message) = login(first, None).await;
+        assert_eq!(code, 16, "a wrong password: UNAUTHENTICATED, not {message}");
+    }
+    let (code, message) = login(first, None).await;
+    assert_eq!(code, 8, "the fourth sign-in from one browser is throttled: {message}");
+    // Claiming another browser's address does not help: the origin drops the claim.
+    assert_eq!(login(first, Some("127.0.0.3:40000")).await.0, 8);
+    // Another browser, through the same origin, has its own bucket.
+    assert_eq!(login(second, None).await.0, 16, "a second browser is not throttled");
     web.stop().await;
 }
 
