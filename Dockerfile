@@ -4,6 +4,7 @@
 #   docker run IMAGE auth-svc          (or messaging-svc, abe-authority-svc, records-svc, audit-svc)
 #   docker run IMAGE caremesh migrate  (caremesh pki init | kek init | health | backup | restore)
 #   docker run IMAGE carectl status
+#   docker run IMAGE caremesh web      (the web app's HTTPS origin, app from /srv/web)
 #
 # Dependency caching without extra tools: the first build stage compiles only the dependencies
 # (every manifest plus empty stub sources), so that layer is reused until Cargo.toml/Cargo.lock
@@ -59,9 +60,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       cp "target/release/$bin" /out/bin/; \
     done
 
-# 3. Runtime: glibc and CA roots only, no shell, non-root (uid 65532).
+# 3. Runtime: glibc and CA roots only, no shell, non-root (uid 65532). The web app is the
+#    committed build in web/dist (CI checks that it matches its source), served by `caremesh web`
+#    from /srv/web (CAREMESH_WEB_ROOT).
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=binaries /out/bin/ /usr/local/bin/
+COPY web/dist/ /srv/web/
 # Mount points owned by the runtime user: a fresh named volume takes this ownership.
 COPY --from=binaries --chown=65532:65532 /out/empty/ /data/
 COPY --from=binaries --chown=65532:65532 /out/empty/ /pki/
@@ -69,7 +73,8 @@ COPY --from=binaries --chown=65532:65532 /out/empty/ /secrets/
 USER 65532:65532
 WORKDIR /data
 ENV CAREMESH_DATA_DIR=/data \
-    CAREMESH_LOG_FORMAT=json
-EXPOSE 50051 50052 50053 50054 50055 50151 50152 50153 50154 50155
+    CAREMESH_LOG_FORMAT=json \
+    CAREMESH_WEB_ROOT=/srv/web
+EXPOSE 8443 50051 50052 50053 50054 50055 50151 50152 50153 50154 50155
 ENTRYPOINT []
 CMD ["caremesh", "--help"]
