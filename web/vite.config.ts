@@ -8,6 +8,8 @@ import { join } from "node:path";
 import { defineConfig, type Plugin } from "vite";
 
 const PUBLIC_DIR = "public";
+/** Where `npm run dev` sends gRPC-Web calls: a running `caremesh up`'s web origin. */
+const DEV_TARGET = process.env.CAREMESH_WEB_URL ?? "https://localhost:8443";
 
 /** The service worker: caches the app shell at install, serves it cache-first, and leaves every
  *  other request (gRPC-Web POSTs above all) to the network, untouched and never stored. */
@@ -55,12 +57,19 @@ export default defineConfig({
   },
   plugins: [serviceWorker()],
   server: {
-    // `npm run dev`: the gRPC-Web calls go to a running `caremesh up` (its web origin).
+    // The dev server is a second origin in front of the real one: no CORS of its own.
+    cors: false,
+    // `npm run dev`: the gRPC-Web calls go to a running `caremesh up` (its web origin), which
+    // accepts same-origin calls only, so they arrive with its own origin (the dev server is the
+    // developer's own machine; the dev CA's certificate is not checked here).
     proxy: {
       "/caremesh.": {
-        target: process.env.CAREMESH_WEB_URL ?? "https://localhost:8443",
+        target: DEV_TARGET,
         changeOrigin: true,
         secure: false,
+        configure: (proxy) => {
+          proxy.on("proxyReq", (request) => request.setHeader("origin", new URL(DEV_TARGET).origin));
+        },
       },
     },
   },

@@ -38,19 +38,21 @@ else
   caremesh="${CARGO_TARGET_DIR:-$repo/target}/debug/caremesh"
 fi
 
-# Eleven free ports: the web origin, then each service's gRPC and health ports.
+# Twelve free ports: the web origin, each service's gRPC and health ports, then `npm run dev`'s.
 read -r -a ports < <(node -e '
 const net = require("node:net");
-const servers = Array.from({ length: 11 }, () => net.createServer());
+const servers = Array.from({ length: 12 }, () => net.createServer());
 Promise.all(servers.map((s) => new Promise((ok) => s.listen(0, "127.0.0.1", () => ok(s.address().port)))))
   .then((ports) => { console.log(ports.join(" ")); servers.forEach((s) => s.close()); });
 ')
 
 data="$(mktemp -d "${TMPDIR:-/tmp}/caremesh-e2e.XXXXXX")"
 pid=""
+dev_pid=""
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
+  if [[ -n "$dev_pid" ]]; then kill "$dev_pid" 2>/dev/null || true; wait "$dev_pid" 2>/dev/null || true; fi
   if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
     kill -INT "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -100,3 +102,19 @@ export E2E_WEB_CERT="$data/pki/web.crt"
 export E2E_DATA_DIR="$data"
 echo "e2e: browser tests against $E2E_BASE_URL"
 (cd "$web" && node --test --test-concurrency=1 --test-timeout=180000 --test-reporter=spec e2e/*.test.mjs)
+
+# `npm run dev` (vite's dev server) in front of the same mesh: a gRPC-Web call through its proxy
+# reaches auth-svc (which asks for a token), not the web origin's cross-origin refusal.
+echo "e2e: npm run dev proxies gRPC-Web to the web origin"
+(cd "$web" && CAREMESH_WEB_URL="$E2E_BASE_URL" exec node_modules/.bin/vite --port "${ports[11]}" --strictPort) >"$data/vite.log" 2>&1 &
+dev_pid=$!
+dev="http://localhost:${ports[11]}"
+for _ in $(seq 1 100); do curl -fs -o /dev/null "$dev/" && break; sleep 0.2; done
+answer="$(printf '\0\0\0\0\0' | curl -s -D - -o /dev/null -X POST -H 'content-type: application/grpc-web+proto' \
+  -H 'x-grpc-web: 1' -H "origin: $dev" --data-binary @- "$dev/caremesh.auth.v1.AuthService/WhoAmI")"
+if ! grep -qi '^grpc-status: 16' <<<"$answer" || ! grep -qi 'access%20token' <<<"$answer"; then
+  echo "e2e: npm run dev did not reach auth-svc through the web origin; it answered:" >&2
+  echo "$answer" >&2
+  exit 1
+fi
+echo "e2e: npm run dev: ok"
