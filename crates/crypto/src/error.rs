@@ -125,4 +125,13 @@ pub enum CryptoError {
     /// the stored identity) or in an unknown format.
     #[error("invalid stored device keys: {0}")]
     InvalidStoredKeys(&'static str),
+
+    /// An attachment chunk failed to open: the blob was changed, reordered, cut short, mixed with
+    /// another file's, or the key is not this attachment's.
+    #[error("the attachment is damaged or incomplete (a chunk failed its check): download it again")]
+    AttachmentDamaged,
+
+    /// The blob is not the one the message or record names (its SHA-256 differs).
+    #[error("the attachment is not the file the message names (its digest differs): download it again")]
+    AttachmentDigestMismatch,
 }

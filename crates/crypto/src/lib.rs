@@ -105,6 +105,7 @@
 //! party's user id and identity keys (see [`safety`]); [`TrustStore`] pins contacts'
 //! identities on first use and reports changes.
 
+pub mod attachment;
 mod encoding;
 mod envelope;
 mod error;
