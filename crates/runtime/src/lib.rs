@@ -15,6 +15,7 @@
 //! - [`db`], [`kek`], [`clock`], [`time`]: storage, secrets at rest, time as a parameter.
 
 pub mod auth;
+pub mod blob;
 pub mod clock;
 pub mod config;
 pub mod db;
