@@ -26,7 +26,8 @@ pub(crate) fn check_uuid_v7(id: &str, what: &'static str) -> Result<(), CryptoEr
         what,
         reason: "not a UUID",
     })?;
-    if parsed.get_version_num() != 7 {
+    // Version 7 and the RFC 9562 (formerly 4122) variant, as docs/protocol.md §2 says.
+    if parsed.get_version_num() != 7 || parsed.get_variant() != uuid::Variant::RFC4122 {
         return Err(CryptoError::InvalidId {
             what,
             reason: "not a UUIDv7",
