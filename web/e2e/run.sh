@@ -4,6 +4,7 @@
 # (playwright-core + node:test) in Debian's chromium, and always stops the mesh.
 #
 #   bash web/e2e/run.sh            # from anywhere; web/dist must be built (npm run build)
+#   E2E_BENCH=1 bash web/e2e/run.sh   # then the web benchmark (bench/run.mjs) on the same mesh
 #
 # Settings: CHROMIUM (default /usr/bin/chromium), CARGO_TARGET_DIR (where cargo puts caremesh),
 # CAREMESH_BIN (a caremesh binary already built: no cargo build),
@@ -118,3 +119,9 @@ if ! grep -qi '^grpc-status: 16' <<<"$answer" || ! grep -qi 'access%20token' <<<
   exit 1
 fi
 echo "e2e: npm run dev: ok"
+
+# E2E_BENCH=1: the web benchmark (bench/run.mjs) against the same mesh and dev server.
+if [[ -n "${E2E_BENCH:-}" ]]; then
+  echo "e2e: web benchmark"
+  (cd "$web" && BENCH_DEV_URL="$dev" node bench/run.mjs)
+fi
