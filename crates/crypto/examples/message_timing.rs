@@ -62,7 +62,13 @@ fn pair(plaintext: &[u8]) -> (Side, Side, f64) {
         bob.device.signed_prekey(&bob.identity, &bob.user_id).unwrap(),
         bob.device.last_resort_prekey(&bob.identity, &bob.user_id).unwrap(),
     );
-    let list = DeviceList::new(&bob.user_id, bob.identity.key_id(), 1, [bob.device.device_id().to_owned()]).unwrap();
+    let list = DeviceList::new(
+        &bob.user_id,
+        bob.identity.key_id(),
+        1,
+        [bob.device.device_id().to_owned()],
+    )
+    .unwrap();
     let started = Instant::now();
     let bundle = DeviceBundle {
         user_id: bob.user_id.clone(),
@@ -81,7 +87,13 @@ fn pair(plaintext: &[u8]) -> (Side, Side, f64) {
     let alice_user = alice.user_id.clone();
     alice
         .sessions
-        .start(&alice.identity, &alice_user, &alice_device, &verified, &mut OsRatchetKeys)
+        .start(
+            &alice.identity,
+            &alice_user,
+            &alice_device,
+            &verified,
+            &mut OsRatchetKeys,
+        )
         .unwrap();
     let message_id = new_id();
     let first = alice.sessions.encrypt(&bob.peer(), &message_id, plaintext).unwrap();
