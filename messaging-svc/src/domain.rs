@@ -8,13 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caremesh_proto::audit::v1::AuditEvent;
+use caremesh_runtime::attachments::Attachments;
 use caremesh_runtime::auth::Principal;
+use caremesh_runtime::blob::BlobStore;
 use caremesh_runtime::clock::SharedClock;
 use caremesh_runtime::db::{WriteTxn, Writer};
 use caremesh_runtime::outbox::Outbox;
 use caremesh_runtime::{Error, ServiceName, ServiceRuntime};
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, Statement};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QuerySelect, Statement,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +52,8 @@ pub struct MessagingDomain {
     pub(crate) group_policies: Arc<std::sync::Mutex<GroupPolicies>>,
     /// Direct messages waiting to be stored together (see `group_commit`).
     pub(crate) direct_sends: Arc<DirectSends>,
+    /// Attachment blobs and their bookkeeping (see `attachments`).
+    pub(crate) attachments: Attachments,
 }
 
 #[derive(Debug)]
@@ -79,12 +85,23 @@ impl MessagingDomain {
             clock: Arc::clone(&runtime.clock),
             outbox: runtime.outbox.clone(),
             profiles: Arc::new(Profiles::new(auth, settings.profile_cache_ttl)),
-            settings: Arc::new(settings),
+            settings: Arc::new(settings.clone()),
             live,
             shutdown: runtime.shutdown_token(),
             pg,
             group_policies: Arc::default(),
             direct_sends: Arc::default(),
+            attachments: Attachments::new(
+                runtime.db.clone(),
+                runtime.writer.clone(),
+                runtime.outbox.clone(),
+                BlobStore::for_database(
+                    &runtime.db,
+                    &runtime.config.database.url,
+                    &runtime.config.data_dir.join("messaging"),
+                ),
+                settings.attachments,
+            ),
         };
         if let Some(pg) = &domain.pg {
             tokio::spawn(listen_postgres(
@@ -262,6 +279,11 @@ impl MessagingDomain {
                     "purging expired messages failed; retrying later"
                 ),
             }
+            match self.sweep_attachments().await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed attachments of recalled, expired or unsent messages"),
+                Err(error) => tracing::warn!(reason = error.reason(), "removing attachments failed; retrying later"),
+            }
         }
     }
 
@@ -271,15 +293,23 @@ impl MessagingDomain {
     pub async fn purge_expired(&self) -> Result<u64, Error> {
         let now = self.now();
         let (_turn, txn) = self.begin_write().await?;
-        let expired: Vec<String> = message::Entity::find()
+        let expired: Vec<(String, i32)> = message::Entity::find()
+            .select_only()
+            .column(message::Column::MessageId)
+            .column(message::Column::ProtocolVersion)
             .filter(message::Column::ExpireAt.lte(now))
-            .filter(message::Column::ProtocolVersion.eq(2))
+            .into_tuple()
             .all(&txn)
-            .await?
+            .await?;
+        self.attachments
+            .mark_deleted(&txn, &expired.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), now)
+            .await?;
+        let fanned_out = expired
             .into_iter()
-            .map(|row| row.message_id)
+            .filter(|(_, version)| *version == 2)
+            .map(|(id, _)| id)
             .collect();
-        self.delete_fanout(&txn, expired).await?;
+        self.delete_fanout(&txn, fanned_out).await?;
         let purged = message::Entity::delete_many()
             .filter(message::Column::ExpireAt.lte(now))
             .exec(&txn)

@@ -7,6 +7,7 @@ use caremesh_proto::messaging::v1::messaging_internal_service_server::{
     MessagingInternalService, MessagingInternalServiceServer,
 };
 use caremesh_proto::messaging::v1::messaging_service_server::{MessagingService, MessagingServiceServer};
+use caremesh_runtime::attachments::AttachmentView;
 use caremesh_runtime::auth::Principal;
 use caremesh_runtime::grpc::{close_when_revoked, peer_identity, to_status};
 use caremesh_runtime::time::to_timestamp;
@@ -588,6 +589,100 @@ impl MessagingService for Api {
             .store_archive_copy(&principal, &caller, &body.message_id, body.archive)
             .await?;
         Ok(Response::new(pb::StoreArchiveCopyResponse { stored }))
+    }
+
+    async fn create_attachment(
+        &self,
+        request: Request<pb::CreateAttachmentRequest>,
+    ) -> Result<Response<pb::CreateAttachmentResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let view = self
+            .domain
+            .create_attachment(
+                &principal,
+                &caller,
+                &body.attachment_id,
+                &body.message_id,
+                body.blob_length,
+            )
+            .await?;
+        Ok(Response::new(pb::CreateAttachmentResponse {
+            attachment: Some(attachment_message(&view)),
+        }))
+    }
+
+    async fn upload_attachment(
+        &self,
+        request: Request<tonic::Streaming<pb::UploadAttachmentRequest>>,
+    ) -> Result<Response<pb::UploadAttachmentResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let mut pieces = request.into_inner();
+        let mut last = None;
+        while let Some(piece) = pieces.message().await? {
+            last = Some(
+                self.domain
+                    .upload_attachment_piece(&principal, &piece.attachment_id, piece.offset, &piece.data)
+                    .await?,
+            );
+        }
+        let view = last.ok_or_else(|| {
+            to_status(Error::invalid_argument(
+                "NO_PIECES",
+                "the upload stream ended before its first piece: send at least one",
+            ))
+        })?;
+        Ok(Response::new(pb::UploadAttachmentResponse {
+            attachment: Some(attachment_message(&view)),
+        }))
+    }
+
+    async fn get_attachment(
+        &self,
+        request: Request<pb::GetAttachmentRequest>,
+    ) -> Result<Response<pb::GetAttachmentResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let view = self
+            .domain
+            .attachment(&principal, &caller, &request.into_inner().attachment_id)
+            .await?;
+        Ok(Response::new(pb::GetAttachmentResponse {
+            attachment: Some(attachment_message(&view)),
+        }))
+    }
+
+    type DownloadAttachmentStream = BoxStream<'static, Result<pb::DownloadAttachmentResponse, Status>>;
+
+    async fn download_attachment(
+        &self,
+        request: Request<pb::DownloadAttachmentRequest>,
+    ) -> Result<Response<Self::DownloadAttachmentStream>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let pieces = self
+            .domain
+            .download_attachment(&principal, &caller, &body.attachment_id, body.offset)
+            .await?
+            .map(|piece| {
+                piece
+                    .map(|(offset, data)| pb::DownloadAttachmentResponse { offset, data })
+                    .map_err(to_status)
+            });
+        let revoked = self.runtime.until_revoked(&principal);
+        Ok(Response::new(close_when_revoked(pieces.boxed(), revoked)))
+    }
+}
+
+fn attachment_message(view: &AttachmentView) -> pb::Attachment {
+    let row = &view.row;
+    pb::Attachment {
+        attachment_id: row.attachment_id.clone(),
+        message_id: row.parent_id.clone(),
+        owner_user_id: row.owner_user_id.clone(),
+        blob_length: view.blob_len(),
+        stored_length: view.stored_len,
+        complete: row.complete,
+        create_time: Some(to_timestamp(row.created_at)),
     }
 }
 

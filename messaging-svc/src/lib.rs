@@ -3,6 +3,7 @@
 //! [`serve`] runs it on a pair of listeners until a shutdown future completes; `caremesh up`, the
 //! `messaging-svc` binary and the integration tests all start it that way.
 
+mod attachments;
 mod devices;
 mod domain;
 mod fanout;

@@ -262,7 +262,7 @@ fn decode_cursor(text: &str, latest: i64) -> Option<Cursor> {
 }
 
 impl MessagingDomain {
-    fn not_expired(&self) -> Condition {
+    pub(crate) fn not_expired(&self) -> Condition {
         Condition::any()
             .add(message::Column::ExpireAt.is_null())
             .add(message::Column::ExpireAt.gt(self.now()))
@@ -546,7 +546,7 @@ impl MessagingDomain {
     }
 
     /// Records a read of history (one audit event per listing).
-    async fn audit_read(
+    pub(crate) async fn audit_read(
         &self,
         caller: &Caller,
         operation: &str,
@@ -912,6 +912,9 @@ impl MessagingDomain {
         active.group_envelope = Set(None);
         let row = active.update(&txn).await?;
         self.delete_fanout(&txn, vec![row.message_id.clone()]).await?;
+        self.attachments
+            .mark_deleted(&txn, std::slice::from_ref(&row.message_id), now)
+            .await?;
         delivery::ActiveModel {
             user_id: Set(recipient.clone()),
             message_id: Set(message_id.to_owned()),
@@ -930,8 +933,16 @@ impl MessagingDomain {
             .await?;
         self.notify_in(&txn, &recipient).await?;
         txn.commit().await?;
+        drop(turn);
         self.notify_local(&recipient);
         self.outbox.wake_relay();
+        // The blobs go now; a failure leaves them marked, for the purge loop's next sweep.
+        if let Err(error) = self.attachments.sweep().await {
+            tracing::warn!(
+                reason = error.reason(),
+                "removing a recalled message's attachments failed; retrying later"
+            );
+        }
         Ok(MessageView {
             row,
             viewer: principal.user_id.clone(),

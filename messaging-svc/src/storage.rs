@@ -1,8 +1,10 @@
 //! messaging-svc's database: the key directory (identity keys, current signed prekeys, one-time
 //! prekeys), messages (ciphertext envelopes and metadata only), the per-user delivery log that
 //! live delivery resumes from, the protocol v2 device directory (signed device lists, devices,
-//! their signed and one-time prekeys, device links) and (as in every service) the audit outbox.
+//! their signed and one-time prekeys, device links), attachments (the runtime's `attachments` and
+//! `blob_pieces` tables) and (as in every service) the audit outbox.
 
+use caremesh_runtime::attachments::CreateAttachmentTables;
 use caremesh_runtime::outbox::CreateAuditOutbox;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
@@ -391,6 +393,7 @@ impl MigratorTrait for Migrator {
             Box::new(AddGroupMessages),
             Box::new(CreateDeviceDirectory),
             Box::new(AddDeviceFanout),
+            Box::new(CreateAttachmentTables),
         ]
     }
 }

@@ -549,11 +549,12 @@ class DoubleRatchet:
 KIND_MESSAGE = 1
 KIND_HISTORY_KEY = 2
 KIND_SESSION_RESET = 3
+KIND_ATTACHMENT = 4
 MAX_MESSAGE_BODY = 256 * 1024 - 1024
 
 
 def content_encoding(kind: int, body: bytes) -> bytes:
-    assert kind in (KIND_MESSAGE, KIND_HISTORY_KEY, KIND_SESSION_RESET)
+    assert kind in (KIND_MESSAGE, KIND_HISTORY_KEY, KIND_SESSION_RESET, KIND_ATTACHMENT)
     assert kind != KIND_MESSAGE or len(body) <= MAX_MESSAGE_BODY
     assert kind != KIND_SESSION_RESET or body == b""
     return lp("caremesh-content-v1") + u32be(kind) + lp(body)
@@ -561,6 +562,14 @@ def content_encoding(kind: int, body: bytes) -> bytes:
 
 def history_key_body(history_key_id: str, key: bytes) -> bytes:
     return lp(history_key_id) + lp(key)
+
+
+def attachment_body(caption: bytes, attachment_id: str, key: bytes, digest: bytes, file_len: int,
+                    media_type: str, file_name: str) -> bytes:
+    assert len(caption) <= MAX_MESSAGE_BODY and len(key) == 32 and len(digest) == 32
+    assert len(media_type.encode()) <= 255 and len(file_name.encode()) <= 255
+    return (lp(caption) + lp(attachment_id) + lp(key) + lp(digest) + u64be(file_len)
+            + lp(media_type) + lp(file_name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1003,6 +1012,10 @@ def content_cases() -> list:
         ("empty message", KIND_MESSAGE, b""),
         ("history key", KIND_HISTORY_KEY, history_key_body(hk_id, hk)),
         ("session reset", KIND_SESSION_RESET, b""),
+        ("attachment", KIND_ATTACHMENT,
+         attachment_body("Photo of the rash, taken this morning.".encode(), uuid7("alice/attachment-1/id"),
+                         derive("alice/attachment-1/key"), derive("alice/attachment-1/digest"),
+                         1_234_567, "image/jpeg", "rash-2026-12-03.jpg")),
     ]
     return [{"name": name, "kind": kind, "body": h(body),
              "encoding": h(content_encoding(kind, body))} for name, kind, body in cases]

@@ -1,13 +1,15 @@
-//! Messaging commands: `msg send|inbox|read|watch|recall` and `contacts verify`. Messages are
-//! sealed and opened by the SDK on this machine; device keys live next to the profile's session.
+//! Messaging commands: `msg send|inbox|read|watch|recall|save` and `contacts verify`. Messages
+//! and attached files are sealed and opened by the SDK on this machine; device keys live next to
+//! the profile's session.
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use caremesh_sdk::SdkError;
+use caremesh_sdk::attachments::{Progress, safe_file_name};
 use caremesh_sdk::auth::Session;
-use caremesh_sdk::messaging::{Messenger, Opened};
+use caremesh_sdk::messaging::{Content, Messenger, Opened};
 use caremesh_sdk::proto::messaging::v1 as pb;
 use clap::Subcommand;
 use futures::StreamExt;
@@ -29,6 +31,10 @@ pub enum MsgCommand {
         /// Read the message from this file.
         #[arg(long, conflicts_with = "text")]
         file: Option<PathBuf>,
+        /// Send this file as an attachment (up to 100 MiB, encrypted here), with the text, if
+        /// any, as its caption.
+        #[arg(long, conflicts_with_all = ["file", "policy"])]
+        attach: Option<PathBuf>,
         /// Purge the message for everyone this many seconds after sending (60 to 31622400).
         #[arg(long)]
         lifespan: Option<u64>,
@@ -56,8 +62,16 @@ pub enum MsgCommand {
         #[arg(long, default_value = "")]
         cursor: String,
     },
-    /// Recall a message you sent: deleted for everyone.
+    /// Recall a message you sent: deleted for everyone, with its attachment.
     Recall { message_id: String },
+    /// Save a message's attachment into a directory, decrypted here (under the sender's file
+    /// name, made safe; never over an existing file).
+    Save {
+        message_id: String,
+        /// The directory to save into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,6 +131,15 @@ fn opened_json(item: &Opened) -> serde_json::Value {
         "expire_time": message.expire_time.map(|t| t.seconds),
         "state": message.state().as_str_name(),
         "text": item.content.text(),
+        "attachment": match &item.content {
+            Content::Attachment { attachment, .. } => json!({
+                "attachment_id": attachment.attachment_id,
+                "file_name": attachment.file_name,
+                "file_length": attachment.file_len,
+                "media_type": attachment.media_type,
+            }),
+            _ => serde_json::Value::Null,
+        },
     })
 }
 
@@ -162,11 +185,40 @@ pub async fn msg(ctx: &Ctx, command: MsgCommand) -> Result<(), SdkError> {
     let messenger = messenger(ctx, &session).await?;
     match command {
         MsgCommand::Send {
+            user: Some(user),
+            text,
+            attach: Some(path),
+            lifespan,
+            ..
+        } => {
+            let recipient = resolve(ctx, &session, &user).await?;
+            let sent = messenger
+                .send_file(
+                    &session,
+                    &recipient,
+                    &path,
+                    text.as_deref().unwrap_or_default(),
+                    lifespan.map(Duration::from_secs),
+                    progress_bar("sending", ctx.json),
+                )
+                .await?;
+            ctx.print(
+                json!({
+                    "message_id": sent.message_id,
+                    "conversation_id": sent.conversation_id,
+                    "recipient_user_id": sent.recipient_user_id,
+                    "file": path.display().to_string(),
+                }),
+                || format!("sent {} with {} to {user}", sent.message_id, path.display()),
+            );
+        }
+        MsgCommand::Send {
             user,
             text,
             file,
             lifespan,
             policy,
+            ..
         } => {
             // With --policy there is no recipient: the one positional argument is the text.
             let (user, text) = match (&policy, user, text) {
@@ -282,6 +334,26 @@ pub async fn msg(ctx: &Ctx, command: MsgCommand) -> Result<(), SdkError> {
                 }
             }
         }
+        MsgCommand::Save { message_id, out } => {
+            let opened = messenger.get(&session, &message_id).await?;
+            let Content::Attachment { attachment, .. } = &opened.content else {
+                return Err(SdkError::Local(format!(
+                    "message {message_id} has no attachment ({})",
+                    opened.content.text()
+                )));
+            };
+            let path = out.join(safe_file_name(
+                &attachment.file_name,
+                &format!("attachment-{message_id}"),
+            ));
+            let len = messenger
+                .save_attachment(&session, attachment, &path, progress_bar("saving", ctx.json))
+                .await?;
+            ctx.print(
+                json!({"message_id": message_id, "path": path.display().to_string(), "file_length": len}),
+                || format!("saved {} ({len} bytes)", path.display()),
+            );
+        }
         MsgCommand::Recall { message_id } => {
             let tombstone = messenger.recall(&session, &message_id).await?;
             ctx.print(
@@ -292,6 +364,36 @@ pub async fn msg(ctx: &Ctx, command: MsgCommand) -> Result<(), SdkError> {
     }
     print_notices(&messenger)?;
     Ok(())
+}
+
+/// A progress bar on standard error for a long transfer, when it is a terminal (and the output
+/// is not JSON); redrawn at each whole percent.
+fn progress_bar(verb: &'static str, json: bool) -> Option<Progress> {
+    use std::io::{IsTerminal, Write};
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let shown = std::sync::atomic::AtomicU64::new(u64::MAX);
+    Some(std::sync::Arc::new(move |done: u64, total: u64| {
+        let percent = (done.saturating_mul(100)).checked_div(total).unwrap_or(100).min(100);
+        if shown.swap(percent, std::sync::atomic::Ordering::Relaxed) == percent {
+            return;
+        }
+        let filled = usize::try_from(percent / 4).unwrap_or(25);
+        let mib = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
+        let mut stderr = std::io::stderr();
+        let _ = write!(
+            stderr,
+            "\r{verb} [{:<25}] {percent:>3}%  {:.1}/{:.1} MiB",
+            "#".repeat(filled),
+            mib(done),
+            mib(total)
+        );
+        if done >= total {
+            let _ = writeln!(stderr);
+        }
+        let _ = stderr.flush();
+    }))
 }
 
 pub async fn contacts(ctx: &Ctx, command: ContactsCommand) -> Result<(), SdkError> {

@@ -41,6 +41,18 @@ pub const SEALED_CHUNK_LEN: usize = CHUNK_LEN + TAG_LEN;
 /// Attachment ids are UUIDs: 16 bytes.
 pub const ID_LEN: usize = 16;
 
+/// The 16 bytes of an attachment id given in canonical UUIDv7 form (as the services and the
+/// message content carry it).
+pub fn id_bytes(attachment_id: &str) -> Result<[u8; ID_LEN], CryptoError> {
+    crate::ids::check_uuid_v7(attachment_id, "attachment id")?;
+    uuid::Uuid::try_parse(attachment_id)
+        .map(|id| *id.as_bytes())
+        .map_err(|_| CryptoError::InvalidId {
+            what: "attachment id",
+            reason: "it must be a UUIDv7",
+        })
+}
+
 /// The attachment key `K`. Wiped on drop; `Debug` does not show it.
 pub struct AttachmentKey(Zeroizing<[u8; 32]>);
 

@@ -78,6 +78,13 @@ impl<'a> Reader<'a> {
         Some(u32::from_be_bytes(*head))
     }
 
+    /// The next 8-byte big-endian integer.
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        let (head, rest) = self.rest.split_first_chunk::<8>()?;
+        self.rest = rest;
+        Some(u64::from_be_bytes(*head))
+    }
+
     /// The next `lp(x)` field's `x`.
     pub(crate) fn field(&mut self) -> Option<&'a [u8]> {
         let len = usize::try_from(self.u32()?).ok()?;

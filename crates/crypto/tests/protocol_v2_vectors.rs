@@ -508,6 +508,7 @@ fn double_ratchet_conversations() {
 #[test]
 fn content_encodings() {
     let vectors = vectors();
+    let mut kinds = std::collections::BTreeSet::new();
     for case in cases(&vectors, "content") {
         let name = text(&case["name"]);
         let content = Content::decode(&bytes(&case["encoding"])).unwrap();
@@ -516,7 +517,23 @@ fn content_encodings() {
         if let Content::Message(body) = &content {
             assert_eq!(**body, bytes(&case["body"]), "{name}");
         }
+        if let Content::Attachment { caption, attachment } = &content {
+            assert_eq!(
+                &**caption,
+                "Photo of the rash, taken this morning.".as_bytes(),
+                "{name}"
+            );
+            assert_eq!(attachment.file_len, 1_234_567, "{name}");
+            assert_eq!(attachment.media_type, "image/jpeg", "{name}");
+            assert_eq!(attachment.file_name, "rash-2026-12-03.jpg", "{name}");
+        }
+        kinds.insert(content.kind());
     }
+    assert_eq!(
+        kinds,
+        std::collections::BTreeSet::from([1, 2, 3, 4]),
+        "every content kind has a vector"
+    );
 }
 
 #[test]

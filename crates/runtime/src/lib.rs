@@ -12,8 +12,11 @@
 //! - [`outbox`]: audit events written in the caller's transaction and relayed to audit-svc.
 //! - [`telemetry`]: tracing, OTLP export, W3C trace context across calls.
 //! - [`entry`]: the body of every service binary's `main`.
+//! - [`blob`], [`attachments`]: encrypted attachment blobs (files or PostgreSQL rows) and their
+//!   bookkeeping: owner, parent, quota, two-phase deletion.
 //! - [`db`], [`kek`], [`clock`], [`time`]: storage, secrets at rest, time as a parameter.
 
+pub mod attachments;
 pub mod auth;
 pub mod blob;
 pub mod clock;

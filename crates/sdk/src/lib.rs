@@ -21,6 +21,7 @@ pub use caremesh_proto as proto;
 pub use caremesh_tls::ServiceName;
 
 pub mod abe;
+pub mod attachments;
 pub mod audit;
 pub mod auth;
 pub mod devices;

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use caremesh_crypto::v2::AttachmentRef;
 use caremesh_crypto::{DeviceKeys, IdentityPublicKey, MessageContext, TrustCheck, TrustStore, open, verify_identity};
 use caremesh_proto::messaging::v1 as pb;
 use caremesh_proto::messaging::v1::key_directory_service_client::KeyDirectoryServiceClient;
@@ -69,6 +70,12 @@ pub struct Opened {
 pub enum Content {
     /// The decrypted body.
     Plain(Vec<u8>),
+    /// A message with a file: its caption, and what fetches, checks and opens the file
+    /// ([`Messenger::save_attachment`]).
+    Attachment {
+        caption: Vec<u8>,
+        attachment: AttachmentRef,
+    },
     /// The sender recalled it: the ciphertext is gone.
     Recalled,
     /// It could not be opened here (reason for a person).
@@ -83,9 +90,47 @@ impl Content {
     pub fn text(&self) -> String {
         match self {
             Content::Plain(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            Content::Attachment { caption, attachment } => {
+                let caption = String::from_utf8_lossy(caption);
+                let file = format!(
+                    "[attachment {}: {}, {} bytes{}]",
+                    attachment.attachment_id,
+                    attachment.file_name,
+                    attachment.file_len,
+                    if attachment.media_type.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", attachment.media_type)
+                    }
+                );
+                if caption.is_empty() {
+                    file
+                } else {
+                    format!("{caption} {file}")
+                }
+            }
             Content::Recalled => "(recalled)".to_owned(),
             Content::Unreadable(why) => format!("(cannot open: {why})"),
             Content::Control(what) => format!("({what})"),
+        }
+    }
+}
+
+/// What the local store kept for a message, as content.
+fn kept_content(kept: crate::opened::Kept) -> Result<Content, SdkError> {
+    match kept {
+        crate::opened::Kept::Body(body) => Ok(Content::Plain(body.to_vec())),
+        crate::opened::Kept::Content(encoding) => {
+            match caremesh_crypto::v2::Content::decode(&encoding)
+                .map_err(|error| crypto("reading a kept message", error))?
+            {
+                caremesh_crypto::v2::Content::Message(body) => Ok(Content::Plain(body.to_vec())),
+                caremesh_crypto::v2::Content::Attachment { caption, attachment } => Ok(Content::Attachment {
+                    caption: caption.to_vec(),
+                    attachment,
+                }),
+                _ => Err(SdkError::Protocol("a kept message of a kind that is not for the user")),
+            }
         }
     }
 }
@@ -625,8 +670,8 @@ impl Messenger {
             self.opened.remove(&*self.local_key()?, &message.message_id)?;
             return Ok(Content::Recalled);
         }
-        if let Some(body) = self.opened.get(&message.message_id) {
-            return Ok(Content::Plain(body));
+        if let Some(kept) = self.opened.get(&message.message_id) {
+            return kept_content(kept);
         }
         if message.kind() == pb::MessageKind::Group {
             let plaintext = self.open_group(session, message).await?;
@@ -676,6 +721,21 @@ impl Messenger {
             opened.push(Opened { message, content });
         }
         opened
+    }
+
+    /// One message this user sent or received, opened.
+    pub async fn get(&self, session: &Session, message_id: &str) -> Result<Opened, SdkError> {
+        let message = self
+            .api()?
+            .get_message(session.request(pb::GetMessageRequest {
+                message_id: message_id.to_owned(),
+                device_id: self.device_id()?,
+            })?)
+            .await?
+            .into_inner()
+            .message
+            .ok_or(SdkError::Protocol("no message in the answer"))?;
+        self.open_message(session, &message).await
     }
 
     /// One page of the inbox, opened.

@@ -4,7 +4,9 @@
 //! so its cost does not grow with the conversation.
 //!
 //! A record is `nonce (12) || u32be(len) || ciphertext (len)`, whose plaintext is
-//! `lp(message_id) u8(op) lp(body)` with op 1 (stored) or 2 (removed: recalled or purged). A
+//! `lp(message_id) u8(op) lp(body)` with op 1 (stored: the message body), 2 (removed: recalled or
+//! purged) or 3 (stored: a whole protocol v2 content encoding, for contents that are more than a
+//! body, such as a message with an attachment). A
 //! record cut short by a crash, or one that does not open, ends the readable part: what came
 //! before it stays, the rest is cut off, and new records follow the last good one.
 
@@ -21,11 +23,21 @@ use crate::messaging::{crypto, local};
 const AAD: &[u8] = b"caremesh-sdk-opened-v1";
 const STORED: u8 = 1;
 const REMOVED: u8 = 2;
+const STORED_CONTENT: u8 = 3;
+
+/// What is kept for one message.
+#[derive(Clone)]
+pub(crate) enum Kept {
+    /// A message body (a kind 1 content's body).
+    Body(Zeroizing<Vec<u8>>),
+    /// A whole content encoding (`docs/protocol.md` §6.6).
+    Content(Zeroizing<Vec<u8>>),
+}
 
 /// Opened and sent plaintexts by message id.
 pub(crate) struct OpenedLog {
     path: PathBuf,
-    entries: Mutex<HashMap<String, Zeroizing<Vec<u8>>>>,
+    entries: Mutex<HashMap<String, Kept>>,
     /// Serialises appends (records must not interleave).
     writing: Mutex<()>,
 }
@@ -80,7 +92,10 @@ impl OpenedLog {
             let id = String::from_utf8_lossy(id).into_owned();
             match op.first() {
                 Some(&STORED) => {
-                    entries.insert(id, Zeroizing::new(body.to_vec()));
+                    entries.insert(id, Kept::Body(Zeroizing::new(body.to_vec())));
+                }
+                Some(&STORED_CONTENT) => {
+                    entries.insert(id, Kept::Content(Zeroizing::new(body.to_vec())));
                 }
                 _ => {
                     entries.remove(&id);
@@ -111,12 +126,12 @@ impl OpenedLog {
             .map(Zeroizing::new)
     }
 
-    /// The plaintext kept for `message_id`.
-    pub(crate) fn get(&self, message_id: &str) -> Option<Vec<u8>> {
+    /// What is kept for `message_id`.
+    pub(crate) fn get(&self, message_id: &str) -> Option<Kept> {
         self.entries
             .lock()
             .ok()
-            .and_then(|entries| entries.get(message_id).map(|body| body.to_vec()))
+            .and_then(|entries| entries.get(message_id).cloned())
     }
 
     /// Whether anything is kept for `message_id`.
@@ -130,7 +145,16 @@ impl OpenedLog {
     pub(crate) fn insert(&self, key: &[u8; 32], message_id: &str, body: &[u8]) -> Result<(), SdkError> {
         self.append(key, message_id, STORED, body)?;
         if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(message_id.to_owned(), Zeroizing::new(body.to_vec()));
+            entries.insert(message_id.to_owned(), Kept::Body(Zeroizing::new(body.to_vec())));
+        }
+        Ok(())
+    }
+
+    /// Keeps a whole content `encoding` for `message_id` (appends one record).
+    pub(crate) fn insert_content(&self, key: &[u8; 32], message_id: &str, encoding: &[u8]) -> Result<(), SdkError> {
+        self.append(key, message_id, STORED_CONTENT, encoding)?;
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(message_id.to_owned(), Kept::Content(Zeroizing::new(encoding.to_vec())));
         }
         Ok(())
     }

@@ -70,7 +70,21 @@ impl Messenger {
         content: &Content,
         lifespan: Option<Duration>,
     ) -> Result<pb::Message, SdkError> {
-        let message_id = new_id();
+        self.send_content_as(session, recipient_user_id, &new_id(), content, lifespan)
+            .await
+    }
+
+    /// [`Self::send_content`] under a message id chosen beforehand (the one a file was uploaded
+    /// for).
+    pub(crate) async fn send_content_as(
+        &self,
+        session: &Session,
+        recipient_user_id: &str,
+        message_id: &str,
+        content: &Content,
+        lifespan: Option<Duration>,
+    ) -> Result<pb::Message, SdkError> {
+        let message_id = message_id.to_owned();
         let mut refresh = false;
         loop {
             let request = self
@@ -154,7 +168,7 @@ impl Messenger {
                 device_ciphertexts.push(wire::device_ciphertext(&peer.user_id, message));
             }
             let archive = match content {
-                Content::Message(_) => {
+                Content::Message(_) | Content::Attachment { .. } => {
                     let context = ArchiveContext {
                         owner_user_id: &me,
                         message_id,
@@ -189,8 +203,12 @@ impl Messenger {
         // This device's own copy is kept, and the advanced ratchets and the request are on disk
         // before the request leaves: a crash now resends these very ciphertexts, and no message
         // key is ever used twice.
-        if let Content::Message(body) = content {
-            self.opened.insert(&*self.local_key()?, message_id, body)?;
+        match content {
+            Content::Message(body) => self.opened.insert(&*self.local_key()?, message_id, body)?,
+            Content::Attachment { .. } => self
+                .opened
+                .insert_content(&*self.local_key()?, message_id, &plaintext)?,
+            _ => {}
         }
         self.persist()?;
         Ok(request)
@@ -363,6 +381,22 @@ impl Messenger {
                 }
                 Ok(Opened::Plain(body.to_vec()))
             }
+            Content::Attachment { caption, attachment } => {
+                self.opened
+                    .insert_content(&*self.local_key()?, &message.message_id, &plaintext)?;
+                self.persist_soon()?;
+                let content = Content::Attachment { caption, attachment };
+                if message.sender_user_id != self.user_id() && message.archive.is_none() {
+                    self.store_archive_copy(session, message, &content).await?;
+                }
+                let Content::Attachment { caption, attachment } = content else {
+                    return Err(SdkError::Protocol("an attachment content changed kind"));
+                };
+                Ok(Opened::Attachment {
+                    caption: caption.to_vec(),
+                    attachment,
+                })
+            }
             Content::HistoryKey { history_key_id, key } => {
                 if message.sender_user_id != self.user_id() {
                     return Err(crypto(
@@ -398,6 +432,10 @@ impl Messenger {
         };
         match copy.open(&device.history, &context) {
             Ok(Content::Message(body)) => Ok(Opened::Plain(body.to_vec())),
+            Ok(Content::Attachment { caption, attachment }) => Ok(Opened::Attachment {
+                caption: caption.to_vec(),
+                attachment,
+            }),
             Ok(_) => Err(SdkError::Protocol("an archive copy of something other than a message")),
             Err(error) => Err(crypto("opening the archive copy", error)),
         }

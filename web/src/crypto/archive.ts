@@ -112,9 +112,11 @@ export interface ArchiveCopy {
   ciphertext: Uint8Array;
 }
 
-/** Seals a kind-1 content under `key` (the ring's current one) with a random nonce, or the given one (tests). */
+/** Seals a content for the user (kind 1 or 4) under `key` (the ring's current one) with a random nonce, or the given one (tests). */
 export function sealArchive(key: HistoryKey, context: ArchiveContext, content: Content, nonce: Uint8Array = randomBytes(NONCE_LEN)): ArchiveCopy {
-  if (content.kind !== 1) throw new CryptoError("UnexpectedContent", "only message contents (kind 1) are archived");
+  if (content.kind !== 1 && content.kind !== 4) {
+    throw new CryptoError("UnexpectedContent", "only contents for the user (kinds 1 and 4) are archived");
+  }
   const aad = archiveAad(context, key.historyKeyId);
   const k = archiveKey(key, context.messageId);
   const plaintext = encodeContent(content);

@@ -120,6 +120,13 @@ export class Reader {
     return value;
   }
 
+  u64(): bigint {
+    if (this.offset + 8 > this.bytes.length) throw this.bad();
+    const value = new DataView(this.bytes.buffer, this.bytes.byteOffset + this.offset, 8).getBigUint64(0, false);
+    this.offset += 8;
+    return value;
+  }
+
   field(): Uint8Array {
     const len = this.u32();
     if (len > this.bytes.length - this.offset) throw this.bad();

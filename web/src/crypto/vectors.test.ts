@@ -284,8 +284,14 @@ describe("protocol-v2.json", () => {
       expect(toHex(encodeContent(content)), c.name).toBe(c.encoding);
       if (content.kind === 1) expect(toHex(content.body), c.name).toBe(c.body);
       if (content.kind === 2) expect(toHex(new Encoder().field(content.historyKeyId).field(content.key).finish()), c.name).toBe(c.body);
+      if (content.kind === 4) {
+        expect(new TextDecoder().decode(content.caption), c.name).toBe("Photo of the rash, taken this morning.");
+        expect(content.attachment.fileLen, c.name).toBe(1_234_567n);
+        expect(content.attachment.mediaType, c.name).toBe("image/jpeg");
+        expect(content.attachment.fileName, c.name).toBe("rash-2026-12-03.jpg");
+      }
     }
-    expect([...kinds].sort()).toEqual([1, 2, 3]);
+    expect([...kinds].sort()).toEqual([1, 2, 3, 4]);
   });
 
   it("archive: archive key, AAD and ciphertext; opening; a copy moved to another owner is refused", () => {

@@ -20,7 +20,7 @@ pub mod ratchet;
 pub mod sessions;
 
 pub use archive::{ArchiveCopy, HistoryKey, HistoryKeyRing};
-pub use content::{Content, MAX_MESSAGE_BODY_LEN};
+pub use content::{AttachmentRef, Content, MAX_ATTACHMENT_LABEL_LEN, MAX_MESSAGE_BODY_LEN};
 pub use device::{
     DeviceBundle, DeviceKeyKind, DeviceList, DeviceListChange, DeviceListTracker, DeviceSecrets, KemPrekeyPublic,
     MAX_DEVICES, PublishedKey, VerifiedDeviceBundle, sign_device_key, verify_device_bundle, verify_device_key,
