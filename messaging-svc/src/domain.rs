@@ -95,11 +95,7 @@ impl MessagingDomain {
                 runtime.db.clone(),
                 runtime.writer.clone(),
                 runtime.outbox.clone(),
-                BlobStore::for_database(
-                    &runtime.db,
-                    &runtime.config.database.url,
-                    &runtime.config.data_dir.join("messaging"),
-                ),
+                BlobStore::for_service(&runtime.config, &runtime.db),
                 settings.attachments,
             ),
         };

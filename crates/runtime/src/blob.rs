@@ -61,6 +61,12 @@ impl BlobStore {
         Self::new(backend)
     }
 
+    /// The store of the service `config` describes, on its database `db` (what the service itself
+    /// uses, and what backup and tests open beside it).
+    pub fn for_service(config: &crate::config::ServiceConfig, db: &DatabaseConnection) -> Self {
+        Self::for_database(db, &config.database.url, &config.data_dir.join(config.service.as_str()))
+    }
+
     /// Files under `dir` (created when the first blob is written).
     pub fn files(dir: impl Into<PathBuf>) -> Self {
         Self::new(Backend::Files(dir.into()))
@@ -227,6 +233,47 @@ impl BlobStore {
             }
             hasher.update(&piece);
             offset += piece.len() as u64;
+        }
+    }
+
+    /// The ids of every stored blob.
+    pub async fn ids(&self) -> Result<Vec<Uuid>, Error> {
+        match &self.backend {
+            Backend::Files(dir) => {
+                let mut entries = match tokio::fs::read_dir(dir).await {
+                    Ok(entries) => entries,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(error) => return Err(Error::internal("listing blobs", error)),
+                };
+                let mut ids = Vec::new();
+                while let Some(entry) = entries
+                    .next_entry()
+                    .await
+                    .map_err(|error| Error::internal("listing blobs", error))?
+                {
+                    let name = entry.file_name();
+                    let id = name
+                        .to_str()
+                        .and_then(|name| name.strip_suffix(".blob"))
+                        .and_then(|id| Uuid::try_parse(id).ok());
+                    ids.extend(id);
+                }
+                ids.sort();
+                Ok(ids)
+            }
+            Backend::Rows(db) => {
+                let rows = db
+                    .query_all_raw(Statement::from_string(
+                        DbBackend::Postgres,
+                        "SELECT DISTINCT blob_id FROM blob_pieces ORDER BY blob_id",
+                    ))
+                    .await
+                    .map_err(|error| Error::internal("listing blobs", error))?;
+                rows.iter()
+                    .map(|row| row.try_get::<Uuid>("", "blob_id"))
+                    .collect::<Result<_, _>>()
+                    .map_err(|error| Error::internal("listing blobs", error))
+            }
         }
     }
 

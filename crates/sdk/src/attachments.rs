@@ -214,14 +214,27 @@ impl Messenger {
         lifespan: Option<Duration>,
         progress: Option<Progress>,
     ) -> Result<pb::Message, SdkError> {
-        let message_id = new_id();
-        let upload = PreparedUpload::new(file, &message_id)?;
+        let upload = PreparedUpload::new(file, &new_id())?;
         let attachment = self.upload_attachment(session, &upload, progress).await?;
+        self.send_attachment(session, recipient_user_id, &upload, attachment, caption, lifespan)
+            .await
+    }
+
+    /// Sends the message an upload was prepared for, naming its uploaded `attachment`.
+    pub async fn send_attachment(
+        &self,
+        session: &Session,
+        recipient_user_id: &str,
+        upload: &PreparedUpload,
+        attachment: AttachmentRef,
+        caption: &str,
+        lifespan: Option<Duration>,
+    ) -> Result<pb::Message, SdkError> {
         let content = Content::Attachment {
             caption: Zeroizing::new(caption.as_bytes().to_vec()),
             attachment,
         };
-        self.send_content_as(session, recipient_user_id, &message_id, &content, lifespan)
+        self.send_content_as(session, recipient_user_id, &upload.message_id, &content, lifespan)
             .await
     }
 
