@@ -15,7 +15,7 @@ import { RecordsClient } from "./records";
 
 export { describeError };
 export type { Aal, ErrorView, Operation, RoleName, SessionInfo };
-export { RECORD_KINDS, RecordsClient, fhirProblem, type OpenedRecord, type PatientRef, type RecordSummary, type VersionEntry } from "./records";
+export { RECORD_KINDS, RecordsClient, fhirProblem, type AccessEntry, type EmergencyGrant, type OpenedRecord, type PatientRef, type RecordSummary, type VersionEntry } from "./records";
 
 export interface Registered {
   readonly username: string;

@@ -11,6 +11,8 @@ import { Code, ConnectError, createClient, type Client } from "@connectrpc/conne
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 
 import { AbeService } from "../gen/caremesh/abe/v1/abe_pb";
+import { AuditService } from "../gen/caremesh/audit/v1/audit_pb";
+import { AuditAction, AuditOutcome } from "../gen/caremesh/audit/v1/audit_event_pb";
 import { AuthService } from "../gen/caremesh/auth/v1/auth_pb";
 import { KeyDirectoryService } from "../gen/caremesh/messaging/v1/keys_pb";
 import { RecordsService, RecordView, type Record as PbRecord } from "../gen/caremesh/records/v1/records_pb";
@@ -62,6 +64,26 @@ export interface PatientRef {
   readonly userId: string;
   readonly username: string;
   readonly displayName: string;
+}
+
+/** One line of the patient's "who accessed my records" report. */
+export interface AccessEntry {
+  readonly at: Date | null;
+  readonly who: string;
+  readonly role: string;
+  readonly action: string;
+  readonly operation: string;
+  readonly purpose: string;
+  readonly emergency: boolean;
+  readonly outcome: string;
+}
+
+/** A granted break-glass access. */
+export interface EmergencyGrant {
+  readonly grantId: string;
+  readonly patientId: string;
+  readonly reason: string;
+  readonly expires: Date | null;
 }
 
 /** Where this browser's account identity comes from (the device state, once it exists). */
@@ -138,6 +160,7 @@ export class RecordsClient {
   private readonly abe: Client<typeof AbeService>;
   private readonly keyDirectory: Client<typeof KeyDirectoryService>;
   private readonly auth: Client<typeof AuthService>;
+  private readonly audit: Client<typeof AuditService>;
   private params: { version: string; params: PublicParams } | null = null;
   private keys: { keyId: string; paramsVersion: string; expires: number; key: UserKey }[] = [];
   private identities = new Map<string, IdentityPublicKey>();
@@ -154,6 +177,7 @@ export class RecordsClient {
     this.abe = createClient(AbeService, transport);
     this.keyDirectory = createClient(KeyDirectoryService, transport);
     this.auth = createClient(AuthService, transport);
+    this.audit = createClient(AuditService, transport);
     // Keys belong to the signed-in account: forget them when it changes or signs out.
     session.subscribe((info) => {
       if (info === null || info.userId !== this.userIdSeen) this.forget();
@@ -166,6 +190,54 @@ export class RecordsClient {
   /** Use the device state's account identity (the messaging device) instead of a records-only one. */
   useIdentitySource(source: IdentitySource): void {
     this.identitySource = source;
+  }
+
+  /** Who accessed your records (patients): newest first, other people's accesses only. */
+  async accessReport(): Promise<AccessEntry[]> {
+    const response = await this.audit.listPatientAccesses({ patientId: this.userId(), pageSize: 200, includeOwn: false });
+    return response.accesses.map((a) => ({
+      at: a.accessTime ? timestampDate(a.accessTime) : null,
+      who: a.actorDisplayName || a.actorUsername || a.actorUserId,
+      role: a.actorRole,
+      action: (AuditAction[a.action] ?? "UNSPECIFIED").toLowerCase(),
+      operation: a.operation,
+      purpose: a.purposeOfUse,
+      emergency: a.emergency,
+      outcome: (AuditOutcome[a.outcome] ?? "UNSPECIFIED").toLowerCase(),
+    }));
+  }
+
+  /**
+   * Break glass (doctors): asks for emergency access to `patientId`'s records with a reason; keeps
+   * the `emergency:<patient>` key it comes with, and refreshes the session so the access token
+   * carries the attribute too (records-svc checks both). Audited; auditors are alerted.
+   */
+  async requestEmergencyAccess(patientId: string, reason: string, minutes: number): Promise<EmergencyGrant> {
+    const identity = await this.identity();
+    const response = await this.abe.requestEmergencyAccess({
+      patientId,
+      reason,
+      duration: { seconds: BigInt(Math.round(minutes * 60)), nanos: 0 },
+      identityKeyId: identity.keyId,
+    });
+    const issued = response.userKey;
+    const grant = response.grant;
+    if (!issued?.sealedKey || !grant) throw new Error("the authority answered without the grant or its key");
+    if (issued.userId !== this.userId()) throw new Error("the authority issued a key for another user");
+    const key = openSealedUserKey(identity, issued.userId, issued.keyId, issued.sealedKey);
+    const expires = issued.expireTime ? timestampDate(issued.expireTime).getTime() : 0;
+    this.keys.push({ keyId: issued.keyId, paramsVersion: issued.paramsVersion, expires, key });
+    const refreshToken = this.session.refreshToken;
+    if (refreshToken !== null) {
+      const refreshed = await this.auth.refresh({ refreshToken });
+      if (refreshed.tokens) this.session.set(refreshed.tokens);
+    }
+    return {
+      grantId: grant.grantId,
+      patientId: grant.patientId,
+      reason: grant.reason,
+      expires: grant.expireTime ? timestampDate(grant.expireTime) : null,
+    };
   }
 
   /** Drops attribute keys and any identity held for records. */

@@ -114,12 +114,12 @@ export function decodeG1(bytes: Uint8Array, object = "G1 point"): G1Point {
   let point: G1Point;
   try {
     point = G1.fromBytes(bytes);
+    // On the curve and in the prime-order subgroup (noble's assertValidity runs isTorsionFree).
     point.assertValidity();
   } catch {
     throw malformed(object, "a G1 element is not a point of the prime-order subgroup");
   }
   if (point.is0()) throw malformed(object, "a G1 element is the identity");
-  if (!point.isTorsionFree()) throw malformed(object, "a G1 element is outside the prime-order subgroup");
   if (!ctEqual(point.toBytes(true), bytes)) throw malformed(object, "a G1 element is not canonically encoded");
   return point;
 }
@@ -134,7 +134,6 @@ export function decodeG2(bytes: Uint8Array, object = "G2 point"): G2Point {
     throw malformed(object, "a G2 element is not a point of the prime-order subgroup");
   }
   if (point.is0()) throw malformed(object, "a G2 element is the identity");
-  if (!point.isTorsionFree()) throw malformed(object, "a G2 element is outside the prime-order subgroup");
   if (!ctEqual(point.toBytes(true), bytes)) throw malformed(object, "a G2 element is not canonically encoded");
   return point;
 }

@@ -7,7 +7,7 @@
 import type { JSX } from "preact";
 import { useEffect, useState } from "preact/hooks";
 
-import type { OpenedRecord, PatientRef, RecordSummary, VersionEntry } from "../../client";
+import type { AccessEntry, EmergencyGrant, OpenedRecord, PatientRef, RecordSummary, VersionEntry } from "../../client";
 import { Button, ErrorPanel, Field, ScreenTitle, useOperation } from "../../app/components";
 import { useClient } from "../../app/context";
 import { href } from "../../app/router";
@@ -35,6 +35,116 @@ function Meta(props: { record: RecordSummary }): JSX.Element {
         </>
       ) : null}
     </p>
+  );
+}
+
+/** The patient's accounting of disclosures: who accessed their records, when, how and why. */
+function AccessReport(): JSX.Element {
+  const client = useClient();
+  const load = useOperation("session");
+  const [entries, setEntries] = useState<AccessEntry[] | null>(null);
+  const show = () =>
+    void load.run(async () => {
+      setEntries(await client.records.accessReport());
+    });
+  return (
+    <section aria-labelledby="access-report">
+      <h2 id="access-report">Who accessed my records</h2>
+      <Button type="button" variant="secondary" busy={load.busy} busyLabel="Loading…" onClick={show}>
+        {entries === null ? "Show who accessed my records" : "Refresh the report"}
+      </Button>
+      <ErrorPanel error={load.error} />
+      {entries !== null && entries.length === 0 ? <p>Nobody else has accessed your records.</p> : null}
+      {entries !== null && entries.length > 0 ? (
+        <ul class="records-list" data-testid="access-report">
+          {entries.map((e, i) => (
+            <li class="record-item" key={i}>
+              <strong>{e.who}</strong> ({e.role}) · {e.action} · {e.operation}
+              <p class="record-meta">
+                {e.at ? e.at.toLocaleString() : ""} · {e.outcome}
+                {e.purpose ? ` · purpose: ${e.purpose}` : ""}
+                {e.emergency ? (
+                  <>
+                    {" "}
+                    <span class="badge-error">Emergency access</span>
+                  </>
+                ) : null}
+              </p>
+            </li>
+          ))}
+        </ul>
+      ) : null}
+    </section>
+  );
+}
+
+/** Time left until `until`, updated every second (mm:ss). */
+function Countdown(props: { until: Date; onExpired: () => void }): JSX.Element {
+  const [now, setNow] = useState(Date.now());
+  useEffect(() => {
+    const timer = setInterval(() => setNow(Date.now()), 1000);
+    return () => clearInterval(timer);
+  }, []);
+  const left = Math.max(0, Math.round((props.until.getTime() - now) / 1000));
+  useEffect(() => {
+    if (left === 0) props.onExpired();
+  }, [left === 0]);
+  const text = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+  return (
+    <span role="timer" aria-label={`Emergency access ends in ${text}`} data-testid="countdown">
+      {text}
+    </span>
+  );
+}
+
+/** Break glass: emergency access to a patient's records, with a reason, for a limited time. */
+function EmergencyAccess(props: { patient: PatientRef; onGranted: () => void }): JSX.Element {
+  const client = useClient();
+  const op = useOperation("session");
+  const [reason, setReason] = useState("");
+  const [minutes, setMinutes] = useState("30");
+  const [grant, setGrant] = useState<EmergencyGrant | null>(null);
+  const [expired, setExpired] = useState(false);
+  const submit = (event: Event) => {
+    event.preventDefault();
+    void op.run(async () => {
+      setGrant(await client.records.requestEmergencyAccess(props.patient.userId, reason.trim(), Number(minutes)));
+      setExpired(false);
+      props.onGranted();
+    });
+  };
+  if (grant && grant.expires && !expired) {
+    return (
+      <div class="notice" data-testid="emergency-active">
+        <p>
+          <strong>Emergency access is active</strong> for {props.patient.displayName || props.patient.username}. It is
+          audited and the auditors are alerted. Time left: <Countdown until={grant.expires} onExpired={() => setExpired(true)} />
+        </p>
+      </div>
+    );
+  }
+  return (
+    <form class="records-form" onSubmit={submit} aria-labelledby="break-glass">
+      <h3 id="break-glass">Emergency access (break glass)</h3>
+      <p class="hint">
+        Only in an emergency: you get access to this patient's records for a limited time. Every use is audited, the
+        auditors are alerted and the patient sees it.
+      </p>
+      {expired ? <p role="status">Your emergency access has ended.</p> : null}
+      <Field id="eg-reason" label="Reason (no clinical detail)" value={reason} onInput={setReason} required maxLength={500} />
+      <div class="field">
+        <label for="eg-minutes">For how long</label>
+        <select id="eg-minutes" value={minutes} onChange={(e) => setMinutes((e.currentTarget as HTMLSelectElement).value)}>
+          <option value="15">15 minutes</option>
+          <option value="30">30 minutes</option>
+          <option value="60">1 hour</option>
+        </select>
+      </div>
+      <ErrorPanel error={op.error} />
+      <Button type="submit" variant="secondary" busy={op.busy} busyLabel="Requesting…">
+        Request emergency access
+      </Button>
+    </form>
   );
 }
 
@@ -102,6 +212,7 @@ function MyRecords(): JSX.Element {
           Refresh
         </Button>
       ) : null}
+      <AccessReport />
     </>
   );
 }
@@ -269,6 +380,7 @@ function PatientRecords(props: { canWrite: boolean }): JSX.Element {
               <PatientRecord key={`${r.recordId}-${r.version}-${r.enteredInError ? 1 : 0}`} record={r} canWrite={props.canWrite} onChanged={() => load(patient)} />
             ))}
           </ul>
+          {props.canWrite ? <EmergencyAccess patient={patient} onGranted={() => load(patient)} /> : null}
           {props.canWrite && !writing ? (
             <Button type="button" onClick={() => setWriting(true)}>
               Write a record
