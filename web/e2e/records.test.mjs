@@ -6,7 +6,7 @@
 // A tampered ciphertext is never shown as content (vitest covers that at the crypto layer).
 
 import { execFile } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it, after } from "node:test";
@@ -95,6 +95,16 @@ async function doctor(username, attributes, withCarectlMfa) {
   return secret;
 }
 
+/** Waits for `text`; on timeout, fails with what the page shows instead. */
+async function shows(page, text, timeout = 30_000) {
+  try {
+    await page.getByText(text).first().waitFor({ timeout });
+  } catch (error) {
+    const shown = await page.locator("main").innerText().catch(() => "?");
+    throw new Error(`"${text}" did not show; the page shows:\n${shown}`, { cause: error });
+  }
+}
+
 async function gotoRecords(page) {
   await page.getByRole("link", { name: "Records" }).click();
 }
@@ -167,7 +177,7 @@ describe("records in the browser", () => {
       await dpage.getByLabel("Who else may read it").fill('"role:doctor" and "dept:oncology"');
       await checkScreen(dpage, "records-doctor-form", opened.violations);
       await dpage.getByRole("button", { name: "Encrypt and save" }).click();
-      await dpage.getByText(/Saved Condition, version 1/).waitFor({ timeout: 90_000 });
+      await shows(dpage, /Saved Condition, version 1/, 90_000);
 
       // The doctor's own record opens for them, and its history verifies.
       const item = dpage.getByTestId("record").filter({ hasText: "Condition" });
@@ -178,6 +188,34 @@ describe("records in the browser", () => {
       await item.getByTestId("verification").first().waitFor({ timeout: 60_000 });
       assert.equal(await item.getByTestId("verification").first().textContent(), "Signature and hash chain verified");
       await checkScreen(dpage, "records-doctor-history", opened.violations);
+
+      // A second version through the raw JSON editor (prefilled with the opened content): the
+      // history then shows two versions, each verified and chained.
+      const resolved = unique("AF2-marker-");
+      await item.getByRole("button", { name: "New version" }).click();
+      const editor = item.getByLabel("FHIR JSON", { exact: true });
+      assert.match(await editor.inputValue(), new RegExp(condition));
+      await editor.fill(JSON.stringify({ resourceType: "Condition", clinicalStatus: { text: "resolved" }, code: { text: resolved } }));
+      await item.getByRole("button", { name: "Save new version" }).click();
+      const item2 = dpage.getByTestId("record").filter({ hasText: "Version 2" });
+      await item2.waitFor({ timeout: 90_000 });
+      await item2.getByRole("button", { name: "History" }).click();
+      await item2.getByTestId("verification").nth(1).waitFor({ timeout: 60_000 });
+      assert.deepEqual(await item2.getByTestId("verification").allTextContents(), [
+        "Signature and hash chain verified",
+        "Signature and hash chain verified",
+      ]);
+      // Raw JSON that is not the declared kind is refused before anything is encrypted.
+      await item2.getByRole("button", { name: "New version" }).click();
+      await item2.getByLabel("Edit as raw FHIR JSON").check();
+      await item2.getByLabel("FHIR JSON", { exact: true }).fill('{"resourceType":"Observation"}');
+      await item2.getByRole("button", { name: "Save new version" }).click();
+      await shows(item2, "the content is a FHIR Observation, not a Condition");
+      // Entered in error: stays listed, marked.
+      await item2.getByRole("button", { name: "Entered in error" }).click();
+      await item2.getByLabel("Why is it in error?").selectOption("WRONG_PATIENT");
+      await item2.getByRole("button", { name: "Mark entered in error" }).click();
+      await shows(dpage, "Entered in error: WRONG_PATIENT");
 
       // Break glass: the oncologist opens the cardiology record through emergency access, with a
       // reason and a visible countdown.
@@ -197,7 +235,8 @@ describe("records in the browser", () => {
       await page.getByTestId("record-content").nth(1).waitFor({ timeout: 90_000 });
       const all = (await page.getByTestId("record-content").allTextContents()).join("\n");
       assert.match(all, new RegExp(marker));
-      assert.match(all, new RegExp(condition));
+      assert.match(all, new RegExp(resolved));
+      await shows(page, "Entered in error: WRONG_PATIENT");
 
       // The patient's report shows the doctor's accesses, the emergency one marked (the audit
       // log is fed asynchronously: ask again until it shows).
@@ -218,12 +257,31 @@ describe("records in the browser", () => {
       // identity; done last, as it replaces the one the browser published.)
       const records = await carectl(patient, ["login", patient, "--password-stdin", "--totp", (await waitForStep(patientMfa.secret), nextCode(patientMfa.secret))], `${PASSWORD}\n`)
         .then(() => carectl(patient, ["device", "new-identity"]))
-        .then(() => carectl(patient, ["records", "list"]));
+        .then(() => carectl(patient, ["records", "list", "--include-entered-in-error"]));
       const browserWritten = records.find((r) => r.kind === "Condition");
       assert.ok(browserWritten, "carectl lists the browser-written record");
       const read = await carectl(patient, ["records", "get", browserWritten.record_id]);
-      assert.equal(read.content.code.text, condition);
+      assert.equal(read.content.code.text, resolved);
       assert.equal(read.content.resourceType, "Condition");
+      assert.equal(read.version, 2);
+      const first = await carectl(patient, ["records", "get", browserWritten.record_id, "--version", "1"]);
+      assert.equal(first.content.code.text, condition);
+
+      // No record text reaches the server's files in the clear (databases, blobs, logs).
+      const files = [];
+      const walk = (dir) => {
+        for (const entry of readdirSync(dir, { withFileTypes: true })) {
+          const path = join(dir, entry.name);
+          if (entry.isDirectory()) walk(path);
+          else if (entry.isFile()) files.push(path);
+        }
+      };
+      walk(process.env.E2E_DATA_DIR);
+      assert.ok(files.some((f) => /records/.test(f)), `no records-svc files among ${files.length}`);
+      for (const file of files) {
+        const bytes = readFileSync(file);
+        for (const text of [marker, condition, resolved]) assert.equal(bytes.includes(text), false, `${text} in ${file}`);
+      }
     } finally {
       await doctorContext?.close();
       await context.close();

@@ -259,7 +259,7 @@ function PatientRecord(props: { record: RecordSummary; canWrite: boolean; onChan
   const op = useOperation("session");
   const [opened, setOpened] = useState<OpenedRecord | null>(null);
   const [panel, setPanel] = useState<"none" | "history" | "error" | "edit">("none");
-  const [reason, setReason] = useState("");
+  const [reason, setReason] = useState("WRONG_PATIENT");
   const r = props.record;
   const id = r.recordId;
 
@@ -270,7 +270,7 @@ function PatientRecord(props: { record: RecordSummary; canWrite: boolean; onChan
   const mark = (event: Event) => {
     event.preventDefault();
     void op.run(async () => {
-      await client.records.markEnteredInError(id, 0, reason.trim());
+      await client.records.markEnteredInError(id, 0, reason);
       setPanel("none");
       props.onChanged();
     });
@@ -307,7 +307,16 @@ function PatientRecord(props: { record: RecordSummary; canWrite: boolean; onChan
       {panel === "history" ? <History recordId={id} /> : null}
       {panel === "error" ? (
         <form onSubmit={mark}>
-          <Field id={`eie-${id}`} label="Why is it in error?" value={reason} onInput={setReason} required maxLength={500} />
+          <div class="field">
+            <label for={`eie-${id}`}>Why is it in error?</label>
+            <select id={`eie-${id}`} value={reason} onChange={(e) => setReason((e.currentTarget as HTMLSelectElement).value)}>
+              {/* Reasons are codes, never health data (records-svc refuses free text). */}
+              <option value="WRONG_PATIENT">Wrong patient</option>
+              <option value="DUPLICATE">Duplicate</option>
+              <option value="WRONG_CONTENT">Wrong content</option>
+              <option value="ENTERED_BY_MISTAKE">Entered by mistake</option>
+            </select>
+          </div>
           <Button type="submit" busy={op.busy} busyLabel="Marking…">
             Mark entered in error
           </Button>
