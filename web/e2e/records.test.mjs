@@ -95,6 +95,26 @@ async function doctor(username, attributes, withCarectlMfa) {
   return secret;
 }
 
+/** Flips one bit of a record version's ciphertext in whichever SQLite file holds record_versions. */
+const TAMPER = `
+import sqlite3, sys
+record_id, paths = sys.argv[1], sys.argv[2:]
+for path in paths:
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        if not db.execute("select 1 from sqlite_master where name = 'record_versions'").fetchone():
+            continue
+        (blob,) = db.execute("select ciphertext from record_versions where record_id = ? and version = 1", (record_id,)).fetchone()
+        bad = bytearray(blob)
+        bad[0] ^= 1
+        cur = db.execute("update record_versions set ciphertext = ? where record_id = ? and version = 1", (bytes(bad), record_id))
+        db.commit()
+        print(cur.rowcount)
+        break
+    finally:
+        db.close()
+`;
+
 /** Waits for `text`; on timeout, fails with what the page shows instead. */
 async function shows(page, text, timeout = 30_000) {
   try {
@@ -146,7 +166,7 @@ describe("records in the browser", () => {
       assert.ok(written.record_id, "carectl returned the record id");
 
       // The patient reloads the list: decrypted in the browser, signature and hash checked.
-      await page.getByRole("button", { name: "Refresh" }).click();
+      await page.getByRole("button", { name: "Reload my records" }).click();
       const content = page.getByTestId("record-content").first();
       await content.waitFor({ timeout: 90_000 });
       assert.match(await content.textContent(), new RegExp(marker));
@@ -231,7 +251,7 @@ describe("records in the browser", () => {
       await checkScreen(dpage, "records-break-glass", opened.violations);
 
       // The patient sees both records, decrypted in the browser.
-      await page.getByRole("button", { name: "Refresh" }).click();
+      await page.getByRole("button", { name: "Reload my records" }).click();
       await page.getByTestId("record-content").nth(1).waitFor({ timeout: 90_000 });
       const all = (await page.getByTestId("record-content").allTextContents()).join("\n");
       assert.match(all, new RegExp(marker));
@@ -282,6 +302,23 @@ describe("records in the browser", () => {
         const bytes = readFileSync(file);
         for (const text of [marker, condition, resolved]) assert.equal(bytes.includes(text), false, `${text} in ${file}`);
       }
+
+      // A ciphertext tampered with in records-svc's database shows an error in the browser, not
+      // content: the author's signature covers it.
+      const databases = files.filter((f) => readFileSync(f).subarray(0, 16).toString("latin1") === "SQLite format 3\u0000");
+      const changed = await new Promise((resolve, reject) =>
+        execFile("python3", ["-c", TAMPER, written.record_id, ...databases], (error, stdout, stderr) =>
+          error ? reject(new Error(stderr || error.message)) : resolve(stdout.trim()),
+        ),
+      );
+      assert.equal(changed, "1", "one record version tampered with");
+      await page.getByRole("button", { name: "Reload my records" }).click();
+      await shows(page, "Not shown:", 90_000);
+      assert.match(await page.getByTestId("my-records").textContent(), /Not shown: BadSignature: the record author signature is invalid/);
+      const after = (await page.getByTestId("record-content").allTextContents()).join("\n");
+      assert.doesNotMatch(after, new RegExp(marker));
+      assert.match(after, new RegExp(resolved));
+      await checkScreen(page, "records-tampered", violations);
     } finally {
       await doctorContext?.close();
       await context.close();

@@ -209,7 +209,7 @@ function MyRecords(): JSX.Element {
       ) : null}
       {records !== null ? (
         <Button type="button" variant="secondary" onClick={refresh}>
-          Refresh
+          Reload my records
         </Button>
       ) : null}
       <AccessReport />
