@@ -10,7 +10,9 @@ import { describe, expect, it } from "vitest";
 import { REPO_ROOT, hex, type Json } from "../../test/support.js";
 import { toHex } from "./bytes.js";
 import { CryptoError } from "./errors.js";
-import { Ciphertext, decapsulate, encapsulate, FameError, hashAttribute, Policy, PublicParams, UserKey } from "./fame.js";
+import { bls12_381 } from "@noble/curves/bls12-381.js";
+
+import { Ciphertext, decapsulate, doubleExp, encapsulate, FameError, hashAttribute, Policy, PublicParams, UserKey } from "./fame.js";
 import {
   openSealedUserKey,
   openUnderPolicy,
@@ -28,6 +30,7 @@ import { IdentityKeyPair } from "./identity.js";
 const vectors: Json = JSON.parse(readFileSync(join(REPO_ROOT, "docs/vectors/fame-v1.json"), "utf8"));
 const keys = new Map<string, UserKey>(vectors.keys.map((k: Json) => [k.name, UserKey.fromBytes(hex(k.user_key))]));
 const params = PublicParams.fromBytes(hex(vectors.public_params));
+const { Fp12 } = bls12_381.fields;
 const text = (bytes: Uint8Array): string => new TextDecoder().decode(bytes);
 
 function fameError(run: () => unknown): FameError {
@@ -109,6 +112,18 @@ describe("FAME encryption in TypeScript", () => {
     const sealed = sealUnderPolicy(params, policy, aad, content);
     for (const name of ["patient", "oncologist", "emergency"]) expect(text(openUnderPolicy(keys.get(name)!, sealed, aad))).toBe(text(content));
     expect(fameError(() => openUnderPolicy(keys.get("cardiologist")!, sealed, aad)).code).toBe("PolicyNotSatisfied");
+  });
+
+  it("computes T1^s1 T2^s2 on a fixed schedule equal to the plain powers", () => {
+    const [t1, t2] = params.t;
+    for (const [e1, e2] of [
+      [1n, 2n],
+      [0n, 5n],
+      [(1n << 254n) + 12345n, 0x73eda753299d7d483339d80809a1d80553bda402fffe5bfeffffffff00000000n],
+    ] as const) {
+      const expected = Fp12.mul(Fp12.pow(t1, e1), Fp12.pow(t2, e2));
+      expect(Fp12.eql(doubleExp(t1, t2, e1, e2), expected)).toBe(true);
+    }
   });
 
   it("hashes to G1 with RFC 9380 and the caremesh tag (distinct per input)", () => {

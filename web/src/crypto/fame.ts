@@ -438,9 +438,26 @@ function randomScalar(random: (n: number) => Uint8Array): bigint {
 }
 
 /**
- * Encapsulates a fresh data key under `policy`: `{ dataKey, ciphertext }`. Not constant time in
- * the exponents `s1, s2` for the G_T part (noble's Fp12 power branches on the bits); the G1/G2
- * multiplications are noble's constant-time ones.
+ * `t1^e1 · t2^e2` in G_T on a fixed schedule, as crates/abe/src/fp12.rs does: per bit (255, from
+ * the top) one cyclotomic squaring and one multiplication by `[1, t1, t2, t1·t2][b1 + 2·b2]`, so
+ * the sequence of operations does not depend on the secret exponents (noble's `Fp12.pow` skips
+ * zero bits). BigInt arithmetic and the table lookup are not constant time: best effort.
+ */
+export function doubleExp(t1: Fp12Value, t2: Fp12Value, e1: bigint, e2: bigint): Fp12Value {
+  const table = [Fp12.ONE, t1, t2, Fp12.mul(t1, t2)];
+  let acc = Fp12.ONE;
+  for (let bit = 254n; bit >= 0n; bit--) {
+    acc = Fp12._cyclotomicSquare(acc);
+    const index = Number(((e1 >> bit) & 1n) | (((e2 >> bit) & 1n) << 1n));
+    acc = Fp12.mul(acc, table[index]!);
+  }
+  return acc;
+}
+
+/**
+ * Encapsulates a fresh data key under `policy`: `{ dataKey, ciphertext }`. The G1/G2
+ * multiplications by the secret `s1, s2` are noble's constant-time `multiply`; the G_T mask uses
+ * [`doubleExp`].
  */
 export function encapsulate(
   pp: PublicParams,
@@ -477,7 +494,7 @@ export function encapsulate(
       rows.push(row);
     }
     if (ct0.some((p) => p.is0()) || rows.flat().some((p) => p.is0())) continue;
-    const maskValue = Fp12.mul(Fp12.pow(pp.t[0], s1), Fp12.pow(pp.t[1], s2));
+    const maskValue = doubleExp(pp.t[0], pp.t[1], s1, s2);
     if (Fp12.eql(maskValue, Fp12.ONE)) continue;
     const ciphertext = Ciphertext.fromParts(policy, ct0, rows);
     const mask = fp12ToBytes(maskValue);
