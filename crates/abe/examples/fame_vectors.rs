@@ -341,6 +341,45 @@ pub fn generate() -> String {
             "    },\n"
         });
     }
+    out.push_str("  ],\n");
+
+    // Policy texts with their canonical form and leaves (one per span-program row), or null when
+    // the parser refuses them: the policy language other implementations must match.
+    let texts = [
+        r#""a:x""#,
+        r#"(("a:x"))"#,
+        r#""a:x" AND ("b:y" and "c:z")"#,
+        r#" ("a:x" or "b:y") and "c:z" "#,
+        r#"("a:x" and "b:y") or ("a:x" and "c:z")"#,
+        r#""role:doctor" and ("dept:cardiology" or "dept:emergency") and "site:north""#,
+        r#""patient:0193c6b1-1a2b-7c3d-8e4f-5a6b7c8d9e0f" or "emergency:0193c6b1-1a2b-7c3d-8e4f-5a6b7c8d9e0f""#,
+        r#""a:x" and "b:y" or "c:z""#,
+        r#"a:x"#,
+        r#""ax""#,
+        r#"("a:x""#,
+        r#""a:x")"#,
+        r#""a:x" and"#,
+        r#""A:x""#,
+        r#""a:""#,
+        r#""a:x y""#,
+        "",
+    ];
+    out.push_str("  \"policies\": [\n");
+    for (i, text) in texts.iter().enumerate() {
+        out.push_str("    {\n");
+        out.push_str(&format!("      \"text\": {},\n", js(text)));
+        match Policy::parse(text) {
+            Ok(policy) => {
+                out.push_str(&format!("      \"canonical\": {},\n", js(&policy.canonical())));
+                out.push_str(&format!("      \"leaves\": {}\n", list(&policy.leaves())));
+            }
+            Err(_) => {
+                out.push_str("      \"canonical\": null,\n");
+                out.push_str("      \"leaves\": null\n");
+            }
+        }
+        out.push_str(if i + 1 == texts.len() { "    }\n" } else { "    },\n" });
+    }
     out.push_str("  ]\n}\n");
     out
 }

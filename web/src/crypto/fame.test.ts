@@ -135,6 +135,18 @@ describe("FAME encryption in TypeScript", () => {
 });
 
 describe("policies", () => {
+  for (const p of vectors.policies as Json[]) {
+    it(`as crates/abe parses ${JSON.stringify(p.text)}`, () => {
+      if (p.canonical === null) {
+        expect(() => Policy.parse(p.text)).toThrow();
+      } else {
+        const policy = Policy.parse(p.text);
+        expect(policy.canonical()).toBe(p.canonical);
+        expect(policy.leaves()).toEqual(p.leaves);
+      }
+    });
+  }
+
   it("parse to the canonical form, flattening and dropping redundant parentheses", () => {
     expect(Policy.parse('"a:x" AND ("b:y" and "c:z")').canonical()).toBe('"a:x" and "b:y" and "c:z"');
     expect(Policy.parse('(("a:x"))').canonical()).toBe('"a:x"');
