@@ -249,6 +249,9 @@ describe("records in the browser", () => {
       await observation.getByTestId("record-content").waitFor({ timeout: 60_000 });
       assert.match(await observation.getByTestId("record-content").textContent(), new RegExp(marker));
       await checkScreen(dpage, "records-break-glass", opened.violations);
+      // The doctor's screens at phone size too (the form, list, history and countdown).
+      await dpage.setViewportSize(PHONE);
+      await checkScreen(dpage, "records-doctor", opened.violations);
 
       // The patient sees both records, decrypted in the browser.
       await page.getByRole("button", { name: "Reload my records" }).click();
