@@ -386,7 +386,15 @@ function PatientRecords(props: { canWrite: boolean }): JSX.Element {
           {records.length === 0 ? <p>No records yet.</p> : null}
           <ul class="records-list" data-testid="patient-records">
             {records.map((r) => (
-              <PatientRecord key={`${r.recordId}-${r.version}-${r.enteredInError ? 1 : 0}`} record={r} canWrite={props.canWrite} onChanged={() => load(patient)} />
+              <PatientRecord
+                key={`${r.recordId}-${r.version}-${r.enteredInError ? 1 : 0}`}
+                record={r}
+                canWrite={props.canWrite}
+                onChanged={() => {
+                  setSaved("");
+                  load(patient);
+                }}
+              />
             ))}
           </ul>
           {props.canWrite ? <EmergencyAccess patient={patient} onGranted={() => load(patient)} /> : null}
