@@ -10,6 +10,7 @@ import { MfaScreen } from "../features/auth/MfaScreen";
 import { RegisterScreen } from "../features/auth/RegisterScreen";
 import { SecondFactorScreen } from "../features/auth/SecondFactorScreen";
 import { SignInScreen } from "../features/auth/SignInScreen";
+import { RecordsScreen } from "../features/records/RecordsScreen";
 import { Button, ErrorPanel, useOperation } from "./components";
 import { ClientContext } from "./context";
 import { navigate, useRoute, type Route } from "./router";
@@ -64,6 +65,9 @@ export function App(props: { client: CaremeshClient }): JSX.Element {
       break;
     case "home":
       screen = <HomeScreen />;
+      break;
+    case "records":
+      screen = <RecordsScreen />;
       break;
     default:
       screen = null;

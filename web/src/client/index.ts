@@ -11,9 +11,11 @@ import { Role, UserStatus } from "../gen/caremesh/auth/v1/user_pb";
 import { describeError, type ErrorView, type Operation } from "./errors";
 import { aalName, roleName, SessionStore, type Aal, type RoleName, type SessionInfo } from "./session";
 import { createTransport } from "./transport";
+import { RecordsClient } from "./records";
 
 export { describeError };
 export type { Aal, ErrorView, Operation, RoleName, SessionInfo };
+export { RECORD_KINDS, RecordsClient, fhirProblem, type AccessEntry, type EmergencyGrant, type OpenedRecord, type PatientRef, type RecordSummary, type VersionEntry } from "./records";
 
 export interface Registered {
   readonly username: string;
@@ -64,6 +66,8 @@ function statusName(status: UserStatus): Registered["status"] {
 export class CaremeshClient {
   private readonly auth: Client<typeof AuthService>;
   readonly session: SessionStore;
+  /** Patient records, decrypted in the browser (./records.ts). */
+  readonly records: RecordsClient;
   /** The half-finished login's challenge (memory only, single use). */
   private challenge: string | null = null;
 
@@ -76,6 +80,7 @@ export class CaremeshClient {
       return response.tokens;
     });
     this.auth = createClient(AuthService, createTransport(baseUrl, () => this.session.accessToken()));
+    this.records = new RecordsClient(baseUrl, this.session);
   }
 
   async register(input: { username: string; displayName: string; password: string }): Promise<Registered> {

@@ -1,0 +1,534 @@
+// Patient records for the UI (DESIGN.md §4), as the Rust SDK's records client does it
+// (crates/sdk/src/records.rs, abe.rs): list a patient's records, read one (author signature and
+// version hash checked, then FAME-decrypted in the browser with an attribute key that
+// abe-authority-svc sealed to this account's identity key), write and edit (FHIR JSON checked,
+// patient and emergency clauses added, sealed under the policy, signed, hash-chained), version
+// history with its verification status, and entered-in-error. records-svc sees ciphertext only.
+//
+// Attribute keys and public parameters stay in memory (this object); nothing is stored.
+
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+
+import { AbeService } from "../gen/caremesh/abe/v1/abe_pb";
+import { AuditService } from "../gen/caremesh/audit/v1/audit_pb";
+import { AuditAction, AuditOutcome } from "../gen/caremesh/audit/v1/audit_event_pb";
+import { AuthService } from "../gen/caremesh/auth/v1/auth_pb";
+import { KeyDirectoryService } from "../gen/caremesh/messaging/v1/keys_pb";
+import { RecordsService, RecordView, type Record as PbRecord } from "../gen/caremesh/records/v1/records_pb";
+import { Encoder, newId, toHex, wipe } from "../crypto/bytes";
+import { Policy, PublicParams, UserKey } from "../crypto/fame";
+import {
+  openSealedUserKey,
+  openUnderPolicy,
+  POLICY_ENVELOPE_VERSION,
+  recordContentAad,
+  recordPolicy,
+  recordVersionHash,
+  sealUnderPolicy,
+  signRecordVersion,
+  verifyRecordVersion,
+  type RecordVersion,
+} from "../crypto/fameEnvelope";
+import { IdentityKeyPair, verifyIdentity, type IdentityPublicKey } from "../crypto/identity";
+import { randomBytes, x25519Public } from "../crypto/primitives";
+import type { SessionStore } from "./session";
+import { createTransport } from "./transport";
+
+/** The FHIR kinds the record form knows. */
+export const RECORD_KINDS = ["Observation", "Condition", "MedicationStatement", "AllergyIntolerance"] as const;
+
+export interface RecordSummary {
+  readonly recordId: string;
+  readonly patientId: string;
+  readonly kind: string;
+  readonly version: number;
+  readonly policy: string;
+  readonly authorUserId: string;
+  readonly enteredInError: { readonly reason: string; readonly at: Date | null; readonly byUserId: string } | null;
+  readonly created: Date | null;
+  readonly updated: Date | null;
+}
+
+export interface OpenedRecord extends RecordSummary {
+  /** The decrypted FHIR JSON. */
+  readonly content: string;
+}
+
+export interface VersionEntry extends RecordSummary {
+  /** "verified", or why the version's signature, hash or chain did not check. */
+  readonly verification: string;
+}
+
+export interface PatientRef {
+  readonly userId: string;
+  readonly username: string;
+  readonly displayName: string;
+}
+
+/** One line of the patient's "who accessed my records" report. */
+export interface AccessEntry {
+  readonly at: Date | null;
+  readonly who: string;
+  readonly role: string;
+  readonly action: string;
+  readonly operation: string;
+  readonly purpose: string;
+  readonly emergency: boolean;
+  readonly outcome: string;
+}
+
+/** A granted break-glass access. */
+export interface EmergencyGrant {
+  readonly grantId: string;
+  readonly patientId: string;
+  readonly reason: string;
+  readonly expires: Date | null;
+}
+
+/** Where this browser's account identity comes from (the device state, once it exists). */
+export type IdentitySource = () => Promise<IdentityKeyPair | null>;
+
+function summary(record: PbRecord): RecordSummary {
+  const eie = record.enteredInError;
+  return {
+    recordId: record.recordId,
+    patientId: record.patientId,
+    kind: record.kind,
+    version: Number(record.version),
+    policy: record.policy,
+    authorUserId: record.authorUserId,
+    enteredInError: eie
+      ? { reason: eie.reason, at: eie.markTime ? timestampDate(eie.markTime) : null, byUserId: eie.markedByUserId }
+      : null,
+    created: record.createTime ? timestampDate(record.createTime) : null,
+    updated: record.updateTime ? timestampDate(record.updateTime) : null,
+  };
+}
+
+function signedVersion(record: PbRecord): RecordVersion {
+  const envelope = record.envelope;
+  if (!envelope) throw new Error("the record came without its envelope");
+  return {
+    recordId: record.recordId,
+    patientId: record.patientId,
+    kind: record.kind,
+    version: record.version,
+    policy: record.policy,
+    envelope: {
+      version: envelope.version,
+      paramsVersion: envelope.paramsVersion,
+      encapsulatedKey: envelope.encapsulatedKey,
+      nonce: envelope.nonce,
+      ciphertext: envelope.ciphertext,
+    },
+    authorUserId: record.authorUserId,
+    authorIdentityKeyId: record.authorIdentityKeyId,
+    previousVersionHash: record.previousVersionHash,
+  };
+}
+
+/** Checks `content` is FHIR JSON of type `kind` (the SDK's `check_fhir`); returns the reason when not. */
+export function fhirProblem(kind: string, content: string): string | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(content);
+  } catch (error) {
+    return `the record content is not JSON: ${error instanceof Error ? error.message : String(error)}`;
+  }
+  const declared =
+    typeof value === "object" && value !== null && !Array.isArray(value)
+      ? (value as { resourceType?: unknown }).resourceType
+      : undefined;
+  if (typeof declared !== "string") return 'the record content is not a FHIR resource: it has no "resourceType"';
+  if (declared !== kind) return `the content is a FHIR ${declared}, not a ${kind}: choose ${declared} or fix the content`;
+  return null;
+}
+
+function signedPrekeyMessage(userId: string, identityKeyId: string, prekeyId: string, prekeyPublic: Uint8Array): Uint8Array {
+  return new Encoder("caremesh-key-signature-v1")
+    .field("signed-prekey")
+    .field(userId)
+    .field(identityKeyId)
+    .field(prekeyId)
+    .field(prekeyPublic)
+    .finish();
+}
+
+export class RecordsClient {
+  private readonly records: Client<typeof RecordsService>;
+  private readonly abe: Client<typeof AbeService>;
+  private readonly keyDirectory: Client<typeof KeyDirectoryService>;
+  private readonly auth: Client<typeof AuthService>;
+  private readonly audit: Client<typeof AuditService>;
+  private params: { version: string; params: PublicParams } | null = null;
+  private keys: { keyId: string; paramsVersion: string; expires: number; key: UserKey }[] = [];
+  private identities = new Map<string, IdentityPublicKey>();
+  /** An identity this object created and published (when no device state provides one). */
+  private ownIdentity: IdentityKeyPair | null = null;
+  private identitySource: IdentitySource | null = null;
+
+  constructor(
+    baseUrl: string,
+    private readonly session: SessionStore,
+  ) {
+    const transport = createTransport(baseUrl, () => session.accessToken());
+    this.records = createClient(RecordsService, transport);
+    this.abe = createClient(AbeService, transport);
+    this.keyDirectory = createClient(KeyDirectoryService, transport);
+    this.auth = createClient(AuthService, transport);
+    this.audit = createClient(AuditService, transport);
+    // Keys belong to the signed-in account: forget them when it changes or signs out.
+    session.subscribe((info) => {
+      if (info === null || info.userId !== this.userIdSeen) this.forget();
+      this.userIdSeen = info?.userId ?? null;
+    });
+  }
+
+  private userIdSeen: string | null = null;
+
+  /** Use the device state's account identity (the messaging device) instead of a records-only one. */
+  useIdentitySource(source: IdentitySource): void {
+    this.identitySource = source;
+  }
+
+  /** Who accessed your records (patients): newest first, other people's accesses only. */
+  async accessReport(): Promise<AccessEntry[]> {
+    const response = await this.audit.listPatientAccesses({ patientId: this.userId(), pageSize: 200, includeOwn: false });
+    return response.accesses.map((a) => ({
+      at: a.accessTime ? timestampDate(a.accessTime) : null,
+      who: a.actorDisplayName || a.actorUsername || a.actorUserId,
+      role: a.actorRole,
+      action: (AuditAction[a.action] ?? "UNSPECIFIED").toLowerCase(),
+      operation: a.operation,
+      purpose: a.purposeOfUse,
+      emergency: a.emergency,
+      outcome: (AuditOutcome[a.outcome] ?? "UNSPECIFIED").toLowerCase(),
+    }));
+  }
+
+  /**
+   * Break glass (doctors): asks for emergency access to `patientId`'s records with a reason; keeps
+   * the `emergency:<patient>` key it comes with, and refreshes the session so the access token
+   * carries the attribute too (records-svc checks both). Audited; auditors are alerted.
+   */
+  async requestEmergencyAccess(patientId: string, reason: string, minutes: number): Promise<EmergencyGrant> {
+    const identity = await this.identity();
+    const response = await this.abe.requestEmergencyAccess({
+      patientId,
+      reason,
+      duration: { seconds: BigInt(Math.round(minutes * 60)), nanos: 0 },
+      identityKeyId: identity.keyId,
+    });
+    const issued = response.userKey;
+    const grant = response.grant;
+    if (!issued?.sealedKey || !grant) throw new Error("the authority answered without the grant or its key");
+    if (issued.userId !== this.userId()) throw new Error("the authority issued a key for another user");
+    const key = openSealedUserKey(identity, issued.userId, issued.keyId, issued.sealedKey);
+    const expires = issued.expireTime ? timestampDate(issued.expireTime).getTime() : 0;
+    this.keys.push({ keyId: issued.keyId, paramsVersion: issued.paramsVersion, expires, key });
+    const refreshToken = this.session.refreshToken;
+    if (refreshToken !== null) {
+      const refreshed = await this.auth.refresh({ refreshToken });
+      if (refreshed.tokens) this.session.set(refreshed.tokens);
+    }
+    return {
+      grantId: grant.grantId,
+      patientId: grant.patientId,
+      reason: grant.reason,
+      expires: grant.expireTime ? timestampDate(grant.expireTime) : null,
+    };
+  }
+
+  /** Drops attribute keys and any identity held for records. */
+  forget(): void {
+    for (const stored of this.keys) stored.key.wipe();
+    this.keys = [];
+    this.identities.clear();
+    this.ownIdentity?.wipe();
+    this.ownIdentity = null;
+  }
+
+  private userId(): string {
+    const info = this.session.info;
+    if (info === null) throw new Error("you are signed out: sign in again");
+    return info.userId;
+  }
+
+  /**
+   * This account's identity key pair: from the device state when one is plugged in; else, when
+   * the account has published no identity yet, a new one published now (identity + signed
+   * prekey, as the SDK's first publication). An identity published elsewhere cannot be used here.
+   */
+  private async identity(): Promise<IdentityKeyPair> {
+    if (this.identitySource !== null) {
+      const fromDevice = await this.identitySource();
+      if (fromDevice !== null) return fromDevice;
+    }
+    if (this.ownIdentity !== null) return this.ownIdentity;
+    const userId = this.userId();
+    let existing = false;
+    try {
+      const response = await this.keyDirectory.getIdentityKey({ userId, keyId: "" });
+      existing = response.identityKey !== undefined;
+    } catch (error) {
+      if (!(error instanceof ConnectError && error.code === Code.NotFound)) throw error;
+    }
+    if (existing) {
+      throw new Error(
+        "your account keys were created on another device, and this browser does not hold them: link this browser from that device to read records here",
+      );
+    }
+    const identity = IdentityKeyPair.generate(newId(randomBytes));
+    const published = identity.publish(userId);
+    const prekeySecret = randomBytes(32);
+    const prekeyPublic = x25519Public(prekeySecret);
+    wipe(prekeySecret);
+    const prekeyId = newId(randomBytes);
+    await this.keyDirectory.publishKeyBundle({
+      identityKey: {
+        keyId: published.keyId,
+        signingPublicKey: published.signingPublicKey,
+        dhPublicKey: published.dhPublicKey,
+        dhPublicKeySignature: published.signature,
+      },
+      signedPrekey: {
+        keyId: prekeyId,
+        publicKey: prekeyPublic,
+        signature: identity.signRaw(signedPrekeyMessage(userId, identity.keyId, prekeyId, prekeyPublic)),
+      },
+      oneTimePrekeys: [],
+    });
+    this.ownIdentity = identity;
+    return identity;
+  }
+
+  private async publicParams(): Promise<{ version: string; params: PublicParams }> {
+    if (this.params !== null) return this.params;
+    const response = await this.abe.getPublicParameters({});
+    this.params = { version: response.version, params: PublicParams.fromBytes(response.publicParameters) };
+    return this.params;
+  }
+
+  /** Asks the authority for a key with the account's current attributes, sealed to its identity. */
+  private async refreshKey(): Promise<void> {
+    const identity = await this.identity();
+    const response = await this.abe.issueUserKey({ identityKeyId: identity.keyId });
+    const issued = response.userKey;
+    if (!issued?.sealedKey) throw new Error("the authority answered without a sealed key");
+    if (issued.userId !== this.userId()) throw new Error("the authority issued a key for another user");
+    const key = openSealedUserKey(identity, issued.userId, issued.keyId, issued.sealedKey);
+    const expires = issued.expireTime ? timestampDate(issued.expireTime).getTime() : 0;
+    // Keys with attributes the account no longer has go (as the SDK's keep()).
+    const kept = this.keys.filter((k) => k.expires > Date.now() && k.key.attributes.every((a) => key.has(a)));
+    for (const dropped of this.keys) if (!kept.includes(dropped)) dropped.key.wipe();
+    this.keys = [...kept, { keyId: issued.keyId, paramsVersion: issued.paramsVersion, expires, key }];
+  }
+
+  private storedKeyFor(policy: Policy, paramsVersion: string): UserKey | null {
+    const now = Date.now();
+    for (let i = this.keys.length - 1; i >= 0; i--) {
+      const k = this.keys[i]!;
+      if (k.expires > now && k.paramsVersion === paramsVersion && policy.isSatisfiedBy(k.key.attributes)) return k.key;
+    }
+    return null;
+  }
+
+  private async keyFor(policy: Policy, paramsVersion: string): Promise<UserKey> {
+    const stored = this.storedKeyFor(policy, paramsVersion);
+    if (stored !== null) return stored;
+    await this.refreshKey();
+    const fresh = this.storedKeyFor(policy, paramsVersion);
+    if (fresh === null) throw new Error(`your attributes do not satisfy this record's policy ${policy.canonical()}`);
+    return fresh;
+  }
+
+  /** The author's identity (verified binding signature), by user and key id. */
+  private async authorIdentity(userId: string, keyId: string): Promise<IdentityPublicKey> {
+    const own = this.ownIdentity ?? (this.identitySource ? await this.identitySource() : null);
+    if (own !== null && userId === this.session.info?.userId && own.keyId === keyId) return own.public();
+    const cacheKey = `${userId}\u0000${keyId}`;
+    const cached = this.identities.get(cacheKey);
+    if (cached) return cached;
+    const response = await this.keyDirectory.getIdentityKey({ userId, keyId });
+    const key = response.identityKey;
+    if (!key) throw new Error("the key directory answered without the author's identity key");
+    const identity = verifyIdentity(
+      { keyId: key.keyId, signingPublicKey: key.signingPublicKey, dhPublicKey: key.dhPublicKey, signature: key.dhPublicKeySignature },
+      userId,
+    );
+    this.identities.set(cacheKey, identity);
+    return identity;
+  }
+
+  /** Signature and hash of a full-view version; throws with the reason. */
+  private async verify(record: PbRecord): Promise<void> {
+    const version = signedVersion(record);
+    const author = await this.authorIdentity(record.authorUserId, record.authorIdentityKeyId);
+    verifyRecordVersion(version, author, record.authorSignature);
+    if (toHex(recordVersionHash(version)) !== toHex(record.versionHash)) {
+      throw new Error("the record's version hash does not match its content");
+    }
+  }
+
+  private async decrypt(record: PbRecord): Promise<string> {
+    await this.verify(record);
+    const envelope = record.envelope!;
+    const policy = Policy.parse(record.policy);
+    const key = await this.keyFor(policy, envelope.paramsVersion);
+    const aad = recordContentAad(record.recordId, record.patientId, record.kind, record.version);
+    const plaintext = openUnderPolicy(key, envelope, aad);
+    try {
+      return new TextDecoder("utf-8", { fatal: true }).decode(plaintext);
+    } finally {
+      wipe(plaintext);
+    }
+  }
+
+  /** Finds a patient by username or user id (for doctors and nurses). */
+  async findPatient(usernameOrId: string): Promise<PatientRef> {
+    const text = usernameOrId.trim();
+    const byId = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(text);
+    const response = await this.auth.lookupUser({ lookup: byId ? { case: "userId", value: text } : { case: "username", value: text } });
+    const profile = response.profile;
+    if (!profile) throw new Error(`no user ${text}`);
+    return { userId: profile.userId, username: profile.username, displayName: profile.displayName };
+  }
+
+  /** A patient's records, metadata only (empty `patientId`: your own, as a patient). */
+  async list(patientId = "", includeEnteredInError = true): Promise<RecordSummary[]> {
+    const out: RecordSummary[] = [];
+    let pageToken = "";
+    do {
+      const response = await this.records.listRecords({
+        patientId,
+        pageSize: 100,
+        pageToken,
+        view: RecordView.BASIC,
+        includeEnteredInError,
+      });
+      out.push(...response.records.map(summary));
+      pageToken = response.nextPageToken;
+    } while (pageToken !== "" && out.length < 1000);
+    return out;
+  }
+
+  /** One version (0 = the latest), verified and decrypted here. */
+  async open(recordId: string, version = 0): Promise<OpenedRecord> {
+    const response = await this.records.getRecord({ recordId, version: BigInt(version), view: RecordView.FULL });
+    const record = response.record;
+    if (!record) throw new Error("records-svc answered without the record");
+    return { ...summary(record), content: await this.decrypt(record) };
+  }
+
+  /** Every version, newest first, each with its verification: signature, hash and the chain to the previous one. */
+  async history(recordId: string): Promise<VersionEntry[]> {
+    const versions: PbRecord[] = [];
+    let pageToken = "";
+    do {
+      const response = await this.records.listRecordVersions({ recordId, pageSize: 100, pageToken, view: RecordView.FULL });
+      versions.push(...response.versions);
+      pageToken = response.nextPageToken;
+    } while (pageToken !== "" && versions.length < 1000);
+    const byVersion = new Map(versions.map((v) => [v.version, v]));
+    const out: VersionEntry[] = [];
+    for (const v of versions) {
+      let verification = "verified";
+      try {
+        await this.verify(v);
+        const previous = byVersion.get(v.version - 1n);
+        if (v.version === 1n ? v.previousVersionHash.length !== 0 : previous !== undefined && toHex(previous.versionHash) !== toHex(v.previousVersionHash)) {
+          verification = "the version does not chain to the previous one";
+        }
+      } catch (error) {
+        verification = error instanceof Error ? error.message : String(error);
+      }
+      out.push({ ...summary(v), verification });
+    }
+    return out;
+  }
+
+  private async seal(template: {
+    recordId: string;
+    patientId: string;
+    kind: string;
+    version: bigint;
+    policy: string;
+    previousVersionHash: Uint8Array;
+  }, content: string) {
+    const problem = fhirProblem(template.kind, content);
+    if (problem !== null) throw new Error(problem);
+    const { version: paramsVersion, params } = await this.publicParams();
+    const identity = await this.identity();
+    const aad = recordContentAad(template.recordId, template.patientId, template.kind, template.version);
+    const sealed = sealUnderPolicy(params, Policy.parse(template.policy), aad, new TextEncoder().encode(content));
+    const envelope = { version: POLICY_ENVELOPE_VERSION, paramsVersion, ...sealed };
+    const signature = signRecordVersion(
+      { ...template, envelope, authorUserId: this.userId(), authorIdentityKeyId: identity.keyId },
+      identity,
+    );
+    return { envelope, authorIdentityKeyId: identity.keyId, authorSignature: signature };
+  }
+
+  /** Writes a new record (version 1). `policy`: who else may read it; the patient and emergency access are always added. */
+  async create(input: { patientId: string; kind: string; policy: string; content: string }): Promise<RecordSummary> {
+    const template = {
+      recordId: newId(randomBytes),
+      patientId: input.patientId,
+      kind: input.kind,
+      version: 1n,
+      policy: recordPolicy(input.policy, input.patientId),
+      previousVersionHash: new Uint8Array(0),
+    };
+    const sealed = await this.seal(template, input.content);
+    const response = await this.records.createRecord({
+      recordId: template.recordId,
+      patientId: template.patientId,
+      kind: template.kind,
+      policy: template.policy,
+      ...sealed,
+    });
+    if (!response.record) throw new Error("records-svc answered without the record");
+    return summary(response.record);
+  }
+
+  /** A new version with new content (and, when given, a new policy). */
+  async edit(recordId: string, content: string, policy?: string): Promise<RecordSummary> {
+    const latest = (await this.records.getRecord({ recordId, version: 0n, view: RecordView.BASIC })).record;
+    if (!latest) throw new Error("records-svc answered without the record");
+    const template = {
+      recordId,
+      patientId: latest.patientId,
+      kind: latest.kind,
+      version: latest.version + 1n,
+      policy: policy === undefined ? latest.policy : recordPolicy(policy, latest.patientId),
+      previousVersionHash: latest.versionHash,
+    };
+    const sealed = await this.seal(template, content);
+    const response = await this.records.updateRecord({
+      recordId,
+      etag: latest.etag,
+      version: template.version,
+      policy: template.policy,
+      previousVersionHash: template.previousVersionHash,
+      ...sealed,
+    });
+    if (!response.record) throw new Error("records-svc answered without the record");
+    return summary(response.record);
+  }
+
+  /** Marks a version (0 = the latest) entered-in-error; it stays stored and listed. */
+  async markEnteredInError(recordId: string, version: number, reason: string): Promise<RecordSummary> {
+    const latest = (await this.records.getRecord({ recordId, version: 0n, view: RecordView.BASIC })).record;
+    if (!latest) throw new Error("records-svc answered without the record");
+    const response = await this.records.markEnteredInError({
+      recordId,
+      version: version === 0 ? latest.version : BigInt(version),
+      etag: latest.etag,
+      reason,
+    });
+    if (!response.record) throw new Error("records-svc answered without the record");
+    return summary(response.record);
+  }
+}
+
