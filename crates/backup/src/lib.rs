@@ -10,7 +10,8 @@
 //! The snapshot is JSON lines (a manifest, then one line per row), compressed, encrypted and
 //! signed ([`archive`]). Restore verifies the signature and decodes the whole archive before it
 //! touches a database, migrates the targets, refuses non-empty ones unless forced, and writes each
-//! service in one transaction.
+//! service in one transaction. Attachment blobs are in the archive as `blob_pieces` rows whatever
+//! the backend (on SQLite they are read from and written back to their files).
 
 pub mod archive;
 pub mod tables;
@@ -19,6 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use caremesh_runtime::ServiceName;
+use caremesh_runtime::blob::{BlobStore, MAX_PIECE_LEN};
 use caremesh_runtime::config::ServiceConfig;
 use sea_orm::{AccessMode, ConnectionTrait, DbBackend, DbErr, IsolationLevel, TransactionTrait};
 use serde::{Deserialize, Serialize};
@@ -29,6 +31,12 @@ pub use archive::ArchiveError;
 use tables::{Cell, Column, MIGRATIONS_TABLE};
 
 const FORMAT: u32 = 1;
+
+/// The blob store's table (`caremesh_runtime::blob`). On PostgreSQL the blobs are its rows. On
+/// SQLite they are files beside the database: a backup reads them into this table's rows, and a
+/// restore onto SQLite writes those rows back as files, so an archive is the same whichever
+/// backend made it or receives it.
+const BLOB_PIECES: &str = "blob_pieces";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -221,8 +229,80 @@ async fn dump_service(config: &ServiceConfig) -> Result<(ServiceManifest, Rows),
         all.push((table, rows));
     }
     txn.commit().await?;
+    if backend == DbBackend::Sqlite
+        && let Some(index) = manifest.tables.iter().position(|table| table.name == BLOB_PIECES)
+        && let (Some(table), Some((_, rows))) = (manifest.tables.get_mut(index), all.get_mut(index))
+    {
+        let store = BlobStore::for_service(config, &db);
+        *rows = blob_rows(&store, &table.columns).await?;
+        table.rows = u64::try_from(rows.len()).unwrap_or(u64::MAX);
+    }
     db.close().await?;
     Ok((manifest, all))
+}
+
+/// Every blob of a files store, as `blob_pieces` rows in the order of `columns`.
+async fn blob_rows(store: &BlobStore, columns: &[Column]) -> Result<Vec<Vec<Cell>>, DbErr> {
+    let failed = |error: caremesh_runtime::Error| DbErr::Custom(format!("reading the blobs: {}", error.message()));
+    let mut rows = Vec::new();
+    for id in store.ids().await.map_err(failed)? {
+        let mut offset = 0u64;
+        loop {
+            let piece = store.read(id, offset, MAX_PIECE_LEN).await.map_err(failed)?;
+            if piece.is_empty() {
+                break;
+            }
+            let row = columns
+                .iter()
+                .map(|column| match column.name.as_str() {
+                    "blob_id" => Cell::Uuid(id.hyphenated().to_string()),
+                    "start_offset" => Cell::Int(i64::try_from(offset).unwrap_or(i64::MAX)),
+                    "data" => Cell::Bytes(tables::b64(&piece)),
+                    _ => Cell::Null,
+                })
+                .collect();
+            rows.push(row);
+            offset += piece.len() as u64;
+        }
+    }
+    Ok(rows)
+}
+
+/// Writes `blob_pieces` rows (columns in the order of `columns`) as the blobs of a files store,
+/// replacing whatever blobs it held.
+async fn write_blob_files(store: &BlobStore, columns: &[Column], rows: &[Vec<Cell>]) -> Result<(), String> {
+    let at = |name: &str| columns.iter().position(|column| column.name == name);
+    let (Some(id_at), Some(offset_at), Some(data_at)) = (at("blob_id"), at("start_offset"), at("data")) else {
+        return Err("the backup's blob_pieces table lacks blob_id, start_offset or data".to_owned());
+    };
+    let mut pieces = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id = match row.get(id_at) {
+            Some(Cell::Uuid(text) | Cell::Text(text)) => uuid::Uuid::try_parse(text).ok(),
+            _ => None,
+        };
+        let offset = match row.get(offset_at) {
+            Some(Cell::Int(offset)) => u64::try_from(*offset).ok(),
+            _ => None,
+        };
+        let data = match row.get(data_at) {
+            Some(Cell::Bytes(data)) => tables::unb64(data).ok(),
+            _ => None,
+        };
+        let (Some(id), Some(offset), Some(data)) = (id, offset, data) else {
+            return Err("a blob piece in the backup is malformed".to_owned());
+        };
+        pieces.push((id, offset, data));
+    }
+    pieces.sort_by_key(|(id, offset, _)| (*id, *offset));
+    let failed = |error: caremesh_runtime::Error| format!("writing the blobs: {}", error.message());
+    for id in store.ids().await.map_err(failed)? {
+        store.delete(id).await.map_err(failed)?;
+    }
+    for (id, offset, data) in pieces {
+        store.append(id, offset, &data).await.map_err(failed)?;
+    }
+    Ok(())
 }
 
 fn backend_name(backend: DbBackend) -> &'static str {
@@ -358,11 +438,15 @@ pub async fn restore(
         );
         let seeds = seed_counts(config).await?;
         let schema = check_target(&db, service, manifest, &backup_versions, &seeds, force).await?;
-        targets.push((service, db, manifest, schema));
+        targets.push((config, db, manifest, schema));
     }
 
     let mut report = Vec::new();
-    for (service, db, manifest, schema) in targets {
+    for (config, db, manifest, schema) in targets {
+        let service = config.service;
+        let blob_files = db.get_database_backend() == DbBackend::Sqlite;
+        // On SQLite, the blob_pieces rows, written as files after the commit.
+        let mut blobs = None;
         let txn = caremesh_runtime::db::begin_write(&db)
             .await
             .map_err(db_error(service))?;
@@ -385,12 +469,22 @@ pub async fn restore(
                 .rows
                 .get(&(manifest.service.clone(), table.name.clone()))
                 .map_or(&[][..], Vec::as_slice);
+            rows_written += table.rows;
+            if blob_files && table.name == BLOB_PIECES {
+                blobs = Some((table.columns.as_slice(), rows));
+                continue;
+            }
             tables::write_rows(&txn, &table.name, &table.columns, target, rows)
                 .await
                 .map_err(db_error(service))?;
-            rows_written += table.rows;
         }
         txn.commit().await.map_err(db_error(service))?;
+        // A backup from before attachments has no blob_pieces table and no blobs to write.
+        if let Some((columns, rows)) = blobs {
+            write_blob_files(&BlobStore::for_service(config, &db), columns, rows)
+                .await
+                .map_err(|message| BackupError::Incompatible { service, message })?;
+        }
         db.close().await.map_err(db_error(service))?;
         report.push(ServiceCount {
             service: manifest.service.clone(),

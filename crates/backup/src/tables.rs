@@ -210,7 +210,7 @@ fn read_cell(backend: DbBackend, row: &QueryResult, index: usize, decl: &str) ->
     })
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -310,7 +310,7 @@ fn to_value(backend: DbBackend, decl: &str, cell: &Cell) -> Result<Value, String
     })
 }
 
-fn unb64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+pub(crate) fn unb64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(text)
 }

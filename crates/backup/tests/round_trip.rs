@@ -1,9 +1,9 @@
 //! Backup and restore end to end: a running mesh with real users, an end-to-end encrypted
-//! message, an ABE-encrypted record and audit events is backed up while it serves, restored into
-//! a fresh mesh's empty databases (SQLite and PostgreSQL, in every direction
-//! CAREMESH_TEST_DATABASE_URL allows); every user logs in again, the message and the record open
-//! on their devices, and the restored audit log verifies. Damaged archives are refused before
-//! anything is written.
+//! message, one with an attachment, an ABE-encrypted record and audit events is backed up while
+//! it serves, restored into a fresh mesh's empty databases (SQLite and PostgreSQL, in every
+//! direction CAREMESH_TEST_DATABASE_URL allows); every user logs in again, the message and the
+//! record open on their devices, the attachment saves byte for byte, and the restored audit log
+//! verifies. Damaged archives are refused before anything is written.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::time::Duration;
@@ -57,6 +57,24 @@ async fn round_trip(source: Backend, target: Backend) {
         .send(&doctor.session, &patient.user_id, b"your results are fine", None)
         .await
         .unwrap();
+    // An attachment of more than one blob piece (files on SQLite, rows on PostgreSQL).
+    let letter: Vec<u8> = (0..1_600_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let letter_path = patient_dir.path().join("discharge-letter.pdf");
+    std::fs::write(&letter_path, &letter).unwrap();
+    let with_file = doctor_device
+        .send_file(
+            &doctor.session,
+            &patient.user_id,
+            &letter_path,
+            "your letter",
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    std::fs::remove_file(&letter_path).unwrap();
     let record = doctor_device
         .create_record(
             &doctor.session,
@@ -186,6 +204,25 @@ async fn round_trip(source: Backend, target: Backend) {
         opened.content,
         Content::Plain(b"your results are fine".to_vec()),
         "{label}"
+    );
+    let opened = inbox
+        .iter()
+        .find(|item| item.message.message_id == with_file.message_id)
+        .unwrap_or_else(|| panic!("{label}: the message with the attachment is restored"));
+    let Content::Attachment { attachment, .. } = &opened.content else {
+        panic!(
+            "{label}: the restored message names its attachment: {:?}",
+            opened.content
+        );
+    };
+    let saved = patient_dir.path().join("restored-letter.pdf");
+    patient_device
+        .save_attachment(&patient_session, attachment, &saved, None)
+        .await
+        .unwrap_or_else(|error| panic!("{label}: the restored attachment opens: {error}"));
+    assert!(
+        std::fs::read(&saved).unwrap() == letter,
+        "{label}: the attachment is restored byte for byte"
     );
     for (device, session) in [(&patient_device, &patient_session), (&doctor_device, &doctor_session)] {
         let read = device.read_record(session, &record.record_id, 0).await.unwrap();
