@@ -16,7 +16,6 @@ use caremesh_runtime::blob::BlobStore;
 use caremesh_sdk::attachments::{PreparedUpload, Progress};
 use caremesh_sdk::auth::{Role, Session};
 use caremesh_testkit::{TestMesh, backends, eventually};
-use sha2::Digest;
 
 mod attachment_support;
 
@@ -37,10 +36,10 @@ async fn an_interrupted_upload_resumes_where_the_servers_copy_ends() {
         let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
         let cut_tx = Mutex::new(Some(cut_tx));
         let cut_at: Progress = Arc::new(move |done, _| {
-            if done >= 6 * MIB {
-                if let Some(tx) = cut_tx.lock().unwrap().take() {
-                    let _ = tx.send(());
-                }
+            if done >= 6 * MIB
+                && let Some(tx) = cut_tx.lock().unwrap().take()
+            {
+                let _ = tx.send(());
             }
         });
         let first = patient
@@ -142,7 +141,8 @@ async fn a_blob_altered_in_storage_is_refused_by_the_client_and_nothing_is_writt
         let files = tempfile::tempdir().unwrap();
         let store = store(&mesh).await;
         let chunk = caremesh_crypto::attachment::SEALED_CHUNK_LEN;
-        let tamperings: [(&str, Box<dyn FnOnce(&mut Vec<u8>)>); 3] = [
+        type Tampering = Box<dyn FnOnce(&mut Vec<u8>)>;
+        let tamperings: [(&str, Tampering); 3] = [
             ("a flipped byte", Box::new(|blob: &mut Vec<u8>| blob[70_000] ^= 0x01)),
             (
                 "two chunks swapped",

@@ -39,7 +39,7 @@ pub fn write_file(dir: &Path, name: &str, len: u64, marker: &str) -> PathBuf {
     let mut block = 0u64;
     while written < len {
         let mut piece = Sha256::digest(format!("{name}/{block}").as_bytes()).to_vec();
-        if block % 32_768 == 0 {
+        if block.is_multiple_of(32_768) {
             piece = marker.as_bytes().to_vec();
         }
         let take = usize::try_from((len - written).min(piece.len() as u64)).unwrap();
