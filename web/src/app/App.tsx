@@ -10,6 +10,8 @@ import { MfaScreen } from "../features/auth/MfaScreen";
 import { RegisterScreen } from "../features/auth/RegisterScreen";
 import { SecondFactorScreen } from "../features/auth/SecondFactorScreen";
 import { SignInScreen } from "../features/auth/SignInScreen";
+import { MessagesScreen } from "../features/messaging/MessagesScreen";
+import { DevicesScreen } from "../features/devices/DevicesScreen";
 import { Button, ErrorPanel, useOperation } from "./components";
 import { ClientContext } from "./context";
 import { navigate, useRoute, type Route } from "./router";
@@ -64,6 +66,12 @@ export function App(props: { client: CaremeshClient }): JSX.Element {
       break;
     case "home":
       screen = <HomeScreen />;
+      break;
+    case "messages":
+      screen = <MessagesScreen />;
+      break;
+    case "devices":
+      screen = <DevicesScreen />;
       break;
     default:
       screen = null;

@@ -3,9 +3,9 @@
 
 import { useEffect, useState } from "preact/hooks";
 
-export type Route = "register" | "sign-in" | "second-factor" | "mfa" | "home";
+export type Route = "register" | "sign-in" | "second-factor" | "mfa" | "home" | "messages" | "devices";
 
-const ROUTES: readonly Route[] = ["register", "sign-in", "second-factor", "mfa", "home"];
+const ROUTES: readonly Route[] = ["register", "sign-in", "second-factor", "mfa", "home", "messages", "devices"];
 
 export function parseRoute(hash: string): Route | null {
   const name = hash.replace(/^#\/?/, "");

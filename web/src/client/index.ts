@@ -11,8 +11,10 @@ import { Role, UserStatus } from "../gen/caremesh/auth/v1/user_pb";
 import { describeError, type ErrorView, type Operation } from "./errors";
 import { aalName, roleName, SessionStore, type Aal, type RoleName, type SessionInfo } from "./session";
 import { createTransport } from "./transport";
+import { wipeDeviceState } from "./messaging";
 
 export { describeError };
+export { openMessenger, startLink, MessagingError, type PendingLinkView, type Messenger, type MessengerStart, type MessageView, type ConversationView, type ContactView, type UserView, type DeviceView } from "./messaging";
 export type { Aal, ErrorView, Operation, RoleName, SessionInfo };
 
 export interface Registered {
@@ -174,11 +176,14 @@ export class CaremeshClient {
   /** Ends the session on the server (best effort) and wipes it from memory in any case. */
   async signOut(): Promise<void> {
     const refreshToken = this.session.refreshToken;
+    const userId = this.session.info?.userId ?? null;
     this.challenge = null;
     try {
       if (refreshToken !== null) await this.auth.logout({ refreshToken });
     } finally {
       this.session.clear();
+      // Sign-out also deletes this browser's device state (keys, sessions, opened messages).
+      if (userId !== null) await wipeDeviceState(userId);
     }
   }
 }

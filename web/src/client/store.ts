@@ -148,7 +148,14 @@ export class IndexedDbBackend implements StoreBackend {
     if (this.db === null) {
       const req = indexedDB.open(this.name, 1);
       req.onupgradeneeded = () => req.result.createObjectStore(OBJECT_STORE);
-      this.db = request(req);
+      this.db = request(req).then((db) => {
+        // A deletion (sign-out, here or in another tab) closes this connection instead of waiting for it.
+        db.onversionchange = () => {
+          db.close();
+          this.db = null;
+        };
+        return db;
+      });
     }
     return this.db;
   }

@@ -53,6 +53,11 @@ export function HomeScreen(): JSX.Element {
               </>
             ) : null}
           </dl>
+          <p>
+            <a class="button secondary" href={href("messages")}>
+              Messages
+            </a>
+          </p>
           {identity.aal !== "AAL2" && !identity.mfaEnrolled ? (
             <div class="notice">
               <p>
