@@ -196,7 +196,7 @@ describe("messages between the browser and carectl", () => {
       await register(page, username, "Pat Patient");
       await signInWithPassword(page, username);
       await heading(page, "Welcome, Pat Patient");
-      await enrolMfa(page, "Welcome, Pat Patient");
+      const mfa = await enrolMfa(page, "Welcome, Pat Patient");
 
       await page.getByRole("link", { name: "Messages" }).click();
       await heading(page, "Messages");
@@ -259,11 +259,46 @@ describe("messages between the browser and carectl", () => {
         assert.deepEqual(filesContaining(process.env.E2E_DATA_DIR, needle), [], `files containing ${needle}`);
       }
 
+      // A reload forgets the session (tokens live in memory) but not the device: signed in again,
+      // the same device shows the conversation.
+      await page.reload();
+      await signInWithPassword(page, username);
+      await secondFactor(page, mfa.secret, mfa.step);
+      await heading(page, "Welcome, Pat Patient");
+      await page.getByRole("link", { name: "Messages" }).click();
+      await page.getByRole("button", { name: "Dr house", exact: true }).click();
+      await page.getByTestId("message").filter({ hasText: marker }).waitFor();
+      await page.getByTestId("message").filter({ hasText: reply }).waitFor();
+
       // Sign-out deletes this browser's device database.
       await page.getByRole("button", { name: "Sign out" }).click();
       await heading(page, "Sign in");
       const left = await page.evaluate(async () => (await indexedDB.databases()).map((d) => d.name));
       assert.deepEqual(left.filter((name) => name.startsWith("caremesh-device-")), []);
+
+      // Signed in again, the browser holds no keys: it must be linked, or start over with a new
+      // identity, which the doctor's carectl then refuses to write to until accepted.
+      await signInWithPassword(page, username);
+      await heading(page, "Two-step sign-in");
+      await page.getByRole("button", { name: "Use a recovery code instead" }).click();
+      await page.getByLabel("Recovery code").fill(mfa.codes[0]);
+      await page.getByRole("button", { name: "Continue" }).click();
+      await heading(page, "Welcome, Pat Patient");
+      await page.getByRole("link", { name: "Messages" }).click();
+      await heading(page, "Link this browser from your other device");
+      await page.getByLabel("I understand: start over with a new identity").check();
+      await page.getByRole("button", { name: "Start over with a new identity" }).click();
+      await page.getByLabel("Start a conversation with (username)").waitFor({ timeout: 60_000 });
+      await assert.rejects(carectl(doc.profile, ["msg", "send", username, "after the new identity"]), /identity key/);
+      const accepted = await carectl(doc.profile, ["contacts", "verify", username, "--accept"]);
+      const fresh = `FRESH-${unique("knee")}`;
+      await carectl(doc.profile, ["msg", "send", username, fresh]);
+      await page.getByRole("button", { name: "Dr house", exact: true }).click();
+      await page.getByTestId("message").filter({ hasText: fresh }).waitFor();
+      // The earlier messages were sealed for the old keys: shown as unreadable, never as text.
+      await page.getByTestId("message").filter({ hasText: "Cannot open this message" }).first().waitFor();
+      await page.locator("summary", { hasText: "Safety number" }).click();
+      assert.equal((await page.getByTestId("safety-number").textContent())?.trim(), accepted.safety_number);
     } finally {
       await context.close();
     }
