@@ -362,6 +362,29 @@ describe("messages between the browser and carectl", () => {
         const read = await carectl(profile, ["msg", "read", peer]);
         assert.ok(read.some((m) => m.text === second), `${profile}: ${JSON.stringify(read.map((m) => m.text))}`);
       }
+
+      // The doctor starts over with a new identity: the browser warns and refuses to send until
+      // the new key is accepted.
+      const reset = `${doc.username}-reset`;
+      await carectl(reset, ["login", doc.username, "--password-stdin", "--recovery-code", doc.codes[1]], `${PASSWORD}\n`);
+      await carectl(reset, ["device", "new-identity"]);
+      await page.getByRole("button", { name: "Dr cuddy", exact: true }).click();
+      await page.getByTestId("identity-changed").waitFor();
+      await checkScreen(page, "messages-identity-changed", violations);
+      const refused = `REFUSED-${unique("x")}`;
+      await page.getByLabel("Message", { exact: true }).fill(refused);
+      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByText(/identity key changed since you last talked/).last().waitFor();
+      assert.equal(await page.getByTestId("message").filter({ hasText: refused }).count(), 0);
+      await page.getByRole("button", { name: "I compared it: accept the new key" }).click();
+      await page.getByTestId("identity-changed").waitFor({ state: "detached" });
+      const accepted = await carectl(reset, ["contacts", "verify", username]);
+      await page.locator("summary", { hasText: "Safety number" }).click();
+      assert.equal((await page.getByTestId("safety-number").textContent())?.trim(), accepted.safety_number);
+      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByTestId("message").filter({ hasText: refused }).waitFor();
+      const afterNew = await carectl(reset, ["msg", "read", username]);
+      assert.ok(afterNew.some((m) => m.text === refused), JSON.stringify(afterNew.map((m) => m.text)));
     } finally {
       await context.close();
     }
