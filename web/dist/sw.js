@@ -4,8 +4,8 @@
 // are POSTs, which it does not touch, and any GET that is not a shell file goes to the network
 // as if there were no service worker.
 
-const CACHE_NAME = "caremesh-shell-060c39f06e8d7f2d";
-const SHELL = ["/","/assets/index-BmlYrZtK.css","/assets/index-C382JZRj.js","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
+const CACHE_NAME = "caremesh-shell-a8c5cc4c227219b0";
+const SHELL = ["/","/assets/index-6ecaZQrI.js","/assets/index-C-YF3nwM.css","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
 const SHELL_SET = new Set(SHELL);
 
 self.addEventListener("install", (event) => {

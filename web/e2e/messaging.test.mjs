@@ -385,6 +385,21 @@ describe("messages between the browser and carectl", () => {
       await page.getByTestId("message").filter({ hasText: refused }).waitFor();
       const afterNew = await carectl(reset, ["msg", "read", username]);
       assert.ok(afterNew.some((m) => m.text === refused), JSON.stringify(afterNew.map((m) => m.text)));
+
+      // A message with a lifespan, then recalled: carectl sees its expiry, then the recall.
+      const brief = `BRIEF-${unique("temp")}`;
+      await page.getByLabel("Delete for everyone").selectOption("3600");
+      await page.getByLabel("Message", { exact: true }).fill(brief);
+      await page.getByRole("button", { name: "Send" }).click();
+      const briefItem = page.getByTestId("message").filter({ hasText: brief });
+      await briefItem.filter({ hasText: "deleted" }).waitFor();
+      const withLifespan = (await carectl(reset, ["msg", "read", username])).find((m) => m.text === brief);
+      assert.ok(withLifespan?.expire_time > withLifespan?.create_time, JSON.stringify(withLifespan));
+      await briefItem.getByRole("button", { name: /^Recall/ }).click();
+      await page.getByTestId("message").filter({ hasText: "(recalled)" }).waitFor();
+      assert.equal(await page.getByTestId("message").filter({ hasText: brief }).count(), 0);
+      const recalled = (await carectl(reset, ["msg", "read", username])).find((m) => m.message_id === withLifespan.message_id);
+      assert.equal(recalled?.state, "MESSAGE_STATE_RECALLED", JSON.stringify(recalled));
     } finally {
       await context.close();
     }

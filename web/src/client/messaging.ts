@@ -66,6 +66,8 @@ export interface MessageView {
   readonly problem: string | null;
   readonly recalled: boolean;
   readonly sent: Date | null;
+  /** When the server purges it for everyone (a lifespan), if set. */
+  readonly expires: Date | null;
   /** For own messages: how far the other side got. */
   readonly status: "sent" | "delivered" | "read";
 }
@@ -672,13 +674,14 @@ export class Messenger {
 
   // ---- sending (SDK: sesame.rs) ----
 
-  send(recipientUserId: string, text: string): Promise<MessageView> {
+  /** Sends `text`; with `lifespanSeconds` (60 to 31622400) the server purges it for everyone then. */
+  send(recipientUserId: string, text: string, lifespanSeconds?: number): Promise<MessageView> {
     return this.exclusive(async () => {
       const content: Content = { kind: 1, body: new TextEncoder().encode(text) };
       const messageId = newId(randomBytes);
       let refresh = false;
       for (;;) {
-        const request = await this.seal(recipientUserId, messageId, content, refresh);
+        const request = await this.seal(recipientUserId, messageId, content, refresh, lifespanSeconds);
         try {
           const response = await this.api.messages.sendMessage(request);
           await this.finishPending(messageId);
@@ -702,7 +705,13 @@ export class Messenger {
     });
   }
 
-  private async seal(recipientUserId: string, messageId: string, content: Content, refresh: boolean): Promise<SendMessageRequest> {
+  private async seal(
+    recipientUserId: string,
+    messageId: string,
+    content: Content,
+    refresh: boolean,
+    lifespanSeconds?: number,
+  ): Promise<SendMessageRequest> {
     const me = this.userId;
     const recipient = await this.knownDevices(recipientUserId, refresh);
     const own = recipientUserId === me ? null : await this.knownDevices(me, refresh);
@@ -732,6 +741,7 @@ export class Messenger {
       senderDeviceId: this.deviceId,
       deviceCiphertexts,
       archive,
+      lifespan: lifespanSeconds ? { seconds: BigInt(lifespanSeconds), nanos: 0 } : undefined,
     });
     this.state.pending.set(messageId, toHex(toBinary(SendMessageRequestSchema, request)));
     // This device's own copy, and the advanced ratchets with the request, are stored before the
@@ -870,6 +880,7 @@ export class Messenger {
       problem,
       recalled: message.state === MessageState.RECALLED,
       sent: message.createTime ? timestampDate(message.createTime) : null,
+      expires: message.expireTime ? timestampDate(message.expireTime) : null,
       status: receipt?.readTime ? "read" : receipt?.deliverTime ? "delivered" : "sent",
     };
   }
@@ -973,6 +984,24 @@ export class Messenger {
       deviceId: this.deviceId,
     });
     for (const message of response.messages) await this.open(message);
+  }
+
+  /** Recalls a message this user sent: deleted for everyone (ciphertexts and archive copies). */
+  recall(messageId: string): Promise<MessageView> {
+    return this.exclusive(async () => {
+      const response = await this.api.messages.recallMessage({ messageId });
+      await this.store.delete(`m:${messageId}`);
+      if (!response.message) throw new MessagingError("the server answered the recall without the message");
+      return this.view(response.message, null, null);
+    });
+  }
+
+  /**
+   * For other client modules only (never the UI): the account identity (ABE user keys are
+   * sealed to it) and this device's encrypted store, for records of their own name prefix.
+   */
+  deviceAccess(): { userId: string; identity: IdentityKeyPair; store: EncryptedStore } {
+    return { userId: this.userId, identity: this.state.identity, store: this.store };
   }
 
   // ---- devices ----

@@ -142,11 +142,13 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
   const [notices, setNotices] = useState<string[]>([]);
   const [username, setUsername] = useState("");
   const [draft, setDraft] = useState("");
+  const [lifespan, setLifespan] = useState("0");
   const [streamError, setStreamError] = useState<string | null>(null);
   const load = useOperation("session");
   const open = useOperation("session");
   const send = useOperation("session");
   const accept = useOperation("session");
+  const recall = useOperation("session");
   const peerRef = useRef<string | null>(null);
   peerRef.current = peer?.userId ?? null;
 
@@ -192,11 +194,18 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
   const doSend = () =>
     void send.run(async () => {
       if (!peer || draft.trim() === "") return;
-      const sent = await messenger.send(peer.userId, draft);
+      const seconds = Number(lifespan);
+      const sent = await messenger.send(peer.userId, draft, seconds > 0 ? seconds : undefined);
       setDraft("");
       setMessages((old) => (old.some((m) => m.messageId === sent.messageId) ? old : [...old, sent]));
       await refreshNotices();
       setConversations(await messenger.conversations());
+    });
+
+  const doRecall = (messageId: string) =>
+    void recall.run(async () => {
+      const recalled = await messenger.recall(messageId);
+      setMessages((old) => old.map((m) => (m.messageId === messageId ? recalled : m)));
     });
 
   const doAccept = () =>
@@ -302,7 +311,13 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
                 <span class="meta">
                   {m.sent ? m.sent.toLocaleTimeString() : ""}
                   {m.mine ? ` · ${m.status}` : ""}
+                  {m.expires && !m.recalled ? ` · deleted ${m.expires.toLocaleString()}` : ""}
                 </span>
+                {m.mine && !m.recalled ? (
+                  <button type="button" class="link recall" aria-label={`Recall your message sent ${m.sent?.toLocaleTimeString() ?? ""}`} onClick={() => doRecall(m.messageId)}>
+                    Recall
+                  </button>
+                ) : null}
               </li>
             ))}
           </ol>
@@ -331,11 +346,26 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
               />
               <p class="hint">Ctrl+Enter sends.</p>
             </div>
+            <div class="field">
+              <label for="message-lifespan">Delete for everyone</label>
+              <select
+                id="message-lifespan"
+                name="message-lifespan"
+                value={lifespan}
+                onChange={(event) => setLifespan((event.currentTarget as HTMLSelectElement).value)}
+              >
+                <option value="0">Never (you can recall it)</option>
+                <option value="3600">After 1 hour</option>
+                <option value="86400">After 1 day</option>
+                <option value="604800">After 1 week</option>
+              </select>
+            </div>
             <Button type="submit" busy={send.busy} busyLabel="Encrypting and sending…">
               Send
             </Button>
           </form>
           <ErrorPanel error={send.error} />
+          <ErrorPanel error={recall.error} />
         </section>
       ) : null}
     </section>
