@@ -22,6 +22,8 @@ import { href } from "../../app/router";
 import { QrCode } from "../auth/QrCode";
 import "./messages.css";
 
+const RECEIPT_REFRESH_MS = 5000;
+
 export function MessagesScreen(): JSX.Element {
   const client = useClient();
   const [start, setStart] = useState<MessengerStart | null>(null);
@@ -168,7 +170,12 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
       (message) => {
         setStreamError(null);
         if (message.conversationPeerId === peerRef.current) {
-          setMessages((old) => (old.some((m) => m.messageId === message.messageId) ? old : [...old, message]));
+          // A known id is a recall's tombstone (or our own send coming back): replace it.
+          setMessages((old) =>
+            old.some((m) => m.messageId === message.messageId)
+              ? old.map((m) => (m.messageId === message.messageId ? message : m))
+              : [...old, message],
+          );
           if (!message.mine) void messenger.markRead([message.messageId]).catch(() => undefined);
         }
         void messenger.conversations().then(setConversations).catch(() => undefined);
@@ -178,6 +185,23 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
     );
     return stop;
   }, [messenger]);
+
+  // Receipts are not streamed: while a conversation is open, its messages are listed again now
+  // and then (opened from this browser's store), which updates "delivered" and "read".
+  useEffect(() => {
+    if (!peer) return;
+    const id = peer.userId;
+    const timer = setInterval(() => {
+      if (peerRef.current !== id) return;
+      messenger
+        .history(id)
+        .then((fresh) => {
+          if (peerRef.current === id) setMessages(fresh);
+        })
+        .catch(() => undefined);
+    }, RECEIPT_REFRESH_MS);
+    return () => clearInterval(timer);
+  }, [messenger, peer?.userId]);
 
   const openWith = (userId: string | null, name?: string) =>
     void open.run(async () => {
