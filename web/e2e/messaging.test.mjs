@@ -404,6 +404,65 @@ describe("messages between the browser and carectl", () => {
     }
   });
 
+  it("a second browser is linked from the first by its code and reads the conversation", async () => {
+    const doc = await doctor("chase");
+    const first = await open(DESKTOP);
+    const second = await open(PHONE);
+    try {
+      const username = unique("ana");
+      const { page } = first;
+      await register(page, username, "Ana");
+      await signInWithPassword(page, username);
+      await heading(page, "Welcome, Ana");
+      const mfa = await enrolMfa(page, "Welcome, Ana");
+      await page.getByRole("link", { name: "Messages" }).click();
+      await page.getByLabel("Start a conversation with (username)").fill(doc.username);
+      await page.getByRole("button", { name: "Open conversation" }).click();
+      const before = `BEFORE-${unique("fever")}`;
+      await page.getByLabel("Message", { exact: true }).fill(before);
+      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByTestId("message").filter({ hasText: before }).waitFor();
+
+      // The second browser signs in (with a recovery code) and shows a code...
+      const other = second.page;
+      await signInWithPassword(other, username);
+      await heading(other, "Two-step sign-in");
+      await other.getByRole("button", { name: "Use a recovery code instead" }).click();
+      await other.getByLabel("Recovery code").fill(mfa.codes[0]);
+      await other.getByRole("button", { name: "Continue" }).click();
+      await heading(other, "Welcome, Ana");
+      await other.getByRole("link", { name: "Messages" }).click();
+      await heading(other, "Link this browser from your other device");
+      await other.getByRole("button", { name: "Link this browser" }).click();
+      const code = ((await other.getByTestId("link-code").textContent()) ?? "").trim();
+
+      // ...which the first one approves.
+      await page.getByRole("link", { name: "Your devices" }).click();
+      await heading(page, "Your devices");
+      await page.getByLabel("Code from the new device").fill("0000-0000-0000-0000");
+      await page.getByRole("button", { name: "Approve the new device" }).click();
+      await page.getByRole("alert").filter({ hasText: /LinkCodeMismatch|code/i }).waitFor();
+      await page.getByLabel("Code from the new device").fill(code);
+      await page.getByRole("button", { name: "Approve the new device" }).click();
+      await page.getByTestId("linked").waitFor();
+
+      await other.getByLabel("Start a conversation with (username)").waitFor({ timeout: 30_000 });
+      await checkScreen(other, "messages-linked-browser", second.violations);
+      await other.getByRole("button", { name: "Dr chase", exact: true }).click();
+      await other.getByTestId("message").filter({ hasText: before }).waitFor();
+      // The doctor's reply reaches both browsers.
+      const reply = `BOTH-${unique("rest")}`;
+      await carectl(doc.profile, ["msg", "send", username, reply]);
+      await other.getByTestId("message").filter({ hasText: reply }).waitFor({ timeout: 30_000 });
+      await page.getByRole("link", { name: "Back to messages" }).click();
+      await page.getByRole("button", { name: "Dr chase", exact: true }).click();
+      await page.getByTestId("message").filter({ hasText: reply }).waitFor();
+    } finally {
+      await first.context.close();
+      await second.context.close();
+    }
+  });
+
   it("a user whose keys were made with carectl links this browser from carectl and reads earlier messages", async () => {
     const doc = await doctor("wilson");
     // Before the browser exists: a patient (carectl) writes, the doctor's carectl device opens it
