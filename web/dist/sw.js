@@ -4,8 +4,8 @@
 // are POSTs, which it does not touch, and any GET that is not a shell file goes to the network
 // as if there were no service worker.
 
-const CACHE_NAME = "caremesh-shell-0eb5cffbf1c7e7b7";
-const SHELL = ["/","/assets/index-C-YF3nwM.css","/assets/index-D9KHBP5m.js","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
+const CACHE_NAME = "caremesh-shell-3a1dba5ea21ebcc5";
+const SHELL = ["/","/assets/index-C-YF3nwM.css","/assets/index-CqyYLCXq.js","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
 const SHELL_SET = new Set(SHELL);
 
 self.addEventListener("install", (event) => {

@@ -323,6 +323,19 @@ describe("messages between the browser and carectl", () => {
       await carectl(doc.profile, ["msg", "send", username, answer]);
       await page.getByTestId("message").filter({ hasText: answer }).waitFor({ timeout: 30_000 });
 
+      // A second tab of the same browser does not open the device while this one has it.
+      const tab = await context.newPage();
+      await tab.goto(page.url().replace(/#.*$/, ""));
+      await signInWithPassword(tab, username);
+      await heading(tab, "Two-step sign-in");
+      await tab.getByRole("button", { name: "Use a recovery code instead" }).click();
+      await tab.getByLabel("Recovery code").fill(mfa.codes[1]);
+      await tab.getByRole("button", { name: "Continue" }).click();
+      await heading(tab, "Welcome, Lee");
+      await tab.getByRole("link", { name: "Messages" }).click();
+      await tab.getByTestId("other-tab").waitFor();
+      await tab.close();
+
       // The patient links carectl as a second device, approving it in the browser.
       const patientCli = await carectlLink({ username }, mfa.codes[0]);
       await page.getByRole("link", { name: "Your devices" }).click();

@@ -101,7 +101,9 @@ export type MessengerStart =
   | { readonly kind: "ready"; readonly messenger: Messenger }
   /** The account has an identity made on another device: this browser must be linked. */
   | { readonly kind: "needsLink"; readonly reason: "elsewhere" | "removed" | "replaced" }
-  | { readonly kind: "needsAal2" };
+  | { readonly kind: "needsAal2" }
+  /** Another tab of this browser has the device open (two copies of one ratchet state must never both send). */
+  | { readonly kind: "otherTab" };
 
 /** A failure the user should read as it is (not from the server). */
 export class MessagingError extends Error {
@@ -233,6 +235,27 @@ function fromWire(c: DeviceCiphertext): RatchetMessage {
   };
 }
 
+/**
+ * Holds this browser's device exclusively (Web Locks) until the returned function is called:
+ * two tabs with copies of one ratchet state could both send under the same message keys. Null
+ * when another tab holds it. Without Web Locks (old browsers) nothing is held.
+ */
+function holdDevice(userId: string): Promise<(() => void) | null> {
+  const locks = typeof navigator !== "undefined" ? navigator.locks : undefined;
+  if (!locks) return Promise.resolve(() => undefined);
+  return new Promise((resolve, reject) => {
+    locks
+      .request(`caremesh-device-${userId}`, { ifAvailable: true }, (lock) => {
+        if (!lock) {
+          resolve(null);
+          return undefined;
+        }
+        return new Promise<void>((release) => resolve(() => release()));
+      })
+      .catch(reject);
+  });
+}
+
 /** The messenger of the open session, so sign-out can close and wipe it. */
 let current: Messenger | null = null;
 
@@ -262,6 +285,26 @@ export async function openMessenger(
   if (current && current.userId === info.userId && !current.closed) return { kind: "ready", messenger: current };
   current?.close();
   current = null;
+  const release = await holdDevice(info.userId);
+  if (release === null) return { kind: "otherTab" };
+  try {
+    const started = await openHeld(client, info.userId, options.startOver ?? false, baseUrl, release);
+    if (started.kind !== "ready") release();
+    return started;
+  } catch (error) {
+    release();
+    throw error;
+  }
+}
+
+async function openHeld(
+  client: CaremeshClient,
+  userId: string,
+  startOver: boolean,
+  baseUrl: string,
+  release: () => void,
+): Promise<MessengerStart> {
+  const info = { userId };
   const apis = makeApis(client, baseUrl);
   const store = await EncryptedStore.open(new IndexedDbBackend(deviceDatabaseName(info.userId)));
   const stored = await store.get<DeviceStateJson>(DEVICE_RECORD);
@@ -272,7 +315,7 @@ export async function openMessenger(
     // No device in this browser: a first device only if the account has no identity yet, or
     // when the user chose to start over with a new identity (contacts then see a key change and
     // the account's other devices stop working, as with `carectl device new-identity`).
-    if (!options.startOver) {
+    if (!startOver) {
       try {
         await apis.keys.getIdentityKey({ userId: info.userId, keyId: "" });
         return { kind: "needsLink", reason: "elsewhere" };
@@ -302,7 +345,7 @@ export async function openMessenger(
     // The secrets are stored before their public halves are anywhere.
     await state.save(store);
   }
-  const messenger = new Messenger(info.userId, state, store, apis);
+  const messenger = new Messenger(info.userId, state, store, apis, release);
   const outcome = await messenger.maintain();
   if (outcome !== null) {
     messenger.close();
@@ -348,21 +391,40 @@ export async function startLink(client: CaremeshClient, options: { baseUrl?: str
   if (info === null) throw new MessagingError("not signed in");
   const userId = info.userId;
   const apis = makeApis(client, options.baseUrl ?? location.origin);
+  const release = await holdDevice(userId);
+  if (release === null) throw new MessagingError("messages are open in another tab of this browser: link from there, or close it first");
   const request = LinkRequest.create(userId);
-  const response = await apis.keys.createDeviceLink({
-    deviceId: request.deviceId,
-    ephemeralPublic: request.ephemeralPublic,
-    commitment: request.commitment(),
-  });
-  const link = response.link;
-  if (!link) throw new MessagingError("the server answered without the link");
+  let link;
+  try {
+    const response = await apis.keys.createDeviceLink({
+      deviceId: request.deviceId,
+      ephemeralPublic: request.ephemeralPublic,
+      commitment: request.commitment(),
+    });
+    link = response.link;
+    if (!link) throw new MessagingError("the server answered without the link");
+  } catch (error) {
+    release();
+    throw error;
+  }
+  const linkId = link.linkId;
   const controller = new AbortController();
   const wait = async (): Promise<MessengerStart> => {
+    try {
+      const started = await waitHeld();
+      if (started.kind !== "ready") release();
+      return started;
+    } catch (error) {
+      release();
+      throw error;
+    }
+  };
+  const waitHeld = async (): Promise<MessengerStart> => {
     const started = Date.now();
     let approved;
     for (;;) {
       if (controller.signal.aborted) throw new MessagingError("linking was cancelled");
-      const current = (await apis.keys.getDeviceLink({ linkId: link.linkId })).link;
+      const current = (await apis.keys.getDeviceLink({ linkId })).link;
       if (current?.state === DeviceLinkState.APPROVED) {
         approved = current;
         break;
@@ -401,7 +463,7 @@ export async function startLink(client: CaremeshClient, options: { baseUrl?: str
     );
     await state.save(store);
     current?.close();
-    const messenger = new Messenger(userId, state, store, apis);
+    const messenger = new Messenger(userId, state, store, apis, release);
     const outcome = await messenger.maintain();
     if (outcome !== null) {
       await store.wipe();
@@ -437,6 +499,8 @@ export class Messenger {
     private readonly state: DeviceState,
     readonly store: EncryptedStore,
     private readonly api: Apis,
+    /** Lets go of the device's lock (see holdDevice). */
+    private readonly release: () => void = () => undefined,
   ) {}
 
   get deviceId(): string {
@@ -446,6 +510,7 @@ export class Messenger {
   /** Stops live delivery; the object is unusable afterwards. */
   close(): void {
     this.closed = true;
+    this.release();
     for (const watcher of this.watchers) watcher.abort();
     this.watchers.clear();
   }

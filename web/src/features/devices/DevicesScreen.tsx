@@ -32,7 +32,13 @@ export function DevicesScreen(): JSX.Element {
     void load.run(async () => {
       const start = await openMessenger(client);
       if (start.kind !== "ready") {
-        setNotReady(start.kind === "needsAal2" ? "Devices need two-step sign-in (AAL2)." : "This browser is not one of your devices yet.");
+        setNotReady(
+          start.kind === "needsAal2"
+            ? "Devices need two-step sign-in (AAL2)."
+            : start.kind === "otherTab"
+              ? "Your messages are open in another tab of this browser: use that one."
+              : "This browser is not one of your devices yet.",
+        );
         return;
       }
       setMessenger(start.messenger);
@@ -96,9 +102,9 @@ export function DevicesScreen(): JSX.Element {
                       </Button>
                     </span>
                   ) : (
-                    <Button type="button" variant="secondary" onClick={() => setRemoving(d.deviceId)}>
+                    <button type="button" class="button secondary" aria-label={`Remove device ${d.deviceId}`} onClick={() => setRemoving(d.deviceId)}>
                       Remove
-                    </Button>
+                    </button>
                   )
                 ) : null}
               </li>

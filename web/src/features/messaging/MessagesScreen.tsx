@@ -60,6 +60,17 @@ export function MessagesScreen(): JSX.Element {
           </a>
         </div>
       ) : null}
+      {start?.kind === "otherTab" ? (
+        <div class="notice" data-testid="other-tab">
+          <p>
+            Your messages are open in another tab or window of this browser. Use that one, or close it and try
+            again here (two copies of this browser's keys must never send at the same time).
+          </p>
+          <Button type="button" variant="secondary" onClick={() => begin()}>
+            Try again
+          </Button>
+        </div>
+      ) : null}
       {start?.kind === "needsLink" ? (
         <NeedsLink reason={start.reason} busy={setup.busy} onStartOver={() => begin(true)} onLinked={setStart} />
       ) : null}
