@@ -171,6 +171,36 @@ async function indexedDbDump(page) {
   });
 }
 
+/**
+ * Flips the last byte of the newest device ciphertext in messaging-svc's SQLite database (the
+ * end of the encoded DeviceCiphertext: its AEAD tag), with Python's sqlite3 (Node.js 20 has none).
+ */
+function tamperLastCiphertext() {
+  const script = `
+import glob, os, sqlite3, sys
+for path in glob.glob(os.path.join(sys.argv[1], "**", "*"), recursive=True):
+    if not os.path.isfile(path) or path.endswith(("-wal", "-shm", ".log")):
+        continue
+    try:
+        db = sqlite3.connect(path, timeout=10)
+        row = db.execute("SELECT rowid, body FROM message_device_ciphertexts ORDER BY rowid DESC LIMIT 1").fetchone()
+    except sqlite3.DatabaseError:
+        continue
+    body = bytearray(row[1])
+    body[-1] ^= 1
+    db.execute("UPDATE message_device_ciphertexts SET body = ? WHERE rowid = ?", (bytes(body), row[0]))
+    db.commit()
+    print(path)
+    sys.exit(0)
+sys.exit("no messaging database found")
+`;
+  return new Promise((resolve, reject) => {
+    execFile("python3", ["-c", script, process.env.E2E_DATA_DIR], (error, stdout, stderr) =>
+      error ? reject(new Error(`tampering failed: ${stderr || error.message}`)) : resolve(stdout.trim()),
+    );
+  });
+}
+
 /** Files of a directory tree that contain `needle` (as UTF-8 bytes). */
 function filesContaining(dir, needle) {
   const found = [];
@@ -473,6 +503,40 @@ describe("messages between the browser and carectl", () => {
     } finally {
       await first.context.close();
       await second.context.close();
+    }
+  });
+
+  it("a ciphertext changed in the server's database shows an error, not content", async () => {
+    const doc = await doctor("foreman");
+    const { context, page, violations } = await open(DESKTOP);
+    try {
+      const username = unique("max");
+      await register(page, username, "Max");
+      await signInWithPassword(page, username);
+      await heading(page, "Welcome, Max");
+      await enrolMfa(page, "Welcome, Max");
+      await page.getByRole("link", { name: "Messages" }).click();
+      await page.getByLabel("Start a conversation with (username)").fill(doc.username);
+      await page.getByRole("button", { name: "Open conversation" }).click();
+      await page.getByLabel("Message", { exact: true }).fill("hello");
+      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByTestId("message").filter({ hasText: "hello" }).waitFor();
+      // Away from the conversation (no live delivery), the doctor writes and the stored
+      // ciphertext for the patient's browser gets one byte changed (its AEAD tag's last byte).
+      await page.evaluate(() => (location.hash = "#/home"));
+      await heading(page, "Welcome, Max");
+      const secret = `TAMPERED-${unique("dose")}`;
+      await carectl(doc.profile, ["msg", "send", username, secret]);
+      await tamperLastCiphertext();
+      await page.evaluate(() => (location.hash = "#/messages"));
+      await page.getByRole("button", { name: "Dr foreman", exact: true }).click();
+      const broken = page.getByTestId("message").filter({ hasText: "Cannot open this message" });
+      await broken.waitFor();
+      assert.match((await broken.textContent()) ?? "", /DecryptionFailed/);
+      assert.equal(await page.getByText(secret).count(), 0);
+      await checkScreen(page, "messages-tampered", violations);
+    } finally {
+      await context.close();
     }
   });
 
