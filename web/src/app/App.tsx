@@ -11,6 +11,8 @@ import { RegisterScreen } from "../features/auth/RegisterScreen";
 import { SecondFactorScreen } from "../features/auth/SecondFactorScreen";
 import { SignInScreen } from "../features/auth/SignInScreen";
 import { RecordsScreen } from "../features/records/RecordsScreen";
+import { MessagesScreen } from "../features/messaging/MessagesScreen";
+import { DevicesScreen } from "../features/devices/DevicesScreen";
 import { Button, ErrorPanel, useOperation } from "./components";
 import { ClientContext } from "./context";
 import { navigate, useRoute, type Route } from "./router";
@@ -68,6 +70,12 @@ export function App(props: { client: CaremeshClient }): JSX.Element {
       break;
     case "records":
       screen = <RecordsScreen />;
+      break;
+    case "messages":
+      screen = <MessagesScreen />;
+      break;
+    case "devices":
+      screen = <DevicesScreen />;
       break;
     default:
       screen = null;

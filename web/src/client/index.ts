@@ -12,8 +12,10 @@ import { describeError, type ErrorView, type Operation } from "./errors";
 import { aalName, roleName, SessionStore, type Aal, type RoleName, type SessionInfo } from "./session";
 import { createTransport } from "./transport";
 import { RecordsClient } from "./records";
+import { openMessenger, wipeDeviceState } from "./messaging";
 
 export { describeError };
+export { openMessenger, startLink, MessagingError, type PendingLinkView, type Messenger, type MessengerStart, type MessageView, type ConversationView, type ContactView, type UserView, type DeviceView } from "./messaging";
 export type { Aal, ErrorView, Operation, RoleName, SessionInfo };
 export { RECORD_KINDS, RecordsClient, fhirProblem, type AccessEntry, type EmergencyGrant, type OpenedRecord, type PatientRef, type RecordSummary, type VersionEntry } from "./records";
 
@@ -81,6 +83,12 @@ export class CaremeshClient {
     });
     this.auth = createClient(AuthService, createTransport(baseUrl, () => this.session.accessToken()));
     this.records = new RecordsClient(baseUrl, this.session);
+    // Records use this browser's device identity (created by the first-device path when the
+    // account has none), so that both features share one account identity.
+    this.records.useIdentitySource(async () => {
+      const start = await openMessenger(this, { baseUrl });
+      return start.kind === "ready" ? start.messenger.deviceAccess().identity : null;
+    });
   }
 
   async register(input: { username: string; displayName: string; password: string }): Promise<Registered> {
@@ -179,11 +187,14 @@ export class CaremeshClient {
   /** Ends the session on the server (best effort) and wipes it from memory in any case. */
   async signOut(): Promise<void> {
     const refreshToken = this.session.refreshToken;
+    const userId = this.session.info?.userId ?? null;
     this.challenge = null;
     try {
       if (refreshToken !== null) await this.auth.logout({ refreshToken });
     } finally {
       this.session.clear();
+      // Sign-out also deletes this browser's device state (keys, sessions, opened messages).
+      if (userId !== null) await wipeDeviceState(userId);
     }
   }
 }

@@ -54,6 +54,11 @@ export function HomeScreen(): JSX.Element {
             ) : null}
           </dl>
           <p>
+            <a class="button secondary" href={href("messages")}>
+              Messages
+            </a>
+          </p>
+          <p>
             <a class="button secondary" href={href("records")}>
               Records
             </a>
