@@ -4,8 +4,8 @@
 // are POSTs, which it does not touch, and any GET that is not a shell file goes to the network
 // as if there were no service worker.
 
-const CACHE_NAME = "caremesh-shell-3a1dba5ea21ebcc5";
-const SHELL = ["/","/assets/index-C-YF3nwM.css","/assets/index-CqyYLCXq.js","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
+const CACHE_NAME = "caremesh-shell-691459084d3786c9";
+const SHELL = ["/","/assets/index-BG3_IO_w.css","/assets/index-DTGJlzRt.js","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
 const SHELL_SET = new Set(SHELL);
 
 self.addEventListener("install", (event) => {
