@@ -107,7 +107,11 @@ export type MessengerStart =
 
 /** A failure the user should read as it is (not from the server). */
 export class MessagingError extends Error {
-  constructor(message: string) {
+  /** `final`: trying again cannot help (as opposed to something another device may still do). */
+  constructor(
+    message: string,
+    readonly final: boolean = true,
+  ) {
     super(message);
     this.name = "MessagingError";
   }
@@ -493,6 +497,8 @@ export class Messenger {
   private readonly contacts = new Map<string, KnownDevices>();
   private readonly users = new Map<string, UserView>();
   private readonly watchers = new Set<AbortController>();
+  /** Messages that cannot open here for good (a cryptographic refusal), not tried again. */
+  private readonly unopenable = new Map<string, string>();
 
   constructor(
     readonly userId: string,
@@ -958,11 +964,16 @@ export class Messenger {
     }
     const stored = await this.store.get<{ text: string }>(`m:${message.messageId}`);
     if (stored) return this.view(message, stored.text, null);
+    const known = this.unopenable.get(message.messageId);
+    if (known !== undefined) return this.view(message, null, known);
     try {
       const text = await this.openNew(message);
       return this.view(message, text, null);
     } catch (error) {
-      return this.view(message, null, describeProblem(error));
+      const problem = describeProblem(error);
+      // A network failure is tried again next time; a refusal by the cryptography is final.
+      if (error instanceof CryptoError || (error instanceof MessagingError && error.final)) this.unopenable.set(message.messageId, problem);
+      return this.view(message, null, problem);
     }
   }
 
@@ -1008,7 +1019,7 @@ export class Messenger {
 
   private openArchiveCopy(message: Message): string {
     const copy = message.archive;
-    if (!copy) throw new MessagingError("sent before this browser was linked, and no archive copy exists yet");
+    if (!copy) throw new MessagingError("sent before this browser was linked, and no archive copy exists yet", false);
     const content = openArchive({ historyKeyId: copy.historyKeyId, nonce: copy.nonce, ciphertext: copy.ciphertext }, this.state.history, {
       ownerUserId: this.userId,
       messageId: message.messageId,

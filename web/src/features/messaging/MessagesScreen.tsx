@@ -252,9 +252,10 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
     <section class="card messages">
       <ScreenTitle>Messages</ScreenTitle>
       <p class="hint">End-to-end encrypted: only you and the people you write to can read these messages.</p>
-      <p>
+      <nav class="subnav" aria-label="Messages">
+        <a href={href("home")}>Home</a>
         <a href={href("devices")}>Your devices</a>
-      </p>
+      </nav>
       {notices.length > 0 ? (
         <div class="notice" role="status" data-testid="device-notices">
           <p>
