@@ -8,23 +8,17 @@
 // Figures only: nothing here passes or fails on a time.
 
 import { execFileSync } from "node:child_process";
-import { createHash, X509Certificate } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 
-import { chromium } from "playwright-core";
+import { launchChromium } from "../e2e/chromium.mjs";
 
 const BASE = process.env.BENCH_BASE_URL ?? process.env.E2E_BASE_URL;
 const DEV = process.env.BENCH_DEV_URL;
 const WEB_CERT = process.env.E2E_WEB_CERT ?? "";
 const here = new URL(".", import.meta.url).pathname;
 const repo = join(here, "..", "..");
-
-function spkiHash(certPath) {
-  const spki = new X509Certificate(readFileSync(certPath)).publicKey.export({ type: "spki", format: "der" });
-  return createHash("sha256").update(spki).digest("base64");
-}
 
 function median(values) {
   const sorted = [...values].sort((a, b) => a - b);
@@ -36,20 +30,7 @@ const scripts = readdirSync(assets).filter((name) => name.endsWith(".js"));
 const gzipped = scripts.reduce((sum, name) => sum + gzipSync(readFileSync(join(assets, name)), { level: 9 }).length, 0);
 console.log(`bench: app JavaScript ${(gzipped / 1024).toFixed(1)} KB gzipped (${scripts.length} file(s); goal <= 350 KB)`);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    ...(WEB_CERT ? [`--ignore-certificate-errors-spki-list=${spkiHash(WEB_CERT)}`] : []),
-  ],
-});
+const browser = await launchChromium(WEB_CERT);
 try {
   const interactive = [];
   for (let run = 0; run < 7; run++) {

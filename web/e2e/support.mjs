@@ -2,14 +2,13 @@
 // checks every screen gets (axe-core, phone-width overflow, CSP violations), and the steps many
 // flows start with (register, sign in, enrol MFA, the bootstrap admin).
 
-import { createHash, X509Certificate } from "node:crypto";
 import { readFileSync, mkdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { after, before } from "node:test";
 import assert from "node:assert/strict";
 
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 import { totp, totpStep } from "./totp.mjs";
 
@@ -31,27 +30,8 @@ export function currentBrowser() {
   return browser;
 }
 
-function spkiHash(certPath) {
-  const spki = new X509Certificate(readFileSync(certPath)).publicKey.export({ type: "spki", format: "der" });
-  return createHash("sha256").update(spki).digest("base64");
-}
-
 before(async () => {
-  const trust = WEB_CERT ? [`--ignore-certificate-errors-spki-list=${spkiHash(WEB_CERT)}`] : [];
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      ...trust,
-    ],
-  });
+  browser = await launchChromium(WEB_CERT);
 });
 
 after(async () => {
