@@ -114,7 +114,7 @@ async fn a_40_mib_file_goes_through_unchanged_in_bounded_memory_with_no_plaintex
                 );
             }
         }
-        for file in walk(&mesh.dir()) {
+        for file in caremesh_testkit::files_under(&mesh.dir()) {
             let bytes = std::fs::read(&file).unwrap_or_default();
             assert!(
                 !bytes.windows(needle.len()).any(|window| window == needle),

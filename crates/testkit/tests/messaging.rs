@@ -226,7 +226,7 @@ async fn patient_and_doctor_exchange_and_read_history_others_cannot() {
 
     // No plaintext at rest or in logs: the marker is in no file of the mesh (databases, WAL)
     // and in no log line of this process.
-    let mut files = walk(&mesh.dir());
+    let mut files = caremesh_testkit::files_under(&mesh.dir());
     if let Some(log_file) = &log_file {
         assert!(std::fs::metadata(log_file).unwrap().len() > 0, "logs were captured");
         files.push(log_file.clone());
@@ -248,19 +248,6 @@ async fn patient_and_doctor_exchange_and_read_history_others_cannot() {
         let _ = std::fs::remove_file(log_file);
     }
     mesh.shutdown().await;
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 #[tokio::test]

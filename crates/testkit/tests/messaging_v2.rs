@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -1016,19 +1016,6 @@ fn log_to_file() -> Option<PathBuf> {
         .map(|()| path)
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
@@ -1091,10 +1078,10 @@ async fn no_plaintext_at_rest_or_in_logs_after_a_multi_device_run() {
         assert!(run.sent.iter().all(|sent| sent.text.contains(&marker)));
         let needles = [marker.as_bytes().to_vec(), hex(marker.as_bytes()).into_bytes()];
 
-        let mut files = walk(&mesh.dir());
+        let mut files = caremesh_testkit::files_under(&mesh.dir());
         for device in run.jane.iter().chain(&run.house) {
             device.messenger.flush().unwrap();
-            files.extend(walk(device.dir.path()));
+            files.extend(caremesh_testkit::files_under(device.dir.path()));
         }
         if let Some(log_file) = &log_file {
             assert!(std::fs::metadata(log_file).unwrap().len() > 0, "logs were captured");

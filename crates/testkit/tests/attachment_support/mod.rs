@@ -95,16 +95,3 @@ pub fn status_of(error: caremesh_sdk::SdkError) -> (tonic::Code, String) {
         error.reason().unwrap_or_default(),
     )
 }
-
-pub fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
-}
