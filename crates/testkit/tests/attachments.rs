@@ -49,8 +49,10 @@ async fn an_interrupted_upload_resumes_where_the_servers_copy_ends() {
             result = first => panic!("{name}: the upload finished before it was cut: {result:?}"),
             _ = cut_rx => {}
         }
-        let stored = eventually(Duration::from_secs(10), || async {
-            let attachment = api(&mesh)
+        // Pieces already on the wire may still land after the cut: wait until the server's copy
+        // stops growing, so the resumed upload is measured against what the server really holds.
+        let stored_now = || async {
+            api(&mesh)
                 .get_attachment(
                     patient
                         .user
@@ -63,8 +65,13 @@ async fn an_interrupted_upload_resumes_where_the_servers_copy_ends() {
                 .await
                 .ok()?
                 .into_inner()
-                .attachment?;
-            (attachment.stored_length >= MIB).then_some(attachment)
+                .attachment
+        };
+        let stored = eventually(Duration::from_secs(10), || async {
+            let before = stored_now().await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let after = stored_now().await?;
+            (before.stored_length >= MIB && after.stored_length == before.stored_length).then_some(after)
         })
         .await
         .unwrap_or_else(|| panic!("{name}: part of the blob was stored before the cut"));
