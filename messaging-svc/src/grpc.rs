@@ -637,6 +637,21 @@ impl MessagingService for Api {
         }))
     }
 
+    async fn append_attachment(
+        &self,
+        request: Request<pb::UploadAttachmentRequest>,
+    ) -> Result<Response<pb::UploadAttachmentResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let piece = request.into_inner();
+        let view = self
+            .domain
+            .upload_attachment_piece(&principal, &piece.attachment_id, piece.offset, &piece.data)
+            .await?;
+        Ok(Response::new(pb::UploadAttachmentResponse {
+            attachment: Some(attachment_message(&view)),
+        }))
+    }
+
     async fn get_attachment(
         &self,
         request: Request<pb::GetAttachmentRequest>,

@@ -15,7 +15,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file caremesh/messaging/v1/messaging.proto.
  */
 export const file_caremesh_messaging_v1_messaging: GenFile = /*@__PURE__*/
-  fileDesc("CiVjYXJlbWVzaC9tZXNzYWdpbmcvdjEvbWVzc2FnaW5nLnByb3RvEhVjYXJlbWVzaC5tZXNzYWdpbmcudjEi6QEKCEVudmVsb3BlEg8KB3ZlcnNpb24YASABKA0SHgoWc2VuZGVyX2lkZW50aXR5X2tleV9pZBgCIAEoCRIhChlyZWNpcGllbnRfaWRlbnRpdHlfa2V5X2lkGAMgASgJEiIKGnJlY2lwaWVudF9zaWduZWRfcHJla2V5X2lkGAQgASgJEiQKHHJlY2lwaWVudF9vbmVfdGltZV9wcmVrZXlfaWQYBSABKAkSHAoUZXBoZW1lcmFsX3B1YmxpY19rZXkYBiABKAwSDQoFbm9uY2UYByABKAwSEgoKY2lwaGVydGV4dBgIIAEoDCKoAQoNR3JvdXBFbnZlbG9wZRIPCgd2ZXJzaW9uGAEgASgNEhYKDnBhcmFtc192ZXJzaW9uGAIgASgJEhgKEGVuY2Fwc3VsYXRlZF9rZXkYAyABKAwSDQoFbm9uY2UYBCABKAwSEgoKY2lwaGVydGV4dBgFIAEoDBIeChZzZW5kZXJfaWRlbnRpdHlfa2V5X2lkGAYgASgJEhEKCXNpZ25hdHVyZRgHIAEoDCJdCg1EaXJlY3RDb250ZW50EhkKEXJlY2lwaWVudF91c2VyX2lkGAEgASgJEjEKCGVudmVsb3BlGAIgASgLMh8uY2FyZW1lc2gubWVzc2FnaW5nLnYxLkVudmVsb3BlIs8BChFIYW5kc2hha2VQcmVhbWJsZRIeChZzZW5kZXJfaWRlbnRpdHlfa2V5X2lkGAEgASgJEhwKFGVwaGVtZXJhbF9wdWJsaWNfa2V5GAIgASgMEhgKEHNpZ25lZF9wcmVrZXlfaWQYAyABKAkSGgoSb25lX3RpbWVfcHJla2V5X2lkGAQgASgJEhUKDWtlbV9wcmVrZXlfaWQYBSABKAkSFwoPa2VtX3ByZWtleV9raW5kGAYgASgNEhYKDmtlbV9jaXBoZXJ0ZXh0GAcgASgMIocCChBEZXZpY2VDaXBoZXJ0ZXh0EhkKEXJlY2lwaWVudF91c2VyX2lkGAEgASgJEhsKE3JlY2lwaWVudF9kZXZpY2VfaWQYAiABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgDIAEoCRIaChJyYXRjaGV0X3B1YmxpY19rZXkYBCABKAwSHQoVcHJldmlvdXNfY2hhaW5fbGVuZ3RoGAUgASgNEhYKDm1lc3NhZ2VfbnVtYmVyGAYgASgNEjoKCHByZWFtYmxlGAcgASgLMiguY2FyZW1lc2gubWVzc2FnaW5nLnYxLkhhbmRzaGFrZVByZWFtYmxlEhIKCmNpcGhlcnRleHQYCCABKAwiXwoLQXJjaGl2ZUNvcHkSFQoNb3duZXJfdXNlcl9pZBgBIAEoCRIWCg5oaXN0b3J5X2tleV9pZBgCIAEoCRINCgVub25jZRgDIAEoDBISCgpjaXBoZXJ0ZXh0GAQgASgMIlYKDEdyb3VwQ29udGVudBIOCgZwb2xpY3kYASABKAkSNgoIZW52ZWxvcGUYAiABKAsyJC5jYXJlbWVzaC5tZXNzYWdpbmcudjEuR3JvdXBFbnZlbG9wZSKCAQoOTWVzc2FnZVJlY2VpcHQSDwoHdXNlcl9pZBgBIAEoCRIwCgxkZWxpdmVyX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCXJlYWRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiyQUKB01lc3NhZ2USEgoKbWVzc2FnZV9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSFgoOc2VuZGVyX3VzZXJfaWQYAyABKAkSMAoEa2luZBgEIAEoDjIiLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5NZXNzYWdlS2luZBIZChFyZWNpcGllbnRfdXNlcl9pZBgFIAEoCRIOCgZwb2xpY3kYBiABKAkSMQoIZW52ZWxvcGUYByABKAsyHy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuRW52ZWxvcGUSPAoOZ3JvdXBfZW52ZWxvcGUYCCABKAsyJC5jYXJlbWVzaC5tZXNzYWdpbmcudjEuR3JvdXBFbnZlbG9wZRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKBXN0YXRlGAsgASgOMiMuY2FyZW1lc2gubWVzc2FnaW5nLnYxLk1lc3NhZ2VTdGF0ZRIvCgtyZWNhbGxfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoIcmVjZWlwdHMYDSADKAsyJS5jYXJlbWVzaC5tZXNzYWdpbmcudjEuTWVzc2FnZVJlY2VpcHQSGAoQcHJvdG9jb2xfdmVyc2lvbhgOIAEoDRIYChBzZW5kZXJfZGV2aWNlX2lkGA8gASgJEkIKEWRldmljZV9jaXBoZXJ0ZXh0GBAgASgLMicuY2FyZW1lc2gubWVzc2FnaW5nLnYxLkRldmljZUNpcGhlcnRleHQSMwoHYXJjaGl2ZRgRIAEoCzIiLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5BcmNoaXZlQ29weSLlAQoMQ29udmVyc2F0aW9uEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIwCgRraW5kGAIgASgOMiIuY2FyZW1lc2gubWVzc2FnaW5nLnYxLk1lc3NhZ2VLaW5kEhQKDHBlZXJfdXNlcl9pZBgDIAEoCRIOCgZwb2xpY3kYBCABKAkSFwoPbGFzdF9tZXNzYWdlX2lkGAUgASgJEjUKEWxhc3RfbWVzc2FnZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgx1bnJlYWRfY291bnQYByABKA0imAMKElNlbmRNZXNzYWdlUmVxdWVzdBISCgptZXNzYWdlX2lkGAEgASgJEjYKBmRpcmVjdBgCIAEoCzIkLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5EaXJlY3RDb250ZW50SAASNAoFZ3JvdXAYAyABKAsyIy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuR3JvdXBDb250ZW50SAASNAoLc2VuZGVyX2NvcHkYBCABKAsyHy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuRW52ZWxvcGUSKwoIbGlmZXNwYW4YBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGAoQc2VuZGVyX2RldmljZV9pZBgGIAEoCRJDChJkZXZpY2VfY2lwaGVydGV4dHMYByADKAsyJy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuRGV2aWNlQ2lwaGVydGV4dBIzCgdhcmNoaXZlGAggASgLMiIuY2FyZW1lc2gubWVzc2FnaW5nLnYxLkFyY2hpdmVDb3B5QgkKB2NvbnRlbnQiWQoTU2VuZE1lc3NhZ2VSZXNwb25zZRIvCgdtZXNzYWdlGAEgASgLMh4uY2FyZW1lc2gubWVzc2FnaW5nLnYxLk1lc3NhZ2USEQoJZHVwbGljYXRlGAIgASgIIjoKEUdldE1lc3NhZ2VSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIkUKEkdldE1lc3NhZ2VSZXNwb25zZRIvCgdtZXNzYWdlGAEgASgLMh4uY2FyZW1lc2gubWVzc2FnaW5nLnYxLk1lc3NhZ2UikgEKEExpc3RJbmJveFJlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSLwoFb3JkZXIYAyABKA4yIC5jYXJlbWVzaC5tZXNzYWdpbmcudjEuU29ydE9yZGVyEhMKC3VucmVhZF9vbmx5GAQgASgIEhEKCWRldmljZV9pZBgFIAEoCSJeChFMaXN0SW5ib3hSZXNwb25zZRIwCghtZXNzYWdlcxgBIAMoCzIeLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJBChhMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkicAoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRI6Cg1jb252ZXJzYXRpb25zGAEgAygLMiMuY2FyZW1lc2gubWVzc2FnaW5nLnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiyQEKH0xpc3RDb252ZXJzYXRpb25NZXNzYWdlc1JlcXVlc3QSGQoPY29udmVyc2F0aW9uX2lkGAEgASgJSAASFgoMcGVlcl91c2VyX2lkGAIgASgJSAASEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkSLwoFb3JkZXIYBSABKA4yIC5jYXJlbWVzaC5tZXNzYWdpbmcudjEuU29ydE9yZGVyEhEKCWRldmljZV9pZBgGIAEoCUIICgZ0YXJnZXQibQogTGlzdENvbnZlcnNhdGlvbk1lc3NhZ2VzUmVzcG9uc2USMAoIbWVzc2FnZXMYASADKAsyHi5jYXJlbWVzaC5tZXNzYWdpbmcudjEuTWVzc2FnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiNQoQU3Vic2NyaWJlUmVxdWVzdBIOCgZjdXJzb3IYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIlQKEVN1YnNjcmliZVJlc3BvbnNlEi8KB21lc3NhZ2UYASABKAsyHi5jYXJlbWVzaC5tZXNzYWdpbmcudjEuTWVzc2FnZRIOCgZjdXJzb3IYAiABKAkiXAoTU2VuZFJlY2VpcHRzUmVxdWVzdBITCgttZXNzYWdlX2lkcxgBIAMoCRIwCgR0eXBlGAIgASgOMiIuY2FyZW1lc2gubWVzc2FnaW5nLnYxLlJlY2VpcHRUeXBlIicKFFNlbmRSZWNlaXB0c1Jlc3BvbnNlEg8KB3VwZGF0ZWQYASABKA0iKgoUUmVjYWxsTWVzc2FnZVJlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCSJIChVSZWNhbGxNZXNzYWdlUmVzcG9uc2USLwoHbWVzc2FnZRgBIAEoCzIeLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5NZXNzYWdlImIKF1N0b3JlQXJjaGl2ZUNvcHlSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkSMwoHYXJjaGl2ZRgCIAEoCzIiLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5BcmNoaXZlQ29weSIqChhTdG9yZUFyY2hpdmVDb3B5UmVzcG9uc2USDgoGc3RvcmVkGAEgASgIKlwKC01lc3NhZ2VLaW5kEhwKGE1FU1NBR0VfS0lORF9VTlNQRUNJRklFRBAAEhcKE01FU1NBR0VfS0lORF9ESVJFQ1QQARIWChJNRVNTQUdFX0tJTkRfR1JPVVAQAipjCgxNZXNzYWdlU3RhdGUSHQoZTUVTU0FHRV9TVEFURV9VTlNQRUNJRklFRBAAEhgKFE1FU1NBR0VfU1RBVEVfQUNUSVZFEAESGgoWTUVTU0FHRV9TVEFURV9SRUNBTExFRBACKl4KC1JlY2VpcHRUeXBlEhwKGFJFQ0VJUFRfVFlQRV9VTlNQRUNJRklFRBAAEhoKFlJFQ0VJUFRfVFlQRV9ERUxJVkVSRUQQARIVChFSRUNFSVBUX1RZUEVfUkVBRBACKmEKCVNvcnRPcmRlchIaChZTT1JUX09SREVSX1VOU1BFQ0lGSUVEEAASGwoXU09SVF9PUkRFUl9ORVdFU1RfRklSU1QQARIbChdTT1JUX09SREVSX09MREVTVF9GSVJTVBACMu0HChBNZXNzYWdpbmdTZXJ2aWNlEmQKC1NlbmRNZXNzYWdlEikuY2FyZW1lc2gubWVzc2FnaW5nLnYxLlNlbmRNZXNzYWdlUmVxdWVzdBoqLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5TZW5kTWVzc2FnZVJlc3BvbnNlEmEKCkdldE1lc3NhZ2USKC5jYXJlbWVzaC5tZXNzYWdpbmcudjEuR2V0TWVzc2FnZVJlcXVlc3QaKS5jYXJlbWVzaC5tZXNzYWdpbmcudjEuR2V0TWVzc2FnZVJlc3BvbnNlEl4KCUxpc3RJbmJveBInLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5MaXN0SW5ib3hSZXF1ZXN0GiguY2FyZW1lc2gubWVzc2FnaW5nLnYxLkxpc3RJbmJveFJlc3BvbnNlEnYKEUxpc3RDb252ZXJzYXRpb25zEi8uY2FyZW1lc2gubWVzc2FnaW5nLnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBowLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEosBChhMaXN0Q29udmVyc2F0aW9uTWVzc2FnZXMSNi5jYXJlbWVzaC5tZXNzYWdpbmcudjEuTGlzdENvbnZlcnNhdGlvbk1lc3NhZ2VzUmVxdWVzdBo3LmNhcmVtZXNoLm1lc3NhZ2luZy52MS5MaXN0Q29udmVyc2F0aW9uTWVzc2FnZXNSZXNwb25zZRJgCglTdWJzY3JpYmUSJy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuU3Vic2NyaWJlUmVxdWVzdBooLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5TdWJzY3JpYmVSZXNwb25zZTABEmcKDFNlbmRSZWNlaXB0cxIqLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5TZW5kUmVjZWlwdHNSZXF1ZXN0GisuY2FyZW1lc2gubWVzc2FnaW5nLnYxLlNlbmRSZWNlaXB0c1Jlc3BvbnNlEmoKDVJlY2FsbE1lc3NhZ2USKy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuUmVjYWxsTWVzc2FnZVJlcXVlc3QaLC5jYXJlbWVzaC5tZXNzYWdpbmcudjEuUmVjYWxsTWVzc2FnZVJlc3BvbnNlEnMKEFN0b3JlQXJjaGl2ZUNvcHkSLi5jYXJlbWVzaC5tZXNzYWdpbmcudjEuU3RvcmVBcmNoaXZlQ29weVJlcXVlc3QaLy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuU3RvcmVBcmNoaXZlQ29weVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiVjYXJlbWVzaC9tZXNzYWdpbmcvdjEvbWVzc2FnaW5nLnByb3RvEhVjYXJlbWVzaC5tZXNzYWdpbmcudjEi6QEKCEVudmVsb3BlEg8KB3ZlcnNpb24YASABKA0SHgoWc2VuZGVyX2lkZW50aXR5X2tleV9pZBgCIAEoCRIhChlyZWNpcGllbnRfaWRlbnRpdHlfa2V5X2lkGAMgASgJEiIKGnJlY2lwaWVudF9zaWduZWRfcHJla2V5X2lkGAQgASgJEiQKHHJlY2lwaWVudF9vbmVfdGltZV9wcmVrZXlfaWQYBSABKAkSHAoUZXBoZW1lcmFsX3B1YmxpY19rZXkYBiABKAwSDQoFbm9uY2UYByABKAwSEgoKY2lwaGVydGV4dBgIIAEoDCKoAQoNR3JvdXBFbnZlbG9wZRIPCgd2ZXJzaW9uGAEgASgNEhYKDnBhcmFtc192ZXJzaW9uGAIgASgJEhgKEGVuY2Fwc3VsYXRlZF9rZXkYAyABKAwSDQoFbm9uY2UYBCABKAwSEgoKY2lwaGVydGV4dBgFIAEoDBIeChZzZW5kZXJfaWRlbnRpdHlfa2V5X2lkGAYgASgJEhEKCXNpZ25hdHVyZRgHIAEoDCJdCg1EaXJlY3RDb250ZW50EhkKEXJlY2lwaWVudF91c2VyX2lkGAEgASgJEjEKCGVudmVsb3BlGAIgASgLMh8uY2FyZW1lc2gubWVzc2FnaW5nLnYxLkVudmVsb3BlIs8BChFIYW5kc2hha2VQcmVhbWJsZRIeChZzZW5kZXJfaWRlbnRpdHlfa2V5X2lkGAEgASgJEhwKFGVwaGVtZXJhbF9wdWJsaWNfa2V5GAIgASgMEhgKEHNpZ25lZF9wcmVrZXlfaWQYAyABKAkSGgoSb25lX3RpbWVfcHJla2V5X2lkGAQgASgJEhUKDWtlbV9wcmVrZXlfaWQYBSABKAkSFwoPa2VtX3ByZWtleV9raW5kGAYgASgNEhYKDmtlbV9jaXBoZXJ0ZXh0GAcgASgMIocCChBEZXZpY2VDaXBoZXJ0ZXh0EhkKEXJlY2lwaWVudF91c2VyX2lkGAEgASgJEhsKE3JlY2lwaWVudF9kZXZpY2VfaWQYAiABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgDIAEoCRIaChJyYXRjaGV0X3B1YmxpY19rZXkYBCABKAwSHQoVcHJldmlvdXNfY2hhaW5fbGVuZ3RoGAUgASgNEhYKDm1lc3NhZ2VfbnVtYmVyGAYgASgNEjoKCHByZWFtYmxlGAcgASgLMiguY2FyZW1lc2gubWVzc2FnaW5nLnYxLkhhbmRzaGFrZVByZWFtYmxlEhIKCmNpcGhlcnRleHQYCCABKAwiXwoLQXJjaGl2ZUNvcHkSFQoNb3duZXJfdXNlcl9pZBgBIAEoCRIWCg5oaXN0b3J5X2tleV9pZBgCIAEoCRINCgVub25jZRgDIAEoDBISCgpjaXBoZXJ0ZXh0GAQgASgMIlYKDEdyb3VwQ29udGVudBIOCgZwb2xpY3kYASABKAkSNgoIZW52ZWxvcGUYAiABKAsyJC5jYXJlbWVzaC5tZXNzYWdpbmcudjEuR3JvdXBFbnZlbG9wZSKCAQoOTWVzc2FnZVJlY2VpcHQSDwoHdXNlcl9pZBgBIAEoCRIwCgxkZWxpdmVyX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCXJlYWRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiyQUKB01lc3NhZ2USEgoKbWVzc2FnZV9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSFgoOc2VuZGVyX3VzZXJfaWQYAyABKAkSMAoEa2luZBgEIAEoDjIiLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5NZXNzYWdlS2luZBIZChFyZWNpcGllbnRfdXNlcl9pZBgFIAEoCRIOCgZwb2xpY3kYBiABKAkSMQoIZW52ZWxvcGUYByABKAsyHy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuRW52ZWxvcGUSPAoOZ3JvdXBfZW52ZWxvcGUYCCABKAsyJC5jYXJlbWVzaC5tZXNzYWdpbmcudjEuR3JvdXBFbnZlbG9wZRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKBXN0YXRlGAsgASgOMiMuY2FyZW1lc2gubWVzc2FnaW5nLnYxLk1lc3NhZ2VTdGF0ZRIvCgtyZWNhbGxfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoIcmVjZWlwdHMYDSADKAsyJS5jYXJlbWVzaC5tZXNzYWdpbmcudjEuTWVzc2FnZVJlY2VpcHQSGAoQcHJvdG9jb2xfdmVyc2lvbhgOIAEoDRIYChBzZW5kZXJfZGV2aWNlX2lkGA8gASgJEkIKEWRldmljZV9jaXBoZXJ0ZXh0GBAgASgLMicuY2FyZW1lc2gubWVzc2FnaW5nLnYxLkRldmljZUNpcGhlcnRleHQSMwoHYXJjaGl2ZRgRIAEoCzIiLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5BcmNoaXZlQ29weSLlAQoMQ29udmVyc2F0aW9uEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIwCgRraW5kGAIgASgOMiIuY2FyZW1lc2gubWVzc2FnaW5nLnYxLk1lc3NhZ2VLaW5kEhQKDHBlZXJfdXNlcl9pZBgDIAEoCRIOCgZwb2xpY3kYBCABKAkSFwoPbGFzdF9tZXNzYWdlX2lkGAUgASgJEjUKEWxhc3RfbWVzc2FnZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgx1bnJlYWRfY291bnQYByABKA0imAMKElNlbmRNZXNzYWdlUmVxdWVzdBISCgptZXNzYWdlX2lkGAEgASgJEjYKBmRpcmVjdBgCIAEoCzIkLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5EaXJlY3RDb250ZW50SAASNAoFZ3JvdXAYAyABKAsyIy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuR3JvdXBDb250ZW50SAASNAoLc2VuZGVyX2NvcHkYBCABKAsyHy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuRW52ZWxvcGUSKwoIbGlmZXNwYW4YBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGAoQc2VuZGVyX2RldmljZV9pZBgGIAEoCRJDChJkZXZpY2VfY2lwaGVydGV4dHMYByADKAsyJy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuRGV2aWNlQ2lwaGVydGV4dBIzCgdhcmNoaXZlGAggASgLMiIuY2FyZW1lc2gubWVzc2FnaW5nLnYxLkFyY2hpdmVDb3B5QgkKB2NvbnRlbnQiWQoTU2VuZE1lc3NhZ2VSZXNwb25zZRIvCgdtZXNzYWdlGAEgASgLMh4uY2FyZW1lc2gubWVzc2FnaW5nLnYxLk1lc3NhZ2USEQoJZHVwbGljYXRlGAIgASgIIjoKEUdldE1lc3NhZ2VSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIkUKEkdldE1lc3NhZ2VSZXNwb25zZRIvCgdtZXNzYWdlGAEgASgLMh4uY2FyZW1lc2gubWVzc2FnaW5nLnYxLk1lc3NhZ2UikgEKEExpc3RJbmJveFJlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSLwoFb3JkZXIYAyABKA4yIC5jYXJlbWVzaC5tZXNzYWdpbmcudjEuU29ydE9yZGVyEhMKC3VucmVhZF9vbmx5GAQgASgIEhEKCWRldmljZV9pZBgFIAEoCSJeChFMaXN0SW5ib3hSZXNwb25zZRIwCghtZXNzYWdlcxgBIAMoCzIeLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJBChhMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkicAoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRI6Cg1jb252ZXJzYXRpb25zGAEgAygLMiMuY2FyZW1lc2gubWVzc2FnaW5nLnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiyQEKH0xpc3RDb252ZXJzYXRpb25NZXNzYWdlc1JlcXVlc3QSGQoPY29udmVyc2F0aW9uX2lkGAEgASgJSAASFgoMcGVlcl91c2VyX2lkGAIgASgJSAASEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkSLwoFb3JkZXIYBSABKA4yIC5jYXJlbWVzaC5tZXNzYWdpbmcudjEuU29ydE9yZGVyEhEKCWRldmljZV9pZBgGIAEoCUIICgZ0YXJnZXQibQogTGlzdENvbnZlcnNhdGlvbk1lc3NhZ2VzUmVzcG9uc2USMAoIbWVzc2FnZXMYASADKAsyHi5jYXJlbWVzaC5tZXNzYWdpbmcudjEuTWVzc2FnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiNQoQU3Vic2NyaWJlUmVxdWVzdBIOCgZjdXJzb3IYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIlQKEVN1YnNjcmliZVJlc3BvbnNlEi8KB21lc3NhZ2UYASABKAsyHi5jYXJlbWVzaC5tZXNzYWdpbmcudjEuTWVzc2FnZRIOCgZjdXJzb3IYAiABKAkiXAoTU2VuZFJlY2VpcHRzUmVxdWVzdBITCgttZXNzYWdlX2lkcxgBIAMoCRIwCgR0eXBlGAIgASgOMiIuY2FyZW1lc2gubWVzc2FnaW5nLnYxLlJlY2VpcHRUeXBlIicKFFNlbmRSZWNlaXB0c1Jlc3BvbnNlEg8KB3VwZGF0ZWQYASABKA0iKgoUUmVjYWxsTWVzc2FnZVJlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCSJIChVSZWNhbGxNZXNzYWdlUmVzcG9uc2USLwoHbWVzc2FnZRgBIAEoCzIeLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5NZXNzYWdlImIKF1N0b3JlQXJjaGl2ZUNvcHlSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkSMwoHYXJjaGl2ZRgCIAEoCzIiLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5BcmNoaXZlQ29weSIqChhTdG9yZUFyY2hpdmVDb3B5UmVzcG9uc2USDgoGc3RvcmVkGAEgASgIIr0BCgpBdHRhY2htZW50EhUKDWF0dGFjaG1lbnRfaWQYASABKAkSEgoKbWVzc2FnZV9pZBgCIAEoCRIVCg1vd25lcl91c2VyX2lkGAMgASgJEhMKC2Jsb2JfbGVuZ3RoGAQgASgEEhUKDXN0b3JlZF9sZW5ndGgYBSABKAQSEAoIY29tcGxldGUYBiABKAgSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlkKF0NyZWF0ZUF0dGFjaG1lbnRSZXF1ZXN0EhUKDWF0dGFjaG1lbnRfaWQYASABKAkSEgoKbWVzc2FnZV9pZBgCIAEoCRITCgtibG9iX2xlbmd0aBgDIAEoBCJRChhDcmVhdGVBdHRhY2htZW50UmVzcG9uc2USNQoKYXR0YWNobWVudBgBIAEoCzIhLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5BdHRhY2htZW50Ik4KF1VwbG9hZEF0dGFjaG1lbnRSZXF1ZXN0EhUKDWF0dGFjaG1lbnRfaWQYASABKAkSDgoGb2Zmc2V0GAIgASgEEgwKBGRhdGEYAyABKAwiUQoYVXBsb2FkQXR0YWNobWVudFJlc3BvbnNlEjUKCmF0dGFjaG1lbnQYASABKAsyIS5jYXJlbWVzaC5tZXNzYWdpbmcudjEuQXR0YWNobWVudCItChRHZXRBdHRhY2htZW50UmVxdWVzdBIVCg1hdHRhY2htZW50X2lkGAEgASgJIk4KFUdldEF0dGFjaG1lbnRSZXNwb25zZRI1CgphdHRhY2htZW50GAEgASgLMiEuY2FyZW1lc2gubWVzc2FnaW5nLnYxLkF0dGFjaG1lbnQiQgoZRG93bmxvYWRBdHRhY2htZW50UmVxdWVzdBIVCg1hdHRhY2htZW50X2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBCI6ChpEb3dubG9hZEF0dGFjaG1lbnRSZXNwb25zZRIOCgZvZmZzZXQYASABKAQSDAoEZGF0YRgCIAEoDCpcCgtNZXNzYWdlS2luZBIcChhNRVNTQUdFX0tJTkRfVU5TUEVDSUZJRUQQABIXChNNRVNTQUdFX0tJTkRfRElSRUNUEAESFgoSTUVTU0FHRV9LSU5EX0dST1VQEAIqYwoMTWVzc2FnZVN0YXRlEh0KGU1FU1NBR0VfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRNRVNTQUdFX1NUQVRFX0FDVElWRRABEhoKFk1FU1NBR0VfU1RBVEVfUkVDQUxMRUQQAipeCgtSZWNlaXB0VHlwZRIcChhSRUNFSVBUX1RZUEVfVU5TUEVDSUZJRUQQABIaChZSRUNFSVBUX1RZUEVfREVMSVZFUkVEEAESFQoRUkVDRUlQVF9UWVBFX1JFQUQQAiphCglTb3J0T3JkZXISGgoWU09SVF9PUkRFUl9VTlNQRUNJRklFRBAAEhsKF1NPUlRfT1JERVJfTkVXRVNUX0ZJUlNUEAESGwoXU09SVF9PUkRFUl9PTERFU1RfRklSU1QQAjK3DAoQTWVzc2FnaW5nU2VydmljZRJkCgtTZW5kTWVzc2FnZRIpLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5TZW5kTWVzc2FnZVJlcXVlc3QaKi5jYXJlbWVzaC5tZXNzYWdpbmcudjEuU2VuZE1lc3NhZ2VSZXNwb25zZRJhCgpHZXRNZXNzYWdlEiguY2FyZW1lc2gubWVzc2FnaW5nLnYxLkdldE1lc3NhZ2VSZXF1ZXN0GikuY2FyZW1lc2gubWVzc2FnaW5nLnYxLkdldE1lc3NhZ2VSZXNwb25zZRJeCglMaXN0SW5ib3gSJy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuTGlzdEluYm94UmVxdWVzdBooLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5MaXN0SW5ib3hSZXNwb25zZRJ2ChFMaXN0Q29udmVyc2F0aW9ucxIvLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaMC5jYXJlbWVzaC5tZXNzYWdpbmcudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRKLAQoYTGlzdENvbnZlcnNhdGlvbk1lc3NhZ2VzEjYuY2FyZW1lc2gubWVzc2FnaW5nLnYxLkxpc3RDb252ZXJzYXRpb25NZXNzYWdlc1JlcXVlc3QaNy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuTGlzdENvbnZlcnNhdGlvbk1lc3NhZ2VzUmVzcG9uc2USYAoJU3Vic2NyaWJlEicuY2FyZW1lc2gubWVzc2FnaW5nLnYxLlN1YnNjcmliZVJlcXVlc3QaKC5jYXJlbWVzaC5tZXNzYWdpbmcudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJnCgxTZW5kUmVjZWlwdHMSKi5jYXJlbWVzaC5tZXNzYWdpbmcudjEuU2VuZFJlY2VpcHRzUmVxdWVzdBorLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5TZW5kUmVjZWlwdHNSZXNwb25zZRJqCg1SZWNhbGxNZXNzYWdlEisuY2FyZW1lc2gubWVzc2FnaW5nLnYxLlJlY2FsbE1lc3NhZ2VSZXF1ZXN0GiwuY2FyZW1lc2gubWVzc2FnaW5nLnYxLlJlY2FsbE1lc3NhZ2VSZXNwb25zZRJzChBTdG9yZUFyY2hpdmVDb3B5Ei4uY2FyZW1lc2gubWVzc2FnaW5nLnYxLlN0b3JlQXJjaGl2ZUNvcHlSZXF1ZXN0Gi8uY2FyZW1lc2gubWVzc2FnaW5nLnYxLlN0b3JlQXJjaGl2ZUNvcHlSZXNwb25zZRJzChBDcmVhdGVBdHRhY2htZW50Ei4uY2FyZW1lc2gubWVzc2FnaW5nLnYxLkNyZWF0ZUF0dGFjaG1lbnRSZXF1ZXN0Gi8uY2FyZW1lc2gubWVzc2FnaW5nLnYxLkNyZWF0ZUF0dGFjaG1lbnRSZXNwb25zZRJ1ChBVcGxvYWRBdHRhY2htZW50Ei4uY2FyZW1lc2gubWVzc2FnaW5nLnYxLlVwbG9hZEF0dGFjaG1lbnRSZXF1ZXN0Gi8uY2FyZW1lc2gubWVzc2FnaW5nLnYxLlVwbG9hZEF0dGFjaG1lbnRSZXNwb25zZSgBEnMKEEFwcGVuZEF0dGFjaG1lbnQSLi5jYXJlbWVzaC5tZXNzYWdpbmcudjEuVXBsb2FkQXR0YWNobWVudFJlcXVlc3QaLy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuVXBsb2FkQXR0YWNobWVudFJlc3BvbnNlEmoKDUdldEF0dGFjaG1lbnQSKy5jYXJlbWVzaC5tZXNzYWdpbmcudjEuR2V0QXR0YWNobWVudFJlcXVlc3QaLC5jYXJlbWVzaC5tZXNzYWdpbmcudjEuR2V0QXR0YWNobWVudFJlc3BvbnNlEnsKEkRvd25sb2FkQXR0YWNobWVudBIwLmNhcmVtZXNoLm1lc3NhZ2luZy52MS5Eb3dubG9hZEF0dGFjaG1lbnRSZXF1ZXN0GjEuY2FyZW1lc2gubWVzc2FnaW5nLnYxLkRvd25sb2FkQXR0YWNobWVudFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A message body sealed to one user's keys with X3DH (caremesh-x3dh-v1): a fresh ephemeral X25519
@@ -1208,6 +1208,281 @@ export const StoreArchiveCopyResponseSchema: GenMessage<StoreArchiveCopyResponse
   messageDesc(file_caremesh_messaging_v1_messaging, 27);
 
 /**
+ * An attachment's blob, as the server knows it: no key, digest, name or media type.
+ *
+ * @generated from message caremesh.messaging.v1.Attachment
+ */
+export type Attachment = Message$1<"caremesh.messaging.v1.Attachment"> & {
+  /**
+   * The client-chosen attachment id (UUIDv7), also bound into every chunk of the blob.
+   *
+   * @generated from field: string attachment_id = 1;
+   */
+  attachmentId: string;
+
+  /**
+   * The message the attachment belongs to (the message may not have been sent yet).
+   *
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+
+  /**
+   * The user who created and uploaded it (the message's sender).
+   *
+   * @generated from field: string owner_user_id = 3;
+   */
+  ownerUserId: string;
+
+  /**
+   * The blob's length in bytes, as declared at creation.
+   *
+   * @generated from field: uint64 blob_length = 4;
+   */
+  blobLength: bigint;
+
+  /**
+   * How many bytes are stored: upload from here.
+   *
+   * @generated from field: uint64 stored_length = 5;
+   */
+  storedLength: bigint;
+
+  /**
+   * True once `stored_length` equals `blob_length`.
+   *
+   * @generated from field: bool complete = 6;
+   */
+  complete: boolean;
+
+  /**
+   * When it was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 7;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message caremesh.messaging.v1.Attachment.
+ * Use `create(AttachmentSchema)` to create a new message.
+ */
+export const AttachmentSchema: GenMessage<Attachment> = /*@__PURE__*/
+  messageDesc(file_caremesh_messaging_v1_messaging, 28);
+
+/**
+ * Request for MessagingService.CreateAttachment.
+ *
+ * @generated from message caremesh.messaging.v1.CreateAttachmentRequest
+ */
+export type CreateAttachmentRequest = Message$1<"caremesh.messaging.v1.CreateAttachmentRequest"> & {
+  /**
+   * Client-chosen id (UUIDv7), the one the blob's chunks are sealed with.
+   *
+   * @generated from field: string attachment_id = 1;
+   */
+  attachmentId: string;
+
+  /**
+   * The id (UUIDv7) of the direct message that will name it, chosen before sending.
+   *
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+
+  /**
+   * The blob's exact length: the file's length plus 16 bytes per 64 KiB chunk (§13.1). At most
+   * the server's attachment size limit.
+   *
+   * @generated from field: uint64 blob_length = 3;
+   */
+  blobLength: bigint;
+};
+
+/**
+ * Describes the message caremesh.messaging.v1.CreateAttachmentRequest.
+ * Use `create(CreateAttachmentRequestSchema)` to create a new message.
+ */
+export const CreateAttachmentRequestSchema: GenMessage<CreateAttachmentRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_messaging_v1_messaging, 29);
+
+/**
+ * Response for MessagingService.CreateAttachment.
+ *
+ * @generated from message caremesh.messaging.v1.CreateAttachmentResponse
+ */
+export type CreateAttachmentResponse = Message$1<"caremesh.messaging.v1.CreateAttachmentResponse"> & {
+  /**
+   * The attachment, with what is stored of it.
+   *
+   * @generated from field: caremesh.messaging.v1.Attachment attachment = 1;
+   */
+  attachment?: Attachment | undefined;
+};
+
+/**
+ * Describes the message caremesh.messaging.v1.CreateAttachmentResponse.
+ * Use `create(CreateAttachmentResponseSchema)` to create a new message.
+ */
+export const CreateAttachmentResponseSchema: GenMessage<CreateAttachmentResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_messaging_v1_messaging, 30);
+
+/**
+ * One piece of an upload.
+ *
+ * @generated from message caremesh.messaging.v1.UploadAttachmentRequest
+ */
+export type UploadAttachmentRequest = Message$1<"caremesh.messaging.v1.UploadAttachmentRequest"> & {
+  /**
+   * The attachment (the same in every piece of one stream).
+   *
+   * @generated from field: string attachment_id = 1;
+   */
+  attachmentId: string;
+
+  /**
+   * Where this piece starts: the stored length when the stream began, then the end of the
+   * previous piece.
+   *
+   * @generated from field: uint64 offset = 2;
+   */
+  offset: bigint;
+
+  /**
+   * At most 1 MiB of the blob.
+   *
+   * @generated from field: bytes data = 3;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message caremesh.messaging.v1.UploadAttachmentRequest.
+ * Use `create(UploadAttachmentRequestSchema)` to create a new message.
+ */
+export const UploadAttachmentRequestSchema: GenMessage<UploadAttachmentRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_messaging_v1_messaging, 31);
+
+/**
+ * Response for MessagingService.UploadAttachment.
+ *
+ * @generated from message caremesh.messaging.v1.UploadAttachmentResponse
+ */
+export type UploadAttachmentResponse = Message$1<"caremesh.messaging.v1.UploadAttachmentResponse"> & {
+  /**
+   * The attachment after the last piece.
+   *
+   * @generated from field: caremesh.messaging.v1.Attachment attachment = 1;
+   */
+  attachment?: Attachment | undefined;
+};
+
+/**
+ * Describes the message caremesh.messaging.v1.UploadAttachmentResponse.
+ * Use `create(UploadAttachmentResponseSchema)` to create a new message.
+ */
+export const UploadAttachmentResponseSchema: GenMessage<UploadAttachmentResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_messaging_v1_messaging, 32);
+
+/**
+ * Request for MessagingService.GetAttachment.
+ *
+ * @generated from message caremesh.messaging.v1.GetAttachmentRequest
+ */
+export type GetAttachmentRequest = Message$1<"caremesh.messaging.v1.GetAttachmentRequest"> & {
+  /**
+   * The attachment.
+   *
+   * @generated from field: string attachment_id = 1;
+   */
+  attachmentId: string;
+};
+
+/**
+ * Describes the message caremesh.messaging.v1.GetAttachmentRequest.
+ * Use `create(GetAttachmentRequestSchema)` to create a new message.
+ */
+export const GetAttachmentRequestSchema: GenMessage<GetAttachmentRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_messaging_v1_messaging, 33);
+
+/**
+ * Response for MessagingService.GetAttachment.
+ *
+ * @generated from message caremesh.messaging.v1.GetAttachmentResponse
+ */
+export type GetAttachmentResponse = Message$1<"caremesh.messaging.v1.GetAttachmentResponse"> & {
+  /**
+   * The attachment.
+   *
+   * @generated from field: caremesh.messaging.v1.Attachment attachment = 1;
+   */
+  attachment?: Attachment | undefined;
+};
+
+/**
+ * Describes the message caremesh.messaging.v1.GetAttachmentResponse.
+ * Use `create(GetAttachmentResponseSchema)` to create a new message.
+ */
+export const GetAttachmentResponseSchema: GenMessage<GetAttachmentResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_messaging_v1_messaging, 34);
+
+/**
+ * Request for MessagingService.DownloadAttachment.
+ *
+ * @generated from message caremesh.messaging.v1.DownloadAttachmentRequest
+ */
+export type DownloadAttachmentRequest = Message$1<"caremesh.messaging.v1.DownloadAttachmentRequest"> & {
+  /**
+   * The attachment.
+   *
+   * @generated from field: string attachment_id = 1;
+   */
+  attachmentId: string;
+
+  /**
+   * Where to start (0 for the whole blob; more to resume a download).
+   *
+   * @generated from field: uint64 offset = 2;
+   */
+  offset: bigint;
+};
+
+/**
+ * Describes the message caremesh.messaging.v1.DownloadAttachmentRequest.
+ * Use `create(DownloadAttachmentRequestSchema)` to create a new message.
+ */
+export const DownloadAttachmentRequestSchema: GenMessage<DownloadAttachmentRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_messaging_v1_messaging, 35);
+
+/**
+ * One piece of a download.
+ *
+ * @generated from message caremesh.messaging.v1.DownloadAttachmentResponse
+ */
+export type DownloadAttachmentResponse = Message$1<"caremesh.messaging.v1.DownloadAttachmentResponse"> & {
+  /**
+   * Where this piece starts in the blob.
+   *
+   * @generated from field: uint64 offset = 1;
+   */
+  offset: bigint;
+
+  /**
+   * At most 1 MiB of the blob.
+   *
+   * @generated from field: bytes data = 2;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message caremesh.messaging.v1.DownloadAttachmentResponse.
+ * Use `create(DownloadAttachmentResponseSchema)` to create a new message.
+ */
+export const DownloadAttachmentResponseSchema: GenMessage<DownloadAttachmentResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_messaging_v1_messaging, 36);
+
+/**
  * Whether a message is addressed to one user or to an ABE policy.
  *
  * @generated from enum caremesh.messaging.v1.MessageKind
@@ -1454,6 +1729,63 @@ export const MessagingService: GenService<{
     methodKind: "unary";
     input: typeof StoreArchiveCopyRequestSchema;
     output: typeof StoreArchiveCopyResponseSchema;
+  },
+  /**
+   * Reserves an attachment of `blob_length` bytes for a message the caller is about to send,
+   * within the per-user quota (RESOURCE_EXHAUSTED when it would be exceeded). Idempotent: the same
+   * id, message and length again returns the stored attachment.
+   *
+   * @generated from rpc caremesh.messaging.v1.MessagingService.CreateAttachment
+   */
+  createAttachment: {
+    methodKind: "unary";
+    input: typeof CreateAttachmentRequestSchema;
+    output: typeof CreateAttachmentResponseSchema;
+  },
+  /**
+   * Appends the blob in pieces of at most 1 MiB, each at the offset where the stored blob ends. An
+   * interrupted upload resumes from `GetAttachment.stored_length`; another offset is
+   * FAILED_PRECONDITION `BLOB_OFFSET_MISMATCH` with the stored length. Only the creator uploads.
+   *
+   * @generated from rpc caremesh.messaging.v1.MessagingService.UploadAttachment
+   */
+  uploadAttachment: {
+    methodKind: "client_streaming";
+    input: typeof UploadAttachmentRequestSchema;
+    output: typeof UploadAttachmentResponseSchema;
+  },
+  /**
+   * One piece of an upload, as a unary call, for clients that cannot stream requests (gRPC-Web in
+   * a browser): the same rules as a piece of UploadAttachment.
+   *
+   * @generated from rpc caremesh.messaging.v1.MessagingService.AppendAttachment
+   */
+  appendAttachment: {
+    methodKind: "unary";
+    input: typeof UploadAttachmentRequestSchema;
+    output: typeof UploadAttachmentResponseSchema;
+  },
+  /**
+   * One attachment's state: its length, how much of it is stored, whether it is complete. The
+   * creator, and once the message is sent, the message's parties.
+   *
+   * @generated from rpc caremesh.messaging.v1.MessagingService.GetAttachment
+   */
+  getAttachment: {
+    methodKind: "unary";
+    input: typeof GetAttachmentRequestSchema;
+    output: typeof GetAttachmentResponseSchema;
+  },
+  /**
+   * Streams a complete attachment's blob from `offset`, in pieces of at most 1 MiB, to a party of
+   * its message (PERMISSION_DENIED for anyone else). Audited.
+   *
+   * @generated from rpc caremesh.messaging.v1.MessagingService.DownloadAttachment
+   */
+  downloadAttachment: {
+    methodKind: "server_streaming";
+    input: typeof DownloadAttachmentRequestSchema;
+    output: typeof DownloadAttachmentResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_caremesh_messaging_v1_messaging, 0);
