@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use caremesh_runtime::attachments::{AttachmentLimits, blob_len_of_file};
+use caremesh_runtime::attachments::AttachmentLimits;
 use caremesh_runtime::config::{ConfigError, EnvSource, bounded_u32};
 
 #[derive(Clone, Debug)]
@@ -19,7 +19,8 @@ pub struct MessagingSettings {
     /// How often a live stream re-checks storage even without a notification (a safety net for
     /// a lost PostgreSQL notification or listener reconnect).
     pub stream_poll_interval: Duration,
-    /// Attachments: the largest file, each user's quota, how long an unsent one is kept.
+    /// Attachments: the largest file, each user's quota, how long an unsent one is kept
+    /// (`CAREMESH_MESSAGING_ATTACHMENT_*`, see [`AttachmentLimits::from_env`]).
     pub attachments: AttachmentLimits,
 }
 
@@ -41,9 +42,6 @@ pub const PREKEY_STOCK_LIMIT: &str = "CAREMESH_MESSAGING_PREKEY_STOCK_LIMIT";
 pub const PURGE_INTERVAL_SECONDS: &str = "CAREMESH_MESSAGING_PURGE_INTERVAL_SECONDS";
 pub const PROFILE_CACHE_SECONDS: &str = "CAREMESH_MESSAGING_PROFILE_CACHE_SECONDS";
 pub const STREAM_POLL_MILLIS: &str = "CAREMESH_MESSAGING_STREAM_POLL_MILLIS";
-pub const ATTACHMENT_MAX_MIB: &str = "CAREMESH_MESSAGING_ATTACHMENT_MAX_MIB";
-pub const ATTACHMENT_QUOTA_MIB: &str = "CAREMESH_MESSAGING_ATTACHMENT_QUOTA_MIB";
-pub const ATTACHMENT_ORPHAN_HOURS: &str = "CAREMESH_MESSAGING_ATTACHMENT_ORPHAN_HOURS";
 
 impl MessagingSettings {
     pub fn from_env(env: &dyn EnvSource) -> Result<Self, ConfigError> {
@@ -63,15 +61,7 @@ impl MessagingSettings {
         if let Some(millis) = bounded_u32(env, STREAM_POLL_MILLIS, 50, 600_000, "50 to 600000 milliseconds")? {
             settings.stream_poll_interval = Duration::from_millis(millis.into());
         }
-        if let Some(mib) = bounded_u32(env, ATTACHMENT_MAX_MIB, 1, 1024, "1 to 1024 MiB")? {
-            settings.attachments.max_blob_len = blob_len_of_file(u64::from(mib) << 20);
-        }
-        if let Some(mib) = bounded_u32(env, ATTACHMENT_QUOTA_MIB, 1, 1 << 20, "1 to 1048576 MiB")? {
-            settings.attachments.quota_per_user = u64::from(mib) << 20;
-        }
-        if let Some(hours) = bounded_u32(env, ATTACHMENT_ORPHAN_HOURS, 1, 720, "1 to 720 hours")? {
-            settings.attachments.orphan_ttl = Duration::from_secs(u64::from(hours) * 3600);
-        }
+        settings.attachments = AttachmentLimits::from_env(env, crate::SERVICE)?;
         Ok(settings)
     }
 }

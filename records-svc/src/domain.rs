@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use caremesh_proto::audit::v1::{AuditAction, AuditOutcome};
+use caremesh_runtime::attachments::{AttachmentLimits, Attachments};
 use caremesh_runtime::auth::Principal;
+use caremesh_runtime::blob::BlobStore;
 use caremesh_runtime::clock::SharedClock;
 use caremesh_runtime::db::{WriteTxn, Writer};
 use caremesh_runtime::outbox::{Audited, Outbox};
@@ -22,6 +24,9 @@ pub use caremesh_runtime::outbox::Actor as Caller;
 /// The audit entity type of records.
 pub const ENTITY_TYPE: &str = "record";
 
+/// The audit entity type of a record's attachment.
+pub const ATTACHMENT_ENTITY_TYPE: &str = "attachment";
+
 #[derive(Clone, Debug)]
 pub struct RecordsDomain {
     pub(crate) db: DatabaseConnection,
@@ -30,6 +35,8 @@ pub struct RecordsDomain {
     pub(crate) identities: Arc<Identities>,
     /// This process's writers, in turn (shared with the audit relay).
     writer: Writer,
+    /// Attachment blobs of DocumentReference records (see `attachments`).
+    pub(crate) attachments: Attachments,
 }
 
 /// What an audit event of records-svc says, besides who acted.
@@ -37,7 +44,9 @@ pub struct RecordsDomain {
 pub(crate) struct Access<'a> {
     pub action: AuditAction,
     pub operation: &'a str,
-    /// The record; empty for a listing.
+    /// What was accessed: a record ([`ENTITY_TYPE`]) or a record's attachment.
+    pub entity_type: &'a str,
+    /// The record (or attachment); empty for a listing.
     pub record_id: &'a str,
     pub patient_id: &'a str,
     /// True when the caller could act only through their `emergency:` attribute.
@@ -49,9 +58,19 @@ impl<'a> Access<'a> {
         Self {
             action,
             operation,
+            entity_type: ENTITY_TYPE,
             record_id,
             patient_id,
             emergency: false,
+        }
+    }
+
+    /// The same access to the attachment `attachment_id` of a record.
+    pub fn attachment(self, attachment_id: &'a str) -> Self {
+        Self {
+            entity_type: ATTACHMENT_ENTITY_TYPE,
+            record_id: attachment_id,
+            ..self
         }
     }
 
@@ -64,7 +83,7 @@ impl<'a> Access<'a> {
     }
 
     /// The audit event's fields for this access by `caller`.
-    fn audited(self, caller: &Caller, outcome: AuditOutcome, reason: &'a str) -> Audited<'a> {
+    pub(crate) fn audited(self, caller: &Caller, outcome: AuditOutcome, reason: &'a str) -> Audited<'a> {
         let purpose_of_use = if self.emergency {
             "ETREAT"
         } else if caller.role == "patient" {
@@ -75,7 +94,7 @@ impl<'a> Access<'a> {
         Audited {
             action: self.action,
             operation: self.operation,
-            entity_type: ENTITY_TYPE,
+            entity_type: self.entity_type,
             entity_id: self.record_id,
             patient_id: self.patient_id,
             outcome,
@@ -93,17 +112,26 @@ pub struct Grant {
 }
 
 impl RecordsDomain {
-    pub fn start(runtime: &ServiceRuntime) -> Result<Self, Error> {
+    pub fn start(runtime: &ServiceRuntime, limits: AttachmentLimits) -> Result<Self, Error> {
         let messaging = runtime
             .channel(ServiceName::Messaging, Default::default())
             .map_err(|error| Error::internal("messaging-svc channel", error))?;
-        Ok(Self {
+        let domain = Self {
             db: runtime.db.clone(),
             clock: Arc::clone(&runtime.clock),
             outbox: runtime.outbox.clone(),
             identities: Arc::new(Identities::new(messaging)),
             writer: runtime.writer.clone(),
-        })
+            attachments: Attachments::new(
+                runtime.db.clone(),
+                runtime.writer.clone(),
+                runtime.outbox.clone(),
+                BlobStore::for_service(&runtime.config, &runtime.db),
+                limits,
+            ),
+        };
+        tokio::spawn(domain.clone().sweep_loop(runtime.shutdown_token()));
+        Ok(domain)
     }
 
     /// Now, to the microsecond (what PostgreSQL stores), so a response shows the stored times.

@@ -3,10 +3,13 @@
 
 use caremesh_proto::records::v1 as pb;
 use caremesh_proto::records::v1::records_service_server::{RecordsService, RecordsServiceServer};
+use caremesh_runtime::attachments::AttachmentView;
 use caremesh_runtime::auth::Principal;
-use caremesh_runtime::grpc::peer_identity;
+use caremesh_runtime::grpc::{close_when_revoked, peer_identity, to_status};
 use caremesh_runtime::time::to_timestamp;
 use caremesh_runtime::{Error, MeshRouter, ServiceRuntime};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Caller, RecordsDomain};
@@ -187,5 +190,114 @@ impl RecordsService for RecordsApi {
         Ok(Response::new(pb::MarkEnteredInErrorResponse {
             record: Some(record_message(&stored, false)),
         }))
+    }
+
+    async fn create_record_attachment(
+        &self,
+        request: Request<pb::CreateRecordAttachmentRequest>,
+    ) -> Result<Response<pb::CreateRecordAttachmentResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let view = self
+            .domain
+            .create_attachment(
+                &principal,
+                &caller,
+                &body.attachment_id,
+                &body.record_id,
+                body.blob_length,
+            )
+            .await?;
+        Ok(Response::new(pb::CreateRecordAttachmentResponse {
+            attachment: Some(attachment_message(&view)),
+        }))
+    }
+
+    async fn upload_record_attachment(
+        &self,
+        request: Request<tonic::Streaming<pb::UploadRecordAttachmentRequest>>,
+    ) -> Result<Response<pb::UploadRecordAttachmentResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let mut pieces = request.into_inner();
+        let mut last = None;
+        while let Some(piece) = pieces.message().await? {
+            last = Some(
+                self.domain
+                    .upload_attachment_piece(&principal, &piece.attachment_id, piece.offset, &piece.data)
+                    .await?,
+            );
+        }
+        let view = last.ok_or_else(|| {
+            to_status(Error::invalid_argument(
+                "NO_PIECES",
+                "the upload stream ended before its first piece: send at least one",
+            ))
+        })?;
+        Ok(Response::new(pb::UploadRecordAttachmentResponse {
+            attachment: Some(attachment_message(&view)),
+        }))
+    }
+
+    async fn append_record_attachment(
+        &self,
+        request: Request<pb::UploadRecordAttachmentRequest>,
+    ) -> Result<Response<pb::UploadRecordAttachmentResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let piece = request.into_inner();
+        let view = self
+            .domain
+            .upload_attachment_piece(&principal, &piece.attachment_id, piece.offset, &piece.data)
+            .await?;
+        Ok(Response::new(pb::UploadRecordAttachmentResponse {
+            attachment: Some(attachment_message(&view)),
+        }))
+    }
+
+    async fn get_record_attachment(
+        &self,
+        request: Request<pb::GetRecordAttachmentRequest>,
+    ) -> Result<Response<pb::GetRecordAttachmentResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let view = self
+            .domain
+            .attachment(&principal, &caller, &request.into_inner().attachment_id)
+            .await?;
+        Ok(Response::new(pb::GetRecordAttachmentResponse {
+            attachment: Some(attachment_message(&view)),
+        }))
+    }
+
+    type DownloadRecordAttachmentStream = BoxStream<'static, Result<pb::DownloadRecordAttachmentResponse, Status>>;
+
+    async fn download_record_attachment(
+        &self,
+        request: Request<pb::DownloadRecordAttachmentRequest>,
+    ) -> Result<Response<Self::DownloadRecordAttachmentStream>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let pieces = self
+            .domain
+            .download_attachment(&principal, &caller, &body.attachment_id, body.offset)
+            .await?
+            .map(|piece| {
+                piece
+                    .map(|(offset, data)| pb::DownloadRecordAttachmentResponse { offset, data })
+                    .map_err(to_status)
+            });
+        let revoked = self.runtime.until_revoked(&principal);
+        Ok(Response::new(close_when_revoked(pieces.boxed(), revoked)))
+    }
+}
+
+fn attachment_message(view: &AttachmentView) -> pb::RecordAttachment {
+    let row = &view.row;
+    pb::RecordAttachment {
+        attachment_id: row.attachment_id.clone(),
+        record_id: row.parent_id.clone(),
+        owner_user_id: row.owner_user_id.clone(),
+        blob_length: view.blob_len(),
+        stored_length: view.stored_len,
+        complete: row.complete,
+        create_time: Some(to_timestamp(row.created_at)),
     }
 }

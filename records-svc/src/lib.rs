@@ -1,8 +1,10 @@
-//! records-svc: patient records encrypted under ABE policies, with versioned, signed edits and server-side policy enforcement.
+//! records-svc: patient records encrypted under ABE policies, with versioned, signed edits,
+//! server-side policy enforcement, and attachment blobs that follow their record's policy.
 //!
 //! [`serve`] runs it on a pair of listeners until a shutdown future completes; `caremesh up`, the
 //! `records-svc` binary and the integration tests all start it that way.
 
+mod attachments;
 mod domain;
 mod grpc;
 mod identities;
@@ -12,6 +14,7 @@ pub mod validate;
 
 use std::future::Future;
 
+use caremesh_runtime::attachments::AttachmentLimits;
 use caremesh_runtime::config::{ConfigError, EnvSource, ServiceConfig};
 use caremesh_runtime::entry::ServiceSettings;
 use caremesh_runtime::grpc::PeerPolicy;
@@ -23,13 +26,19 @@ pub const SERVICE: ServiceName = ServiceName::Records;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub mesh: ServiceConfig,
+    /// Record attachments: the largest file, each user's quota, how long an attachment waits for
+    /// its record (`CAREMESH_RECORDS_ATTACHMENT_*`).
+    pub attachments: AttachmentLimits,
 }
 
 impl ServiceSettings for Config {
     const SERVICE: ServiceName = SERVICE;
 
-    fn with_env(mesh: ServiceConfig, _env: &dyn EnvSource) -> Result<Self, ConfigError> {
-        Ok(Self { mesh })
+    fn with_env(mesh: ServiceConfig, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        Ok(Self {
+            mesh,
+            attachments: AttachmentLimits::from_env(env, SERVICE)?,
+        })
     }
 
     fn mesh(&self) -> &ServiceConfig {
@@ -44,7 +53,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let runtime = ServiceRuntime::start::<storage::Migrator>(config.mesh).await?;
-    let domain = domain::RecordsDomain::start(&runtime).map_err(|source| StartError::Init {
+    let domain = domain::RecordsDomain::start(&runtime, config.attachments).map_err(|source| StartError::Init {
         service: SERVICE,
         source,
     })?;

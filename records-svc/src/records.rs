@@ -106,11 +106,11 @@ fn record_not_found(record_id: &str) -> Error {
 }
 
 impl RecordsDomain {
-    async fn head(&self, record_id: &str) -> Result<Option<record::Model>, Error> {
+    pub(crate) async fn head(&self, record_id: &str) -> Result<Option<record::Model>, Error> {
         Ok(record::Entity::find_by_id(record_id.to_owned()).one(&self.db).await?)
     }
 
-    async fn version_row<C: ConnectionTrait>(
+    pub(crate) async fn version_row<C: ConnectionTrait>(
         &self,
         conn: &C,
         record_id: &str,

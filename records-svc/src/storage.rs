@@ -1,7 +1,9 @@
 //! records-svc's database: one head row per record (its latest version, policy and etag, the
 //! row concurrent writers race on) and every version ever written (ciphertext and metadata only;
-//! nothing is deleted), plus (as in every service) the audit outbox.
+//! nothing is deleted), the attachments of DocumentReference records (the runtime's
+//! `attachments` and blob tables), plus (as in every service) the audit outbox.
 
+use caremesh_runtime::attachments::CreateAttachmentTables;
 use caremesh_runtime::outbox::CreateAuditOutbox;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
@@ -82,7 +84,11 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateAuditOutbox), Box::new(CreateRecordsTables)]
+        vec![
+            Box::new(CreateAuditOutbox),
+            Box::new(CreateRecordsTables),
+            Box::new(CreateAttachmentTables),
+        ]
     }
 }
 

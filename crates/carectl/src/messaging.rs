@@ -368,7 +368,7 @@ pub async fn msg(ctx: &Ctx, command: MsgCommand) -> Result<(), SdkError> {
 
 /// A progress bar on standard error for a long transfer, when it is a terminal (and the output
 /// is not JSON); redrawn at each whole percent.
-fn progress_bar(verb: &'static str, json: bool) -> Option<Progress> {
+pub(crate) fn progress_bar(verb: &'static str, json: bool) -> Option<Progress> {
     use std::io::{IsTerminal, Write};
     if json || !std::io::stderr().is_terminal() {
         return None;

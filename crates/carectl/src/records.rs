@@ -15,7 +15,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::Ctx;
-use crate::messaging::{messenger, resolve};
+use crate::messaging::{messenger, progress_bar, resolve};
 
 /// Where a record's content comes from.
 #[derive(Args)]
@@ -93,6 +93,17 @@ pub enum RecordsCommand {
     },
     /// The versions of a record, newest first.
     History { record_id: String },
+    /// Attach a file to a record: it is encrypted here and kept as a new DocumentReference
+    /// record about the same patient, under the same policy (doctors and nurses).
+    Attach { record_id: String, file: PathBuf },
+    /// Save the file a DocumentReference record holds into a directory, decrypted here (under
+    /// its attached name, made safe; never over an existing file).
+    Save {
+        record_id: String,
+        /// The directory to save into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Mark a version entered-in-error (it stays stored): a reason code such as WRONG_PATIENT.
     EnteredInError {
         record_id: String,
@@ -228,6 +239,27 @@ pub async fn run(ctx: &Ctx, command: RecordsCommand) -> Result<(), SdkError> {
                     record.record_id, record.version, record.etag
                 )
             });
+        }
+        RecordsCommand::Attach { record_id, file } => {
+            let record = messenger
+                .attach_to_record(&session, &record_id, &file, progress_bar("uploading", ctx.json))
+                .await?;
+            ctx.print(record_json(&record), || {
+                format!(
+                    "attached {} to {record_id} as DocumentReference {}",
+                    file.display(),
+                    record.record_id
+                )
+            });
+        }
+        RecordsCommand::Save { record_id, out } => {
+            let path = messenger
+                .save_record_attachment(&session, &record_id, &out, progress_bar("saving", ctx.json))
+                .await?;
+            ctx.print(
+                json!({"record_id": record_id, "path": path.display().to_string()}),
+                || format!("saved {}", path.display()),
+            );
         }
         RecordsCommand::History { record_id } => {
             let mut versions = Vec::new();

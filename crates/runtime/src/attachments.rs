@@ -31,7 +31,9 @@ use uuid::Uuid;
 
 use caremesh_proto::audit::v1::AuditEvent;
 
+use crate::ServiceName;
 use crate::blob::{BlobStore, MAX_PIECE_LEN, create_blob_pieces_table, drop_blob_pieces_table};
+use crate::config::{ConfigError, EnvSource, bounded_u32, service_key};
 use crate::db::Writer;
 use crate::error::Error;
 use crate::ids::check_uuid_v7;
@@ -81,6 +83,26 @@ impl Default for AttachmentLimits {
             quota_per_user: 2 << 30,
             orphan_ttl: Duration::from_secs(24 * 3600),
         }
+    }
+}
+
+impl AttachmentLimits {
+    /// The defaults, overridden by `CAREMESH_<SERVICE>_ATTACHMENT_MAX_MIB` (the largest file),
+    /// `_ATTACHMENT_QUOTA_MIB` (each user's quota) and `_ATTACHMENT_ORPHAN_HOURS` (how long an
+    /// attachment waits for its parent) when set.
+    pub fn from_env(env: &dyn EnvSource, service: ServiceName) -> Result<Self, ConfigError> {
+        let mut limits = Self::default();
+        let key = |suffix| service_key(service, suffix);
+        if let Some(mib) = bounded_u32(env, &key("ATTACHMENT_MAX_MIB"), 1, 1024, "1 to 1024 MiB")? {
+            limits.max_blob_len = blob_len_of_file(u64::from(mib) << 20);
+        }
+        if let Some(mib) = bounded_u32(env, &key("ATTACHMENT_QUOTA_MIB"), 1, 1 << 20, "1 to 1048576 MiB")? {
+            limits.quota_per_user = u64::from(mib) << 20;
+        }
+        if let Some(hours) = bounded_u32(env, &key("ATTACHMENT_ORPHAN_HOURS"), 1, 720, "1 to 720 hours")? {
+            limits.orphan_ttl = Duration::from_secs(u64::from(hours) * 3600);
+        }
+        Ok(limits)
     }
 }
 
@@ -289,9 +311,11 @@ impl Attachments {
                 format!("this piece ends at byte {end}, past the declared blob length {blob_len}"),
             ));
         }
-        let stored_len = self.blobs.append(blob_id(attachment_id)?, offset, data).await?;
+        let id = blob_id(attachment_id)?;
+        let stored_len = self.blobs.append(id, offset, data).await?;
         let mut row = row;
         if stored_len == blob_len {
+            self.blobs.sync(id).await?;
             let _turn = self.writer.turn().await;
             attachment::Entity::update_many()
                 .col_expr(attachment::Column::Complete, Expr::value(true))

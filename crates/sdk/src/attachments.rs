@@ -1,6 +1,7 @@
-//! Files sent with messages (`docs/protocol.md` §13), from the client side: a file is encrypted
-//! here, chunk by chunk under a fresh key, and streamed to messaging-svc in pieces of at most
-//! 1 MiB; the key and digest then travel inside the message's end-to-end content. Saving reads
+//! Files sent with messages and kept with records (`docs/protocol.md` §13), from the client side:
+//! a file is encrypted here, chunk by chunk under a fresh key, and streamed to messaging-svc or
+//! records-svc (a [`BlobService`]) in pieces of at most 1 MiB; the key and digest then travel
+//! inside the message's end-to-end content or the record's ABE-sealed content. Saving reads
 //! the blob back in pieces, opens each chunk as it arrives and writes the file beside its
 //! destination, renamed into place only once the digest and the last chunk check out.
 //!
@@ -15,8 +16,11 @@ use caremesh_crypto::attachment::{self, AttachmentKey, CHUNK_LEN, Opener, Sealed
 use caremesh_crypto::new_id;
 use caremesh_crypto::v2::{AttachmentRef, Content};
 use caremesh_proto::messaging::v1 as pb;
+use caremesh_proto::messaging::v1::messaging_service_client::MessagingServiceClient;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 use crate::SdkError;
@@ -36,7 +40,8 @@ pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 /// upload resumes where the server's copy ends ([`Messenger::upload_attachment`]).
 pub struct PreparedUpload {
     path: PathBuf,
-    message_id: String,
+    /// The message or record that will name it.
+    parent_id: String,
     attachment_id: String,
     key: AttachmentKey,
     file_len: u64,
@@ -47,7 +52,7 @@ pub struct PreparedUpload {
 impl std::fmt::Debug for PreparedUpload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedUpload")
-            .field("message_id", &self.message_id)
+            .field("parent_id", &self.parent_id)
             .field("attachment_id", &self.attachment_id)
             .field("file_len", &self.file_len)
             .finish_non_exhaustive()
@@ -55,9 +60,10 @@ impl std::fmt::Debug for PreparedUpload {
 }
 
 impl PreparedUpload {
-    /// Prepares `path` for the message `message_id`, under a fresh key and attachment id. The
-    /// name sent is the file's own name; the media type is guessed from its extension.
-    pub fn new(path: &Path, message_id: &str) -> Result<Self, SdkError> {
+    /// Prepares `path` for the message or record `parent_id` (not sent or written yet), under a
+    /// fresh key and attachment id. The name sent is the file's own name; the media type is
+    /// guessed from its extension.
+    pub fn new(path: &Path, parent_id: &str) -> Result<Self, SdkError> {
         let metadata =
             std::fs::metadata(path).map_err(|error| local(&format!("cannot read {}", path.display()), error))?;
         if !metadata.is_file() {
@@ -75,7 +81,7 @@ impl PreparedUpload {
         let file_name = truncate_utf8(&file_name, caremesh_crypto::v2::MAX_ATTACHMENT_LABEL_LEN);
         Ok(Self {
             path: path.to_owned(),
-            message_id: message_id.to_owned(),
+            parent_id: parent_id.to_owned(),
             attachment_id: new_id(),
             key: AttachmentKey::generate().map_err(|error| crypto("generating an attachment key", error))?,
             file_len: metadata.len(),
@@ -88,8 +94,9 @@ impl PreparedUpload {
         &self.attachment_id
     }
 
-    pub fn message_id(&self) -> &str {
-        &self.message_id
+    /// The message or record that will name it.
+    pub fn parent_id(&self) -> &str {
+        &self.parent_id
     }
 
     /// The blob's length (the file's plus a tag per chunk).
@@ -202,6 +209,123 @@ impl BlobReader {
     }
 }
 
+/// What a blob service reports of one attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BlobState {
+    pub stored_length: u64,
+    pub blob_length: u64,
+    pub complete: bool,
+}
+
+/// A piece of a blob and where it starts.
+pub(crate) type BlobPiece = (u64, Vec<u8>);
+
+/// Where blobs are kept: messaging-svc for messages' attachments, records-svc for records'. The
+/// RPCs are the same in both (create, state, upload stream, download stream), with each
+/// service's own messages.
+pub(crate) trait BlobService: Send + Sync {
+    /// Reserves the upload's attachment for its parent (idempotent).
+    async fn create(&self, session: &Session, upload: &PreparedUpload) -> Result<BlobState, SdkError>;
+    async fn state(&self, session: &Session, attachment_id: &str) -> Result<BlobState, SdkError>;
+    /// One upload stream of `pieces` of `attachment_id`.
+    async fn upload(
+        &self,
+        session: &Session,
+        attachment_id: &str,
+        pieces: BoxStream<'static, BlobPiece>,
+    ) -> Result<BlobState, SdkError>;
+    async fn download(
+        &self,
+        session: &Session,
+        attachment_id: &str,
+    ) -> Result<BoxStream<'static, Result<BlobPiece, SdkError>>, SdkError>;
+}
+
+/// messaging-svc as a [`BlobService`].
+struct MessageBlobs(MessagingServiceClient<Channel>);
+
+fn message_blob_state(attachment: Option<pb::Attachment>) -> Result<BlobState, SdkError> {
+    let attachment = attachment.ok_or(SdkError::Protocol("no attachment in the answer"))?;
+    Ok(BlobState {
+        stored_length: attachment.stored_length,
+        blob_length: attachment.blob_length,
+        complete: attachment.complete,
+    })
+}
+
+impl BlobService for MessageBlobs {
+    async fn create(&self, session: &Session, upload: &PreparedUpload) -> Result<BlobState, SdkError> {
+        let answer = self
+            .0
+            .clone()
+            .create_attachment(session.request(pb::CreateAttachmentRequest {
+                attachment_id: upload.attachment_id.clone(),
+                message_id: upload.parent_id.clone(),
+                blob_length: upload.blob_len(),
+            })?)
+            .await?;
+        message_blob_state(answer.into_inner().attachment)
+    }
+
+    async fn state(&self, session: &Session, attachment_id: &str) -> Result<BlobState, SdkError> {
+        let answer = self
+            .0
+            .clone()
+            .get_attachment(session.request(pb::GetAttachmentRequest {
+                attachment_id: attachment_id.to_owned(),
+            })?)
+            .await?;
+        message_blob_state(answer.into_inner().attachment)
+    }
+
+    async fn upload(
+        &self,
+        session: &Session,
+        attachment_id: &str,
+        pieces: BoxStream<'static, BlobPiece>,
+    ) -> Result<BlobState, SdkError> {
+        let requests = upload_requests(attachment_id, pieces, |attachment_id, (offset, data)| {
+            pb::UploadAttachmentRequest {
+                attachment_id,
+                offset,
+                data,
+            }
+        });
+        let answer = self.0.clone().upload_attachment(session.request(requests)?).await?;
+        message_blob_state(answer.into_inner().attachment)
+    }
+
+    async fn download(
+        &self,
+        session: &Session,
+        attachment_id: &str,
+    ) -> Result<BoxStream<'static, Result<BlobPiece, SdkError>>, SdkError> {
+        let pieces = self
+            .0
+            .clone()
+            .download_attachment(session.request(pb::DownloadAttachmentRequest {
+                attachment_id: attachment_id.to_owned(),
+                offset: 0,
+            })?)
+            .await?
+            .into_inner();
+        Ok(pieces
+            .map(|piece| piece.map(|piece| (piece.offset, piece.data)).map_err(SdkError::from))
+            .boxed())
+    }
+}
+
+/// `pieces` as one service's upload requests, built by `request` from the attachment id and a
+/// piece.
+pub(crate) fn upload_requests<R: Send + 'static>(
+    attachment_id: &str,
+    pieces: BoxStream<'static, BlobPiece>,
+    request: fn(String, BlobPiece) -> R,
+) -> BoxStream<'static, R> {
+    let attachment_id = attachment_id.to_owned();
+    pieces.map(move |piece| request(attachment_id.clone(), piece)).boxed()
+}
+
 impl Messenger {
     /// Sends `file` to `recipient_user_id` with `caption`: encrypts and uploads it (resuming
     /// after transient failures), then sends the message that names it.
@@ -234,149 +358,24 @@ impl Messenger {
             caption: Zeroizing::new(caption.as_bytes().to_vec()),
             attachment,
         };
-        self.send_content_as(session, recipient_user_id, &upload.message_id, &content, lifespan)
+        self.send_content_as(session, recipient_user_id, &upload.parent_id, &content, lifespan)
             .await
     }
 
-    /// Uploads a prepared file, from wherever the server's copy ends (so the same upload again
-    /// resumes one that was cut), and returns what the message must carry to open it.
+    /// Uploads a prepared file for a message, from wherever the server's copy ends (so the same
+    /// upload again resumes one that was cut), and returns what the message must carry to open it.
     pub async fn upload_attachment(
         &self,
         session: &Session,
         upload: &PreparedUpload,
         progress: Option<Progress>,
     ) -> Result<AttachmentRef, SdkError> {
-        let mut api = self.api()?;
-        let created = api
-            .create_attachment(session.request(pb::CreateAttachmentRequest {
-                attachment_id: upload.attachment_id.clone(),
-                message_id: upload.message_id.clone(),
-                blob_length: upload.blob_len(),
-            })?)
-            .await?
-            .into_inner()
-            .attachment
-            .ok_or(SdkError::Protocol("no attachment in the answer"))?;
-        let mut stored = created.stored_length;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.upload_from(session, upload, stored, progress.clone()).await {
-                Ok(sealed) => return Ok(upload.reference(&sealed)),
-                Err(error) if attempt < UPLOAD_ATTEMPTS && resumable(&error) => {
-                    stored = api
-                        .get_attachment(session.request(pb::GetAttachmentRequest {
-                            attachment_id: upload.attachment_id.clone(),
-                        })?)
-                        .await?
-                        .into_inner()
-                        .attachment
-                        .ok_or(SdkError::Protocol("no attachment in the answer"))?
-                        .stored_length;
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        upload_blob(&MessageBlobs(self.api()?), session, upload, progress).await
     }
 
-    /// One upload stream from `stored` to the end.
-    async fn upload_from(
-        &self,
-        session: &Session,
-        upload: &PreparedUpload,
-        stored: u64,
-        progress: Option<Progress>,
-    ) -> Result<Sealed, SdkError> {
-        let id = attachment::id_bytes(&upload.attachment_id).map_err(|error| crypto("the attachment id", error))?;
-        let file = tokio::fs::File::open(&upload.path)
-            .await
-            .map_err(|error| local(&format!("cannot open {}", upload.path.display()), error))?;
-        let sealed = Arc::new(Mutex::new(None));
-        let reader = BlobReader {
-            file,
-            sealer: Some(Sealer::new(&upload.key, &id).map_err(|error| crypto("encrypting the file", error))?),
-            file_len: upload.file_len,
-            read: 0,
-            produced: 0,
-            skip: stored,
-            pending: Vec::with_capacity(UPLOAD_PIECE_LEN + CHUNK_LEN),
-            pending_start: stored,
-            sealed: Arc::clone(&sealed),
-        };
-        let total = upload.blob_len();
-        let attachment_id = upload.attachment_id.clone();
-        let failure: Arc<Mutex<Option<SdkError>>> = Arc::default();
-        let failed = Arc::clone(&failure);
-        let pieces = futures::stream::unfold(reader, move |mut reader| {
-            let attachment_id = attachment_id.clone();
-            let progress = progress.clone();
-            let failed = Arc::clone(&failed);
-            async move {
-                match reader.next_piece().await {
-                    Ok(Some((offset, data))) => {
-                        if let Some(progress) = &progress {
-                            progress(offset + data.len() as u64, total);
-                        }
-                        Some((
-                            pb::UploadAttachmentRequest {
-                                attachment_id,
-                                offset,
-                                data,
-                            },
-                            reader,
-                        ))
-                    }
-                    Ok(None) => None,
-                    Err(error) => {
-                        // Ends the stream early; the error is reported instead of the answer.
-                        if let Ok(mut slot) = failed.lock() {
-                            *slot = Some(error);
-                        }
-                        None
-                    }
-                }
-            }
-        });
-        if stored < total {
-            let answer = self.api()?.upload_attachment(session.request(pieces)?).await;
-            if let Some(error) = failure.lock().ok().and_then(|mut slot| slot.take()) {
-                return Err(error);
-            }
-            let attachment = answer?
-                .into_inner()
-                .attachment
-                .ok_or(SdkError::Protocol("no attachment in the answer"))?;
-            if !attachment.complete {
-                return Err(SdkError::Local(format!(
-                    "the upload stopped at {} of {} bytes",
-                    attachment.stored_length, attachment.blob_length
-                )));
-            }
-        } else {
-            // Everything is on the server already: seal once more for the digest.
-            let mut pieces = Box::pin(pieces);
-            while pieces.next().await.is_some() {}
-            if let Some(error) = failure.lock().ok().and_then(|mut slot| slot.take()) {
-                return Err(error);
-            }
-        }
-        let sealed = sealed
-            .lock()
-            .ok()
-            .and_then(|mut slot| slot.take())
-            .ok_or(SdkError::Protocol("the file ended before its last chunk"))??;
-        if sealed.plaintext_len != upload.file_len {
-            return Err(SdkError::Local(format!(
-                "{} changed while it was sent: send it again",
-                upload.path.display()
-            )));
-        }
-        Ok(sealed)
-    }
-
-    /// Downloads and opens an attachment into the file `out` (which must not exist), returning
-    /// its length. Nothing is left at `out` unless every chunk and the digest check out: a
-    /// reordered, truncated, mixed or altered blob is refused.
+    /// Downloads and opens a message's attachment into the file `out` (which must not exist),
+    /// returning its length. Nothing is left at `out` unless every chunk and the digest check
+    /// out: a reordered, truncated, mixed or altered blob is refused.
     pub async fn save_attachment(
         &self,
         session: &Session,
@@ -384,66 +383,176 @@ impl Messenger {
         out: &Path,
         progress: Option<Progress>,
     ) -> Result<u64, SdkError> {
-        if out.exists() {
-            return Err(SdkError::Local(format!(
-                "{} exists: choose another name or directory",
-                out.display()
-            )));
+        save_blob(&MessageBlobs(self.api()?), session, attachment, out, progress).await
+    }
+}
+
+/// Uploads a prepared file to `service`, from wherever the server's copy ends, resuming after
+/// transient failures, and returns the reference that opens it.
+pub(crate) async fn upload_blob(
+    service: &impl BlobService,
+    session: &Session,
+    upload: &PreparedUpload,
+    progress: Option<Progress>,
+) -> Result<AttachmentRef, SdkError> {
+    let mut stored = service.create(session, upload).await?.stored_length;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match upload_from(service, session, upload, stored, progress.clone()).await {
+            Ok(sealed) => return Ok(upload.reference(&sealed)),
+            Err(error) if attempt < UPLOAD_ATTEMPTS && resumable(&error) => {
+                stored = service.state(session, &upload.attachment_id).await?.stored_length;
+            }
+            Err(error) => return Err(error),
         }
-        let id = attachment::id_bytes(&attachment.attachment_id).map_err(|error| crypto("the attachment id", error))?;
-        let key = AttachmentKey::from_bytes(attachment.key.as_slice())
-            .map_err(|error| crypto("the attachment key", error))?;
-        let mut opener =
-            Opener::new(&key, &id, &attachment.digest).map_err(|error| crypto("opening the file", error))?;
-        let partial = partial_path(out);
-        let result = async {
-            let mut file = new_file(&partial).await?;
-            let mut pieces = self
-                .api()?
-                .download_attachment(session.request(pb::DownloadAttachmentRequest {
-                    attachment_id: attachment.attachment_id.clone(),
-                    offset: 0,
-                })?)
-                .await?
-                .into_inner();
-            let total = attachment::blob_len(attachment.file_len);
-            let mut received = 0u64;
-            let write_failed = |error: std::io::Error| local(&format!("cannot write {}", partial.display()), error);
-            while let Some(piece) = pieces.message().await? {
-                if piece.offset != received {
-                    return Err(SdkError::Protocol("the server sent the blob out of order"));
+    }
+}
+
+/// One upload stream from `stored` to the end.
+async fn upload_from(
+    service: &impl BlobService,
+    session: &Session,
+    upload: &PreparedUpload,
+    stored: u64,
+    progress: Option<Progress>,
+) -> Result<Sealed, SdkError> {
+    let id = attachment::id_bytes(&upload.attachment_id).map_err(|error| crypto("the attachment id", error))?;
+    let file = tokio::fs::File::open(&upload.path)
+        .await
+        .map_err(|error| local(&format!("cannot open {}", upload.path.display()), error))?;
+    let sealed = Arc::new(Mutex::new(None));
+    let reader = BlobReader {
+        file,
+        sealer: Some(Sealer::new(&upload.key, &id).map_err(|error| crypto("encrypting the file", error))?),
+        file_len: upload.file_len,
+        read: 0,
+        produced: 0,
+        skip: stored,
+        pending: Vec::with_capacity(UPLOAD_PIECE_LEN + CHUNK_LEN),
+        pending_start: stored,
+        sealed: Arc::clone(&sealed),
+    };
+    let total = upload.blob_len();
+    let failure: Arc<Mutex<Option<SdkError>>> = Arc::default();
+    let failed = Arc::clone(&failure);
+    let pieces = futures::stream::unfold(reader, move |mut reader| {
+        let progress = progress.clone();
+        let failed = Arc::clone(&failed);
+        async move {
+            match reader.next_piece().await {
+                Ok(Some((offset, data))) => {
+                    if let Some(progress) = &progress {
+                        progress(offset + data.len() as u64, total);
+                    }
+                    Some(((offset, data), reader))
                 }
-                received += piece.data.len() as u64;
-                if received > total {
-                    return Err(crypto(
-                        "opening the file",
-                        caremesh_crypto::CryptoError::AttachmentDamaged,
-                    ));
-                }
-                let plaintext = opener
-                    .update(&piece.data)
-                    .map_err(|error| crypto("opening the file", error))?;
-                file.write_all(&plaintext).await.map_err(write_failed)?;
-                if let Some(progress) = &progress {
-                    progress(received, total);
+                Ok(None) => None,
+                Err(error) => {
+                    // Ends the stream early; the error is reported instead of the answer.
+                    if let Ok(mut slot) = failed.lock() {
+                        *slot = Some(error);
+                    }
+                    None
                 }
             }
-            let last = opener.finish().map_err(|error| crypto("opening the file", error))?;
-            file.write_all(&last).await.map_err(write_failed)?;
-            file.sync_all().await.map_err(write_failed)?;
-            drop(file);
-            // Renamed into place only when complete: `out` never holds part of a file.
-            tokio::fs::rename(&partial, out)
-                .await
-                .map_err(|error| local(&format!("cannot create {}", out.display()), error))?;
-            Ok(attachment.file_len)
         }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&partial).await;
+    });
+    if stored < total {
+        let answer = service.upload(session, &upload.attachment_id, pieces.boxed()).await;
+        if let Some(error) = failure.lock().ok().and_then(|mut slot| slot.take()) {
+            return Err(error);
         }
-        result
+        let state = answer?;
+        if !state.complete {
+            return Err(SdkError::Local(format!(
+                "the upload stopped at {} of {} bytes",
+                state.stored_length, state.blob_length
+            )));
+        }
+    } else {
+        // Everything is on the server already: seal once more for the digest.
+        let mut pieces = Box::pin(pieces);
+        while pieces.next().await.is_some() {}
+        if let Some(error) = failure.lock().ok().and_then(|mut slot| slot.take()) {
+            return Err(error);
+        }
     }
+    let sealed = sealed
+        .lock()
+        .ok()
+        .and_then(|mut slot| slot.take())
+        .ok_or(SdkError::Protocol("the file ended before its last chunk"))??;
+    if sealed.plaintext_len != upload.file_len {
+        return Err(SdkError::Local(format!(
+            "{} changed while it was sent: send it again",
+            upload.path.display()
+        )));
+    }
+    Ok(sealed)
+}
+
+/// Downloads and opens an attachment from `service` into the file `out` (which must not
+/// exist), returning its length; see [`Messenger::save_attachment`].
+pub(crate) async fn save_blob(
+    service: &impl BlobService,
+    session: &Session,
+    attachment: &AttachmentRef,
+    out: &Path,
+    progress: Option<Progress>,
+) -> Result<u64, SdkError> {
+    if out.exists() {
+        return Err(SdkError::Local(format!(
+            "{} exists: choose another name or directory",
+            out.display()
+        )));
+    }
+    let id = attachment::id_bytes(&attachment.attachment_id).map_err(|error| crypto("the attachment id", error))?;
+    let key =
+        AttachmentKey::from_bytes(attachment.key.as_slice()).map_err(|error| crypto("the attachment key", error))?;
+    let mut opener = Opener::new(&key, &id, &attachment.digest).map_err(|error| crypto("opening the file", error))?;
+    let partial = partial_path(out);
+    let result = async {
+        let mut file = new_file(&partial).await?;
+        let mut pieces = service.download(session, &attachment.attachment_id).await?;
+        let total = attachment::blob_len(attachment.file_len);
+        let mut received = 0u64;
+        let write_failed = |error: std::io::Error| local(&format!("cannot write {}", partial.display()), error);
+        while let Some(piece) = pieces.next().await {
+            let (offset, data) = piece?;
+            if offset != received {
+                return Err(SdkError::Protocol("the server sent the blob out of order"));
+            }
+            received += data.len() as u64;
+            if received > total {
+                return Err(crypto(
+                    "opening the file",
+                    caremesh_crypto::CryptoError::AttachmentDamaged,
+                ));
+            }
+            let plaintext = opener
+                .update(&data)
+                .map_err(|error| crypto("opening the file", error))?;
+            file.write_all(&plaintext).await.map_err(write_failed)?;
+            if let Some(progress) = &progress {
+                progress(received, total);
+            }
+        }
+        let last = opener.finish().map_err(|error| crypto("opening the file", error))?;
+        file.write_all(&last).await.map_err(write_failed)?;
+        file.sync_all().await.map_err(write_failed)?;
+        drop(file);
+        // Renamed into place only when complete: `out` never holds part of a file.
+        tokio::fs::rename(&partial, out)
+            .await
+            .map_err(|error| local(&format!("cannot create {}", out.display()), error))?;
+        Ok(attachment.file_len)
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+    result
 }
 
 /// Whether an upload that failed this way can go on from the server's stored length.

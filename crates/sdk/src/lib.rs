@@ -29,6 +29,7 @@ pub mod group;
 pub mod messaging;
 mod opened;
 pub mod profile;
+pub mod record_attachments;
 pub mod records;
 pub mod sesame;
 mod wire;

@@ -96,7 +96,7 @@ fn signed_version<'a>(record: &'a pb::Record, envelope: &'a pb::RecordEnvelope) 
 }
 
 impl Messenger {
-    fn records_api(&self) -> Result<RecordsServiceClient<Channel>, SdkError> {
+    pub(crate) fn records_api(&self) -> Result<RecordsServiceClient<Channel>, SdkError> {
         Ok(RecordsServiceClient::new(self.client.require(ServiceName::Records)?))
     }
 
@@ -151,7 +151,18 @@ impl Messenger {
             policy: record_policy(new.policy, new.patient_id)?,
             ..pb::Record::default()
         };
-        let (envelope, author_identity_key_id, signature) = self.seal_version(session, &template, new.content).await?;
+        self.create_record_from(session, template, new.content).await
+    }
+
+    /// Seals, signs and writes version 1 of `template` (its id, patient, kind and complete
+    /// policy set) with `content`.
+    pub(crate) async fn create_record_from(
+        &self,
+        session: &Session,
+        template: pb::Record,
+        content: &[u8],
+    ) -> Result<pb::Record, SdkError> {
+        let (envelope, author_identity_key_id, signature) = self.seal_version(session, &template, content).await?;
         let response = self
             .records_api()?
             .create_record(session.request(pb::CreateRecordRequest {
@@ -209,7 +220,7 @@ impl Messenger {
         response.record.ok_or(SdkError::Protocol("no record in the answer"))
     }
 
-    async fn record_version(
+    pub(crate) async fn record_version(
         &self,
         session: &Session,
         record_id: &str,
