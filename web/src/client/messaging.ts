@@ -46,6 +46,17 @@ import type { CaremeshClient } from "./index";
 import { DEVICE_RECORD, DeviceState, type DeviceStateJson } from "./messagingDevice";
 import { deviceDatabaseName, EncryptedStore, IndexedDbBackend } from "./store";
 import { createTransport } from "./transport";
+import {
+  attachmentRef,
+  attachmentView,
+  downloadAttachment,
+  prepareUpload,
+  storedAttachment,
+  uploadAttachment,
+  type AttachmentView,
+  type Progress,
+  type StoredAttachment,
+} from "./attachments";
 
 /** One-time prekeys of each kind published at first and per top-up (as the SDK). */
 export const DEVICE_PREKEY_BATCH = 50;
@@ -61,8 +72,10 @@ export interface MessageView {
   readonly conversationPeerId: string;
   readonly senderUserId: string;
   readonly mine: boolean;
-  /** The text, or null when it could not be opened (see `problem`). */
+  /** The text (a file's caption), or null when it could not be opened (see `problem`). */
   readonly text: string | null;
+  /** The file sent with it, if any (fetch it with `Messenger.downloadAttachment`). */
+  readonly attachment: AttachmentView | null;
   readonly problem: string | null;
   readonly recalled: boolean;
   readonly sent: Date | null;
@@ -140,6 +153,24 @@ export function errorReason(error: unknown): string | null {
 /** `lp("caremesh-key-signature-v1") lp("signed-prekey") lp(user) lp(identity key id) lp(prekey id) lp(public)`. */
 function v1SignedPrekeyMessage(userId: string, identityKeyId: string, keyId: string, publicKey: Uint8Array): Uint8Array {
   return new Encoder("caremesh-key-signature-v1").field("signed-prekey").field(userId).field(identityKeyId).field(keyId).field(publicKey).finish();
+}
+
+/** What this browser's encrypted store keeps of an opened message (`m:<message id>`). */
+interface OpenedMessage {
+  text: string;
+  attachment?: StoredAttachment;
+}
+
+/** The part of a content the user reads (kinds 1 and 4). */
+function openedOf(content: Content): OpenedMessage | null {
+  switch (content.kind) {
+    case 1:
+      return { text: new TextDecoder().decode(content.body) };
+    case 4:
+      return { text: new TextDecoder().decode(content.caption), attachment: storedAttachment(content.attachment) };
+    default:
+      return null;
+  }
 }
 
 function notFound(error: unknown): boolean {
@@ -747,9 +778,42 @@ export class Messenger {
 
   /** Sends `text`; with `lifespanSeconds` (60 to 31622400) the server purges it for everyone then. */
   send(recipientUserId: string, text: string, lifespanSeconds?: number): Promise<MessageView> {
+    const content: Content = { kind: 1, body: new TextEncoder().encode(text) };
+    return this.sendContent(recipientUserId, newId(randomBytes), content, lifespanSeconds);
+  }
+
+  /**
+   * Sends `file` with `caption`: seals it here under a fresh key, uploads it (resuming after
+   * transient failures; `onProgress` hears the blob bytes stored), then sends the message that
+   * names it. Errors keep the server's reason (ATTACHMENT_TOO_LARGE, ATTACHMENT_QUOTA_EXCEEDED).
+   */
+  async sendFile(
+    recipientUserId: string,
+    file: File,
+    caption: string,
+    options: { lifespanSeconds?: number; onProgress?: Progress } = {},
+  ): Promise<MessageView> {
+    // The recipient's devices are checked before anything is uploaded.
+    await this.knownDevices(recipientUserId, false);
+    const upload = prepareUpload(file);
+    // Not under `exclusive`: messages keep arriving while the file goes up.
+    const attachment = await uploadAttachment(this.api.messages, upload, options.onProgress);
+    const content: Content = { kind: 4, caption: new TextEncoder().encode(caption), attachment };
+    return this.sendContent(recipientUserId, upload.messageId, content, options.lifespanSeconds);
+  }
+
+  /**
+   * Downloads, checks and decrypts the file of a message this browser opened: a Blob only once
+   * every chunk and the digest check out (`onProgress` hears the blob bytes received).
+   */
+  async downloadAttachment(messageId: string, onProgress?: Progress, signal?: AbortSignal): Promise<Blob> {
+    const stored = await this.store.get<OpenedMessage>(`m:${messageId}`);
+    if (!stored?.attachment) throw new MessagingError("this message has no file that this browser can open");
+    return downloadAttachment(this.api.messages, attachmentRef(stored.attachment), onProgress, signal);
+  }
+
+  private sendContent(recipientUserId: string, messageId: string, content: Content, lifespanSeconds?: number): Promise<MessageView> {
     return this.exclusive(async () => {
-      const content: Content = { kind: 1, body: new TextEncoder().encode(text) };
-      const messageId = newId(randomBytes);
       let refresh = false;
       for (;;) {
         const request = await this.seal(recipientUserId, messageId, content, refresh, lifespanSeconds);
@@ -757,7 +821,7 @@ export class Messenger {
           const response = await this.api.messages.sendMessage(request);
           await this.finishPending(messageId);
           if (!response.message) throw new MessagingError("the server answered the send without the message");
-          return this.view(response.message, text, null);
+          return this.view(response.message, openedOf(content), null);
         } catch (error) {
           const reason = errorReason(error);
           if (!refresh && (reason === DEVICE_LIST_CHANGED || reason === HISTORY_KEY_ROTATED)) {
@@ -801,7 +865,8 @@ export class Messenger {
     const deviceCiphertexts = targets.map((t) => toWire(t.peer.userId, this.state.sessions.encrypt(t.peer, messageId, plaintext)));
     plaintext.fill(0);
     let archive;
-    if (content.kind === 1) {
+    const opened = openedOf(content);
+    if (opened !== null) {
       const context: ArchiveContext = { ownerUserId: me, messageId, senderUserId: me, senderDeviceId: this.deviceId, recipientUserId };
       const copy = sealArchive(this.state.history.current(), context, content);
       archive = { ownerUserId: "", historyKeyId: copy.historyKeyId, nonce: copy.nonce, ciphertext: copy.ciphertext };
@@ -817,7 +882,7 @@ export class Messenger {
     this.state.pending.set(messageId, toHex(toBinary(SendMessageRequestSchema, request)));
     // This device's own copy, and the advanced ratchets with the request, are stored before the
     // request leaves: a crash resends these very ciphertexts and no message key is used twice.
-    if (content.kind === 1) await this.store.put(`m:${messageId}`, { text: new TextDecoder().decode(content.body) });
+    if (opened !== null) await this.store.put(`m:${messageId}`, opened);
     await this.save();
     return request;
   }
@@ -938,7 +1003,7 @@ export class Messenger {
     };
   }
 
-  private async view(message: Message, text: string | null, problem: string | null): Promise<MessageView> {
+  private async view(message: Message, opened: OpenedMessage | null, problem: string | null): Promise<MessageView> {
     const mine = message.senderUserId === this.userId;
     const peer = mine ? message.recipientUserId : message.senderUserId;
     const receipt = message.receipts.find((r) => r.userId === peer);
@@ -947,7 +1012,8 @@ export class Messenger {
       conversationPeerId: peer,
       senderUserId: message.senderUserId,
       mine,
-      text,
+      text: opened?.text ?? null,
+      attachment: opened?.attachment ? attachmentView(opened.attachment) : null,
       problem,
       recalled: message.state === MessageState.RECALLED,
       sent: message.createTime ? timestampDate(message.createTime) : null,
@@ -962,13 +1028,12 @@ export class Messenger {
       await this.store.delete(`m:${message.messageId}`);
       return this.view(message, null, null);
     }
-    const stored = await this.store.get<{ text: string }>(`m:${message.messageId}`);
-    if (stored) return this.view(message, stored.text, null);
+    const stored = await this.store.get<OpenedMessage>(`m:${message.messageId}`);
+    if (stored) return this.view(message, stored, null);
     const known = this.unopenable.get(message.messageId);
     if (known !== undefined) return this.view(message, null, known);
     try {
-      const text = await this.openNew(message);
-      return this.view(message, text, null);
+      return this.view(message, await this.openNew(message), null);
     } catch (error) {
       const problem = describeProblem(error);
       // A network failure is tried again next time; a refusal by the cryptography is final.
@@ -977,7 +1042,7 @@ export class Messenger {
     }
   }
 
-  private async openNew(message: Message): Promise<string | null> {
+  private async openNew(message: Message): Promise<OpenedMessage> {
     if (message.protocolVersion !== 2) throw new MessagingError("sent with protocol v1, which only the device it was sent to can open");
     const ciphertext = message.deviceCiphertext;
     if (!ciphertext) return this.openArchiveCopy(message);
@@ -999,12 +1064,13 @@ export class Messenger {
     const content = decodeContent(plaintext);
     plaintext.fill(0);
     switch (content.kind) {
-      case 1: {
-        const text = new TextDecoder().decode(content.body);
-        await this.store.put(`m:${message.messageId}`, { text });
+      case 1:
+      case 4: {
+        const opened = openedOf(content)!;
+        await this.store.put(`m:${message.messageId}`, opened);
         await this.save();
         if (sender !== this.userId && !message.archive) await this.storeArchiveCopy(message, content);
-        return text;
+        return opened;
       }
       case 2:
         if (sender !== this.userId) throw new MessagingError("a history key from another user was refused");
@@ -1017,7 +1083,7 @@ export class Messenger {
     }
   }
 
-  private openArchiveCopy(message: Message): string {
+  private async openArchiveCopy(message: Message): Promise<OpenedMessage> {
     const copy = message.archive;
     if (!copy) throw new MessagingError("sent before this browser was linked, and no archive copy exists yet", false);
     const content = openArchive({ historyKeyId: copy.historyKeyId, nonce: copy.nonce, ciphertext: copy.ciphertext }, this.state.history, {
@@ -1027,8 +1093,11 @@ export class Messenger {
       senderDeviceId: message.senderDeviceId,
       recipientUserId: message.recipientUserId,
     });
-    if (content.kind !== 1) throw new MessagingError("an archive copy of something other than a message");
-    return new TextDecoder().decode(content.body);
+    const opened = openedOf(content);
+    if (opened === null) throw new MessagingError("an archive copy of something other than a message");
+    // Kept like a message opened from its ciphertext (a file's key is needed to download it).
+    await this.store.put(`m:${message.messageId}`, opened);
+    return opened;
   }
 
   private async storeArchiveCopy(message: Message, content: Content): Promise<void> {
