@@ -82,9 +82,10 @@ async function adminLogin() {
 
 /**
  * A user made with carectl: registered; a doctor or nurse approved by the admin with `attrs`;
- * signed in with MFA; keys published (first `msg inbox`). `profile` runs carectl as them.
+ * signed in with MFA; keys published (first `msg inbox`) unless `publish` is false. `profile`
+ * runs carectl as them.
  */
-export async function carectlUser(name, { role = "doctor", attrs = ["dept:cardiology"], displayName } = {}) {
+export async function carectlUser(name, { role = "doctor", attrs = ["dept:cardiology"], displayName, publish = true } = {}) {
   const username = unique(name);
   const profile = username;
   const shown = displayName ?? (role === "doctor" ? `Dr ${name}` : role === "nurse" ? `Nurse ${name}` : name);
@@ -98,6 +99,7 @@ export async function carectlUser(name, { role = "doctor", attrs = ["dept:cardio
   const secret = enrolment.secret.replace(/\s/g, "");
   const step = totpStep();
   const confirmed = await carectl(profile, ["mfa", "confirm", totp(secret, step)]);
-  await carectl(profile, ["msg", "inbox"]);
+  // `publish: false` leaves the account without an identity, for the browser to be its first device.
+  if (publish) await carectl(profile, ["msg", "inbox"]);
   return { username, profile, displayName: shown, secret, step, codes: confirmed.recovery_codes };
 }

@@ -11,6 +11,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 
+import { AbeService } from "../gen/caremesh/abe/v1/abe_pb";
 import { AuthService } from "../gen/caremesh/auth/v1/auth_pb";
 import {
   DeviceLinkState,
@@ -20,6 +21,7 @@ import {
   type IdentityKey,
 } from "../gen/caremesh/messaging/v1/keys_pb";
 import {
+  MessageKind,
   MessageState,
   MessagingService,
   ReceiptType,
@@ -35,6 +37,16 @@ import { decodeContent, encodeContent, type Content } from "../crypto/content";
 import { DeviceSecrets, KEM_LAST_RESORT, KEM_ONE_TIME } from "../crypto/device";
 import { DeviceList, DeviceListTracker } from "../crypto/deviceList";
 import { CryptoError } from "../crypto/errors";
+import { Policy, PublicParams, type UserKey } from "../crypto/fame";
+import {
+  groupContentAad,
+  openSealedUserKey,
+  openUnderPolicy,
+  POLICY_ENVELOPE_VERSION,
+  sealUnderPolicy,
+  signGroupMessage,
+  verifyGroupMessage,
+} from "../crypto/fameEnvelope";
 import { IdentityKeyPair, sameIdentity, verifyIdentity, type IdentityPublicKey } from "../crypto/identity";
 import { findPendingLink, LinkRequest, sealProvisioning, type PendingLink } from "../crypto/link";
 import { verifyDeviceBundle, type DeviceBundle } from "../crypto/pqxdh";
@@ -70,6 +82,9 @@ export const HISTORY_KEY_ROTATED = "HISTORY_KEY_ROTATED";
 export interface MessageView {
   readonly messageId: string;
   readonly conversationPeerId: string;
+  readonly conversationId: string;
+  /** A group message's policy (null for direct messages). */
+  readonly policy: string | null;
   readonly senderUserId: string;
   readonly mine: boolean;
   /** The text (a file's caption), or null when it could not be opened (see `problem`). */
@@ -83,6 +98,25 @@ export interface MessageView {
   readonly expires: Date | null;
   /** For own messages: how far the other side got. */
   readonly status: "sent" | "delivered" | "read";
+}
+
+/** A group conversation: the messages addressed to one ABE policy that this user satisfies. */
+export interface GroupConversationView {
+  readonly conversationId: string;
+  readonly policy: string;
+  readonly lastMessageTime: Date | null;
+}
+
+/**
+ * A policy as typed (e.g. `"role:nurse" and ("dept:cardiology" or "dept:icu")`): its canonical
+ * form, or why it is refused (the same policy language as crates/abe).
+ */
+export function checkPolicy(text: string): { canonical: string; problem: null } | { canonical: null; problem: string } {
+  try {
+    return { canonical: Policy.parse(text).canonical(), problem: null };
+  } catch (error) {
+    return { canonical: null, problem: error instanceof Error ? error.message : "the policy is invalid" };
+  }
 }
 
 export interface ConversationView {
@@ -398,6 +432,7 @@ function makeApis(client: CaremeshClient, baseUrl: string): Apis {
     keys: createClient(KeyDirectoryService, transport),
     messages: createClient(MessagingService, transport),
     auth: createClient(AuthService, transport),
+    abe: createClient(AbeService, transport),
   };
 }
 
@@ -520,6 +555,7 @@ type Apis = {
   keys: Client<typeof KeyDirectoryService>;
   messages: Client<typeof MessagingService>;
   auth: Client<typeof AuthService>;
+  abe: Client<typeof AbeService>;
 };
 
 export class Messenger {
@@ -528,6 +564,9 @@ export class Messenger {
   private readonly contacts = new Map<string, KnownDevices>();
   private readonly users = new Map<string, UserView>();
   private readonly watchers = new Set<AbortController>();
+  /** The ABE public parameters and this account's attribute keys (memory only), for group messages. */
+  private abeParams: { version: string; params: PublicParams } | null = null;
+  private abeKeys: { paramsVersion: string; expires: number; key: UserKey }[] = [];
   /** Messages that cannot open here for good (a cryptographic refusal), not tried again. */
   private readonly unopenable = new Map<string, string>();
 
@@ -550,6 +589,8 @@ export class Messenger {
     this.release();
     for (const watcher of this.watchers) watcher.abort();
     this.watchers.clear();
+    for (const stored of this.abeKeys) stored.key.wipe();
+    this.abeKeys = [];
   }
 
   /** Runs `task` after every earlier one: the device state changes one operation at a time. */
@@ -923,6 +964,99 @@ export class Messenger {
     }
   }
 
+  // ---- group messages (SDK: group.rs) ----
+
+  private async publicParams(): Promise<{ version: string; params: PublicParams }> {
+    if (this.abeParams === null) {
+      const response = await this.api.abe.getPublicParameters({});
+      this.abeParams = { version: response.version, params: PublicParams.fromBytes(response.publicParameters) };
+    }
+    return this.abeParams;
+  }
+
+  /** An attribute key satisfying `policy`: one held, or a fresh one issued for this account's identity. */
+  private async groupKey(policy: Policy, paramsVersion: string): Promise<UserKey> {
+    const find = () =>
+      this.abeKeys.find((k) => k.expires > Date.now() && k.paramsVersion === paramsVersion && policy.isSatisfiedBy(k.key.attributes))?.key;
+    const held = find();
+    if (held) return held;
+    const issued = (await this.api.abe.issueUserKey({ identityKeyId: this.state.identity.keyId })).userKey;
+    if (!issued?.sealedKey) throw new MessagingError("the authority answered without a sealed key");
+    if (issued.userId !== this.userId) throw new MessagingError("the authority issued a key for another user");
+    const key = openSealedUserKey(this.state.identity, issued.userId, issued.keyId, issued.sealedKey);
+    const expires = issued.expireTime ? timestampDate(issued.expireTime).getTime() : 0;
+    this.abeKeys.push({ paramsVersion: issued.paramsVersion, expires, key });
+    const fresh = find();
+    if (!fresh) throw new MessagingError(`your attributes do not satisfy this message's policy ${policy.canonical()}`);
+    return fresh;
+  }
+
+  /**
+   * Sends `text` to everyone whose attributes satisfy `policy` (doctors and nurses): sealed under
+   * the policy (CP-ABE and AES-256-GCM) and signed with this account's identity key.
+   */
+  sendGroup(policyText: string, text: string, lifespanSeconds?: number): Promise<MessageView> {
+    return this.exclusive(async () => {
+      const policy = Policy.parse(policyText);
+      const canonical = policy.canonical();
+      const { version, params } = await this.publicParams();
+      const messageId = newId(randomBytes);
+      const body = new TextEncoder().encode(text);
+      const sealed = sealUnderPolicy(params, policy, groupContentAad(messageId, this.userId, canonical), body);
+      const envelope = { version: POLICY_ENVELOPE_VERSION, paramsVersion: version, senderIdentityKeyId: this.state.identity.keyId, ...sealed };
+      const signature = signGroupMessage({ messageId, senderUserId: this.userId, policy: canonical, envelope }, this.state.identity);
+      // The sender keeps what it wrote (its attributes need not satisfy the policy).
+      await this.store.put(`m:${messageId}`, { text });
+      const response = await this.api.messages.sendMessage({
+        messageId,
+        content: { case: "group", value: { policy: canonical, envelope: { ...envelope, signature } } },
+        lifespan: lifespanSeconds ? { seconds: BigInt(lifespanSeconds), nanos: 0 } : undefined,
+      });
+      if (!response.message) throw new MessagingError("the server answered the send without the message");
+      return this.view(response.message, { text }, null);
+    });
+  }
+
+  /** Verifies a group message's signature and opens it with a satisfying attribute key. */
+  private async openGroup(message: Message): Promise<OpenedMessage> {
+    const envelope = message.groupEnvelope;
+    if (!envelope) throw new MessagingError("the group message has no envelope");
+    let identity = (await this.knownDevices(message.senderUserId, false)).identity;
+    if (identity.keyId !== envelope.senderIdentityKeyId) identity = (await this.knownDevices(message.senderUserId, true)).identity;
+    verifyGroupMessage({ messageId: message.messageId, senderUserId: message.senderUserId, policy: message.policy, envelope }, identity, envelope.signature);
+    const policy = Policy.parse(message.policy);
+    const key = await this.groupKey(policy, envelope.paramsVersion);
+    const plaintext = openUnderPolicy(key, envelope, groupContentAad(message.messageId, message.senderUserId, message.policy));
+    const opened = { text: new TextDecoder().decode(plaintext) };
+    plaintext.fill(0);
+    await this.store.put(`m:${message.messageId}`, opened);
+    return opened;
+  }
+
+  /** Group conversations this user takes part in (one per policy), most recent first. */
+  async groupConversations(): Promise<GroupConversationView[]> {
+    const response = await this.api.messages.listConversations({ pageSize: 100, pageToken: "" });
+    return response.conversations
+      .filter((c) => c.kind === MessageKind.GROUP)
+      .map((c) => ({ conversationId: c.conversationId, policy: c.policy, lastMessageTime: c.lastMessageTime ? timestampDate(c.lastMessageTime) : null }));
+  }
+
+  /** A group conversation, oldest first, opened. */
+  groupHistory(conversationId: string): Promise<MessageView[]> {
+    return this.exclusive(async () => {
+      const response = await this.api.messages.listConversationMessages({
+        target: { case: "conversationId", value: conversationId },
+        pageSize: 200,
+        pageToken: "",
+        order: SortOrder.OLDEST_FIRST,
+        deviceId: this.deviceId,
+      });
+      const views: MessageView[] = [];
+      for (const message of response.messages) views.push(await this.open(message));
+      return views;
+    });
+  }
+
   // ---- reading ----
 
   /** Conversations, most recent first. */
@@ -1009,7 +1143,9 @@ export class Messenger {
     const receipt = message.receipts.find((r) => r.userId === peer);
     return {
       messageId: message.messageId,
-      conversationPeerId: peer,
+      conversationPeerId: message.kind === MessageKind.GROUP ? "" : peer,
+      conversationId: message.conversationId,
+      policy: message.kind === MessageKind.GROUP ? message.policy : null,
       senderUserId: message.senderUserId,
       mine,
       text: opened?.text ?? null,
@@ -1043,6 +1179,7 @@ export class Messenger {
   }
 
   private async openNew(message: Message): Promise<OpenedMessage> {
+    if (message.kind === MessageKind.GROUP) return this.openGroup(message);
     if (message.protocolVersion !== 2) throw new MessagingError("sent with protocol v1, which only the device it was sent to can open");
     const ciphertext = message.deviceCiphertext;
     if (!ciphertext) return this.openArchiveCopy(message);

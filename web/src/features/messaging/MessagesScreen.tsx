@@ -21,6 +21,7 @@ import { useClient } from "../../app/context";
 import { href } from "../../app/router";
 import { QrCode } from "../auth/QrCode";
 import { AttachmentBlock, FileComposer } from "./Attachments";
+import { GroupMessages } from "./GroupMessages";
 import "./messages.css";
 
 const RECEIPT_REFRESH_MS = 5000;
@@ -150,6 +151,8 @@ function NeedsLink(props: {
 
 function Conversations(props: { messenger: Messenger }): JSX.Element {
   const { messenger } = props;
+  const role = useClient().session.info?.role;
+  const [incomingGroup, setIncomingGroup] = useState<MessageView | null>(null);
   const [conversations, setConversations] = useState<ConversationView[]>([]);
   const [peer, setPeer] = useState<ContactView | null>(null);
   const [messages, setMessages] = useState<MessageView[]>([]);
@@ -181,7 +184,8 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
     const stop = messenger.watch(
       (message) => {
         setStreamError(null);
-        if (message.conversationPeerId === peerRef.current) {
+        if (message.policy !== null) setIncomingGroup(message);
+        else if (message.conversationPeerId === peerRef.current) {
           // A known id is a recall's tombstone (or our own send coming back): replace it.
           setMessages((old) =>
             old.some((m) => m.messageId === message.messageId)
@@ -314,6 +318,8 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
           </li>
         ))}
       </ul>
+
+      {role === "doctor" || role === "nurse" ? <GroupMessages messenger={messenger} incoming={incomingGroup} /> : null}
 
       {peer ? (
         <section class="conversation" aria-labelledby="conversation-title">
