@@ -8,19 +8,17 @@
 // "link this browser" screen, links it by code with `carectl device approve`, reads a message
 // from before from the archive, and removes the carectl device from the devices screen.
 
-import { execFile, spawn } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { execFile } from "node:child_process";
+import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 
-import { totp, totpStep } from "./totp.mjs";
+import { carectl, carectlUser, spawnCarectl } from "./carectl.mjs";
 import {
   DESKTOP,
   PASSWORD,
   PHONE,
-  bootstrapAdmin,
   checkScreen,
   enrolMfa,
   heading,
@@ -31,81 +29,9 @@ import {
   unique,
 } from "./support.mjs";
 
-const CARECTL = process.env.CARECTL_BIN ?? (process.env.CAREMESH_BIN ? join(process.env.CAREMESH_BIN, "..", "carectl") : "carectl");
-const HOME = mkdtempSync(join(tmpdir(), "carectl-e2e-"));
-
-/** `--endpoint` flags for each service, read from `caremesh up`'s banner in its log. */
-function endpoints() {
-  const log = readFileSync(join(process.env.E2E_DATA_DIR, "caremesh.log"), "utf8");
-  const flags = [];
-  for (const match of log.matchAll(/^\s+([a-z-]+-svc)\s+(\S+:\d+)\s/gm)) flags.push("--endpoint", `${match[1]}=${match[2]}`);
-  assert.ok(flags.length >= 10, `no service addresses in caremesh.log:\n${log.slice(0, 2000)}`);
-  return flags;
-}
-
-/** Runs carectl with `profile`, JSON output; resolves with the parsed output. */
-function carectl(profile, args, input) {
-  const argv = ["--json", "--profile", profile, ...endpoints(), ...args];
-  return new Promise((resolve, reject) => {
-    const child = execFile(
-      CARECTL,
-      argv,
-      {
-        env: { ...process.env, CARECTL_HOME: HOME, CARECTL_CA: join(process.env.E2E_DATA_DIR, "pki", "ca.crt") },
-        timeout: 60_000,
-      },
-      (error, stdout, stderr) => {
-        if (error) {
-          reject(new Error(`carectl ${args.join(" ")} failed: ${stderr || error.message}`));
-          return;
-        }
-        try {
-          resolve(stdout.trim() === "" ? null : JSON.parse(stdout));
-        } catch {
-          resolve(stdout);
-        }
-      },
-    );
-    if (input !== undefined) child.stdin.end(input);
-    else child.stdin.end();
-  });
-}
-
-let adminStep = 0;
-/** Signs the bootstrap admin in with carectl (a fresh TOTP step each time). */
-async function adminLogin() {
-  const admin = bootstrapAdmin();
-  // A code is accepted once (other test files sign the admin in too): on a refusal, the next step.
-  for (let attempt = 0; ; attempt++) {
-    adminStep = Math.max(adminStep + 1, totpStep());
-    while (adminStep > totpStep() + 1) await new Promise((r) => setTimeout(r, 1000));
-    try {
-      await carectl("admin", ["login", admin.username, "--password-stdin", "--totp", totp(admin.totpSecret, adminStep)], `${admin.password}\n`);
-      return;
-    } catch (error) {
-      if (attempt >= 2) throw error;
-    }
-  }
-}
-
-/** A doctor created through carectl: registered, approved by the admin, MFA on, keys published. */
-async function doctor(name, role = "doctor") {
-  const username = unique(name);
-  const profile = username;
-  const displayName = role === "doctor" ? `Dr ${name}` : name;
-  await carectl(profile, ["register", username, "--role", role, "--display-name", displayName, "--password-stdin"], `${PASSWORD}\n`);
-  if (role === "doctor") {
-    await adminLogin();
-    await carectl("admin", ["admin", "approve", username, "--attr", "dept:cardiology"]);
-  }
-  await carectl(profile, ["login", username, "--password-stdin"], `${PASSWORD}\n`);
-  const enrolment = await carectl(profile, ["mfa", "enroll", "--no-qr"]);
-  const secret = enrolment.secret.replace(/\s/g, "");
-  const step = totpStep();
-  const confirmed = await carectl(profile, ["mfa", "confirm", totp(secret, step)]);
-  // First use publishes the doctor's identity and device (as the README's first steps do).
-  await carectl(profile, ["msg", "inbox"]);
-  return { username, profile, secret, step, codes: confirmed.recovery_codes };
+/** A doctor made with carectl (approved, MFA on, keys published), or a patient (`role`). */
+function doctor(name, role = "doctor") {
+  return carectlUser(name, { role, displayName: role === "doctor" ? `Dr ${name}` : name });
 }
 
 /**
@@ -115,10 +41,7 @@ async function doctor(name, role = "doctor") {
 async function carectlLink(user, recoveryCode) {
   const profile = `${user.username}-new`;
   await carectl(profile, ["login", user.username, "--password-stdin", "--recovery-code", recoveryCode], `${PASSWORD}\n`);
-  const child = spawn(CARECTL, ["--json", "--profile", profile, ...endpoints(), "device", "link", "--no-qr"], {
-    env: { ...process.env, CARECTL_HOME: HOME, CARECTL_CA: join(process.env.E2E_DATA_DIR, "pki", "ca.crt") },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const child = spawnCarectl(profile, ["device", "link", "--no-qr"]);
   let stdout = "";
   let stderr = "";
   child.stderr.on("data", (chunk) => (stderr += chunk));
@@ -245,7 +168,7 @@ describe("messages between the browser and carectl", () => {
 
       const marker = `MARKER-${unique("ankle")}-swollen`;
       await page.getByLabel("Message", { exact: true }).fill(marker);
-      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByRole("button", { name: "Send", exact: true }).click();
       await page.getByTestId("message").filter({ hasText: marker }).waitFor();
       await checkScreen(page, "messages-conversation", violations);
 
@@ -347,7 +270,7 @@ describe("messages between the browser and carectl", () => {
       await page.getByRole("button", { name: "Open conversation" }).click();
       const first = `FIRST-${unique("rash")}`;
       await page.getByLabel("Message", { exact: true }).fill(first);
-      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByRole("button", { name: "Send", exact: true }).click();
       await page.getByTestId("message").filter({ hasText: first }).waitFor();
       const answer = `ANSWER-${unique("cream")}`;
       await carectl(doc.profile, ["msg", "send", username, answer]);
@@ -391,7 +314,7 @@ describe("messages between the browser and carectl", () => {
       await page.getByRole("button", { name: "Dr cuddy", exact: true }).click();
       const second = `SECOND-${unique("itch")}`;
       await page.getByLabel("Message", { exact: true }).fill(second);
-      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByRole("button", { name: "Send", exact: true }).click();
       await page.getByTestId("message").filter({ hasText: second }).waitFor();
       await page.getByTestId("device-notices").filter({ hasText: "added a device" }).waitFor();
       await checkScreen(page, "messages-device-notice", violations);
@@ -415,7 +338,7 @@ describe("messages between the browser and carectl", () => {
       await checkScreen(page, "messages-identity-changed", violations);
       const refused = `REFUSED-${unique("x")}`;
       await page.getByLabel("Message", { exact: true }).fill(refused);
-      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByRole("button", { name: "Send", exact: true }).click();
       await page.getByText(/identity key changed since you last talked/).last().waitFor();
       assert.equal(await page.getByTestId("message").filter({ hasText: refused }).count(), 0);
       await page.getByRole("button", { name: "I compared it: accept the new key" }).click();
@@ -423,7 +346,7 @@ describe("messages between the browser and carectl", () => {
       const accepted = await carectl(reset, ["contacts", "verify", username]);
       await page.locator("summary", { hasText: "Safety number" }).click();
       assert.equal((await page.getByTestId("safety-number").textContent())?.trim(), accepted.safety_number);
-      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByRole("button", { name: "Send", exact: true }).click();
       await page.getByTestId("message").filter({ hasText: refused }).waitFor();
       const afterNew = await carectl(reset, ["msg", "read", username]);
       assert.ok(afterNew.some((m) => m.text === refused), JSON.stringify(afterNew.map((m) => m.text)));
@@ -432,7 +355,7 @@ describe("messages between the browser and carectl", () => {
       const brief = `BRIEF-${unique("temp")}`;
       await page.getByLabel("Delete for everyone").selectOption("3600");
       await page.getByLabel("Message", { exact: true }).fill(brief);
-      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByRole("button", { name: "Send", exact: true }).click();
       const briefItem = page.getByTestId("message").filter({ hasText: brief });
       await briefItem.filter({ hasText: "deleted" }).waitFor();
       const withLifespan = (await carectl(reset, ["msg", "read", username])).find((m) => m.text === brief);
@@ -463,7 +386,7 @@ describe("messages between the browser and carectl", () => {
       await page.getByRole("button", { name: "Open conversation" }).click();
       const before = `BEFORE-${unique("fever")}`;
       await page.getByLabel("Message", { exact: true }).fill(before);
-      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByRole("button", { name: "Send", exact: true }).click();
       await page.getByTestId("message").filter({ hasText: before }).waitFor();
 
       // The second browser signs in (with a recovery code) and shows a code...
@@ -519,7 +442,7 @@ describe("messages between the browser and carectl", () => {
       await page.getByLabel("Start a conversation with (username)").fill(doc.username);
       await page.getByRole("button", { name: "Open conversation" }).click();
       await page.getByLabel("Message", { exact: true }).fill("hello");
-      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByRole("button", { name: "Send", exact: true }).click();
       await page.getByTestId("message").filter({ hasText: "hello" }).waitFor();
       // Away from the conversation (no live delivery), the doctor writes and the stored
       // ciphertext for the patient's browser gets one byte changed (its AEAD tag's last byte).
@@ -573,7 +496,7 @@ describe("messages between the browser and carectl", () => {
       await page.getByTestId("message").filter({ hasText: earlier }).waitFor();
       const fromBrowser = `FROM-BROWSER-${unique("rest")}`;
       await page.getByLabel("Message", { exact: true }).fill(fromBrowser);
-      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByRole("button", { name: "Send", exact: true }).click();
       await page.getByTestId("message").filter({ hasText: fromBrowser }).waitFor();
       const patientSees = await carectl(patient.profile, ["msg", "read", doc.username]);
       assert.ok(patientSees.some((m) => m.text === fromBrowser), JSON.stringify(patientSees.map((m) => m.text)));

@@ -11,6 +11,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 
+import { AbeService } from "../gen/caremesh/abe/v1/abe_pb";
 import { AuthService } from "../gen/caremesh/auth/v1/auth_pb";
 import {
   DeviceLinkState,
@@ -20,6 +21,7 @@ import {
   type IdentityKey,
 } from "../gen/caremesh/messaging/v1/keys_pb";
 import {
+  MessageKind,
   MessageState,
   MessagingService,
   ReceiptType,
@@ -35,6 +37,16 @@ import { decodeContent, encodeContent, type Content } from "../crypto/content";
 import { DeviceSecrets, KEM_LAST_RESORT, KEM_ONE_TIME } from "../crypto/device";
 import { DeviceList, DeviceListTracker } from "../crypto/deviceList";
 import { CryptoError } from "../crypto/errors";
+import { Policy, PublicParams, type UserKey } from "../crypto/fame";
+import {
+  groupContentAad,
+  openSealedUserKey,
+  openUnderPolicy,
+  POLICY_ENVELOPE_VERSION,
+  sealUnderPolicy,
+  signGroupMessage,
+  verifyGroupMessage,
+} from "../crypto/fameEnvelope";
 import { IdentityKeyPair, sameIdentity, verifyIdentity, type IdentityPublicKey } from "../crypto/identity";
 import { findPendingLink, LinkRequest, sealProvisioning, type PendingLink } from "../crypto/link";
 import { verifyDeviceBundle, type DeviceBundle } from "../crypto/pqxdh";
@@ -46,6 +58,17 @@ import type { CaremeshClient } from "./index";
 import { DEVICE_RECORD, DeviceState, type DeviceStateJson } from "./messagingDevice";
 import { deviceDatabaseName, EncryptedStore, IndexedDbBackend } from "./store";
 import { createTransport } from "./transport";
+import {
+  attachmentRef,
+  attachmentView,
+  downloadAttachment,
+  prepareUpload,
+  storedAttachment,
+  uploadAttachment,
+  type AttachmentView,
+  type Progress,
+  type StoredAttachment,
+} from "./attachments";
 
 /** One-time prekeys of each kind published at first and per top-up (as the SDK). */
 export const DEVICE_PREKEY_BATCH = 50;
@@ -59,10 +82,15 @@ export const HISTORY_KEY_ROTATED = "HISTORY_KEY_ROTATED";
 export interface MessageView {
   readonly messageId: string;
   readonly conversationPeerId: string;
+  readonly conversationId: string;
+  /** A group message's policy (null for direct messages). */
+  readonly policy: string | null;
   readonly senderUserId: string;
   readonly mine: boolean;
-  /** The text, or null when it could not be opened (see `problem`). */
+  /** The text (a file's caption), or null when it could not be opened (see `problem`). */
   readonly text: string | null;
+  /** The file sent with it, if any (fetch it with `Messenger.downloadAttachment`). */
+  readonly attachment: AttachmentView | null;
   readonly problem: string | null;
   readonly recalled: boolean;
   readonly sent: Date | null;
@@ -70,6 +98,25 @@ export interface MessageView {
   readonly expires: Date | null;
   /** For own messages: how far the other side got. */
   readonly status: "sent" | "delivered" | "read";
+}
+
+/** A group conversation: the messages addressed to one ABE policy that this user satisfies. */
+export interface GroupConversationView {
+  readonly conversationId: string;
+  readonly policy: string;
+  readonly lastMessageTime: Date | null;
+}
+
+/**
+ * A policy as typed (e.g. `"role:nurse" and ("dept:cardiology" or "dept:icu")`): its canonical
+ * form, or why it is refused (the same policy language as crates/abe).
+ */
+export function checkPolicy(text: string): { canonical: string; problem: null } | { canonical: null; problem: string } {
+  try {
+    return { canonical: Policy.parse(text).canonical(), problem: null };
+  } catch (error) {
+    return { canonical: null, problem: error instanceof Error ? error.message : "the policy is invalid" };
+  }
 }
 
 export interface ConversationView {
@@ -140,6 +187,24 @@ export function errorReason(error: unknown): string | null {
 /** `lp("caremesh-key-signature-v1") lp("signed-prekey") lp(user) lp(identity key id) lp(prekey id) lp(public)`. */
 function v1SignedPrekeyMessage(userId: string, identityKeyId: string, keyId: string, publicKey: Uint8Array): Uint8Array {
   return new Encoder("caremesh-key-signature-v1").field("signed-prekey").field(userId).field(identityKeyId).field(keyId).field(publicKey).finish();
+}
+
+/** What this browser's encrypted store keeps of an opened message (`m:<message id>`). */
+interface OpenedMessage {
+  text: string;
+  attachment?: StoredAttachment;
+}
+
+/** The part of a content the user reads (kinds 1 and 4). */
+function openedOf(content: Content): OpenedMessage | null {
+  switch (content.kind) {
+    case 1:
+      return { text: new TextDecoder().decode(content.body) };
+    case 4:
+      return { text: new TextDecoder().decode(content.caption), attachment: storedAttachment(content.attachment) };
+    default:
+      return null;
+  }
 }
 
 function notFound(error: unknown): boolean {
@@ -367,6 +432,7 @@ function makeApis(client: CaremeshClient, baseUrl: string): Apis {
     keys: createClient(KeyDirectoryService, transport),
     messages: createClient(MessagingService, transport),
     auth: createClient(AuthService, transport),
+    abe: createClient(AbeService, transport),
   };
 }
 
@@ -489,6 +555,7 @@ type Apis = {
   keys: Client<typeof KeyDirectoryService>;
   messages: Client<typeof MessagingService>;
   auth: Client<typeof AuthService>;
+  abe: Client<typeof AbeService>;
 };
 
 export class Messenger {
@@ -497,6 +564,9 @@ export class Messenger {
   private readonly contacts = new Map<string, KnownDevices>();
   private readonly users = new Map<string, UserView>();
   private readonly watchers = new Set<AbortController>();
+  /** The ABE public parameters and this account's attribute keys (memory only), for group messages. */
+  private abeParams: { version: string; params: PublicParams } | null = null;
+  private abeKeys: { paramsVersion: string; expires: number; key: UserKey }[] = [];
   /** Messages that cannot open here for good (a cryptographic refusal), not tried again. */
   private readonly unopenable = new Map<string, string>();
 
@@ -519,6 +589,8 @@ export class Messenger {
     this.release();
     for (const watcher of this.watchers) watcher.abort();
     this.watchers.clear();
+    for (const stored of this.abeKeys) stored.key.wipe();
+    this.abeKeys = [];
   }
 
   /** Runs `task` after every earlier one: the device state changes one operation at a time. */
@@ -747,9 +819,42 @@ export class Messenger {
 
   /** Sends `text`; with `lifespanSeconds` (60 to 31622400) the server purges it for everyone then. */
   send(recipientUserId: string, text: string, lifespanSeconds?: number): Promise<MessageView> {
+    const content: Content = { kind: 1, body: new TextEncoder().encode(text) };
+    return this.sendContent(recipientUserId, newId(randomBytes), content, lifespanSeconds);
+  }
+
+  /**
+   * Sends `file` with `caption`: seals it here under a fresh key, uploads it (resuming after
+   * transient failures; `onProgress` hears the blob bytes stored), then sends the message that
+   * names it. Errors keep the server's reason (ATTACHMENT_TOO_LARGE, ATTACHMENT_QUOTA_EXCEEDED).
+   */
+  async sendFile(
+    recipientUserId: string,
+    file: File,
+    caption: string,
+    options: { lifespanSeconds?: number; onProgress?: Progress } = {},
+  ): Promise<MessageView> {
+    // The recipient's devices are checked before anything is uploaded.
+    await this.knownDevices(recipientUserId, false);
+    const upload = prepareUpload(file);
+    // Not under `exclusive`: messages keep arriving while the file goes up.
+    const attachment = await uploadAttachment(this.api.messages, upload, options.onProgress);
+    const content: Content = { kind: 4, caption: new TextEncoder().encode(caption), attachment };
+    return this.sendContent(recipientUserId, upload.messageId, content, options.lifespanSeconds);
+  }
+
+  /**
+   * Downloads, checks and decrypts the file of a message this browser opened: a Blob only once
+   * every chunk and the digest check out (`onProgress` hears the blob bytes received).
+   */
+  async downloadAttachment(messageId: string, onProgress?: Progress, signal?: AbortSignal): Promise<Blob> {
+    const stored = await this.store.get<OpenedMessage>(`m:${messageId}`);
+    if (!stored?.attachment) throw new MessagingError("this message has no file that this browser can open");
+    return downloadAttachment(this.api.messages, attachmentRef(stored.attachment), onProgress, signal);
+  }
+
+  private sendContent(recipientUserId: string, messageId: string, content: Content, lifespanSeconds?: number): Promise<MessageView> {
     return this.exclusive(async () => {
-      const content: Content = { kind: 1, body: new TextEncoder().encode(text) };
-      const messageId = newId(randomBytes);
       let refresh = false;
       for (;;) {
         const request = await this.seal(recipientUserId, messageId, content, refresh, lifespanSeconds);
@@ -757,7 +862,7 @@ export class Messenger {
           const response = await this.api.messages.sendMessage(request);
           await this.finishPending(messageId);
           if (!response.message) throw new MessagingError("the server answered the send without the message");
-          return this.view(response.message, text, null);
+          return this.view(response.message, openedOf(content), null);
         } catch (error) {
           const reason = errorReason(error);
           if (!refresh && (reason === DEVICE_LIST_CHANGED || reason === HISTORY_KEY_ROTATED)) {
@@ -801,7 +906,8 @@ export class Messenger {
     const deviceCiphertexts = targets.map((t) => toWire(t.peer.userId, this.state.sessions.encrypt(t.peer, messageId, plaintext)));
     plaintext.fill(0);
     let archive;
-    if (content.kind === 1) {
+    const opened = openedOf(content);
+    if (opened !== null) {
       const context: ArchiveContext = { ownerUserId: me, messageId, senderUserId: me, senderDeviceId: this.deviceId, recipientUserId };
       const copy = sealArchive(this.state.history.current(), context, content);
       archive = { ownerUserId: "", historyKeyId: copy.historyKeyId, nonce: copy.nonce, ciphertext: copy.ciphertext };
@@ -817,7 +923,7 @@ export class Messenger {
     this.state.pending.set(messageId, toHex(toBinary(SendMessageRequestSchema, request)));
     // This device's own copy, and the advanced ratchets with the request, are stored before the
     // request leaves: a crash resends these very ciphertexts and no message key is used twice.
-    if (content.kind === 1) await this.store.put(`m:${messageId}`, { text: new TextDecoder().decode(content.body) });
+    if (opened !== null) await this.store.put(`m:${messageId}`, opened);
     await this.save();
     return request;
   }
@@ -856,6 +962,99 @@ export class Messenger {
         await this.finishPending(messageId); // refused for good: the user saw the send fail
       }
     }
+  }
+
+  // ---- group messages (SDK: group.rs) ----
+
+  private async publicParams(): Promise<{ version: string; params: PublicParams }> {
+    if (this.abeParams === null) {
+      const response = await this.api.abe.getPublicParameters({});
+      this.abeParams = { version: response.version, params: PublicParams.fromBytes(response.publicParameters) };
+    }
+    return this.abeParams;
+  }
+
+  /** An attribute key satisfying `policy`: one held, or a fresh one issued for this account's identity. */
+  private async groupKey(policy: Policy, paramsVersion: string): Promise<UserKey> {
+    const find = () =>
+      this.abeKeys.find((k) => k.expires > Date.now() && k.paramsVersion === paramsVersion && policy.isSatisfiedBy(k.key.attributes))?.key;
+    const held = find();
+    if (held) return held;
+    const issued = (await this.api.abe.issueUserKey({ identityKeyId: this.state.identity.keyId })).userKey;
+    if (!issued?.sealedKey) throw new MessagingError("the authority answered without a sealed key");
+    if (issued.userId !== this.userId) throw new MessagingError("the authority issued a key for another user");
+    const key = openSealedUserKey(this.state.identity, issued.userId, issued.keyId, issued.sealedKey);
+    const expires = issued.expireTime ? timestampDate(issued.expireTime).getTime() : 0;
+    this.abeKeys.push({ paramsVersion: issued.paramsVersion, expires, key });
+    const fresh = find();
+    if (!fresh) throw new MessagingError(`your attributes do not satisfy this message's policy ${policy.canonical()}`);
+    return fresh;
+  }
+
+  /**
+   * Sends `text` to everyone whose attributes satisfy `policy` (doctors and nurses): sealed under
+   * the policy (CP-ABE and AES-256-GCM) and signed with this account's identity key.
+   */
+  sendGroup(policyText: string, text: string, lifespanSeconds?: number): Promise<MessageView> {
+    return this.exclusive(async () => {
+      const policy = Policy.parse(policyText);
+      const canonical = policy.canonical();
+      const { version, params } = await this.publicParams();
+      const messageId = newId(randomBytes);
+      const body = new TextEncoder().encode(text);
+      const sealed = sealUnderPolicy(params, policy, groupContentAad(messageId, this.userId, canonical), body);
+      const envelope = { version: POLICY_ENVELOPE_VERSION, paramsVersion: version, senderIdentityKeyId: this.state.identity.keyId, ...sealed };
+      const signature = signGroupMessage({ messageId, senderUserId: this.userId, policy: canonical, envelope }, this.state.identity);
+      // The sender keeps what it wrote (its attributes need not satisfy the policy).
+      await this.store.put(`m:${messageId}`, { text });
+      const response = await this.api.messages.sendMessage({
+        messageId,
+        content: { case: "group", value: { policy: canonical, envelope: { ...envelope, signature } } },
+        lifespan: lifespanSeconds ? { seconds: BigInt(lifespanSeconds), nanos: 0 } : undefined,
+      });
+      if (!response.message) throw new MessagingError("the server answered the send without the message");
+      return this.view(response.message, { text }, null);
+    });
+  }
+
+  /** Verifies a group message's signature and opens it with a satisfying attribute key. */
+  private async openGroup(message: Message): Promise<OpenedMessage> {
+    const envelope = message.groupEnvelope;
+    if (!envelope) throw new MessagingError("the group message has no envelope");
+    let identity = (await this.knownDevices(message.senderUserId, false)).identity;
+    if (identity.keyId !== envelope.senderIdentityKeyId) identity = (await this.knownDevices(message.senderUserId, true)).identity;
+    verifyGroupMessage({ messageId: message.messageId, senderUserId: message.senderUserId, policy: message.policy, envelope }, identity, envelope.signature);
+    const policy = Policy.parse(message.policy);
+    const key = await this.groupKey(policy, envelope.paramsVersion);
+    const plaintext = openUnderPolicy(key, envelope, groupContentAad(message.messageId, message.senderUserId, message.policy));
+    const opened = { text: new TextDecoder().decode(plaintext) };
+    plaintext.fill(0);
+    await this.store.put(`m:${message.messageId}`, opened);
+    return opened;
+  }
+
+  /** Group conversations this user takes part in (one per policy), most recent first. */
+  async groupConversations(): Promise<GroupConversationView[]> {
+    const response = await this.api.messages.listConversations({ pageSize: 100, pageToken: "" });
+    return response.conversations
+      .filter((c) => c.kind === MessageKind.GROUP)
+      .map((c) => ({ conversationId: c.conversationId, policy: c.policy, lastMessageTime: c.lastMessageTime ? timestampDate(c.lastMessageTime) : null }));
+  }
+
+  /** A group conversation, oldest first, opened. */
+  groupHistory(conversationId: string): Promise<MessageView[]> {
+    return this.exclusive(async () => {
+      const response = await this.api.messages.listConversationMessages({
+        target: { case: "conversationId", value: conversationId },
+        pageSize: 200,
+        pageToken: "",
+        order: SortOrder.OLDEST_FIRST,
+        deviceId: this.deviceId,
+      });
+      const views: MessageView[] = [];
+      for (const message of response.messages) views.push(await this.open(message));
+      return views;
+    });
   }
 
   // ---- reading ----
@@ -938,16 +1137,19 @@ export class Messenger {
     };
   }
 
-  private async view(message: Message, text: string | null, problem: string | null): Promise<MessageView> {
+  private async view(message: Message, opened: OpenedMessage | null, problem: string | null): Promise<MessageView> {
     const mine = message.senderUserId === this.userId;
     const peer = mine ? message.recipientUserId : message.senderUserId;
     const receipt = message.receipts.find((r) => r.userId === peer);
     return {
       messageId: message.messageId,
-      conversationPeerId: peer,
+      conversationPeerId: message.kind === MessageKind.GROUP ? "" : peer,
+      conversationId: message.conversationId,
+      policy: message.kind === MessageKind.GROUP ? message.policy : null,
       senderUserId: message.senderUserId,
       mine,
-      text,
+      text: opened?.text ?? null,
+      attachment: opened?.attachment ? attachmentView(opened.attachment) : null,
       problem,
       recalled: message.state === MessageState.RECALLED,
       sent: message.createTime ? timestampDate(message.createTime) : null,
@@ -962,13 +1164,12 @@ export class Messenger {
       await this.store.delete(`m:${message.messageId}`);
       return this.view(message, null, null);
     }
-    const stored = await this.store.get<{ text: string }>(`m:${message.messageId}`);
-    if (stored) return this.view(message, stored.text, null);
+    const stored = await this.store.get<OpenedMessage>(`m:${message.messageId}`);
+    if (stored) return this.view(message, stored, null);
     const known = this.unopenable.get(message.messageId);
     if (known !== undefined) return this.view(message, null, known);
     try {
-      const text = await this.openNew(message);
-      return this.view(message, text, null);
+      return this.view(message, await this.openNew(message), null);
     } catch (error) {
       const problem = describeProblem(error);
       // A network failure is tried again next time; a refusal by the cryptography is final.
@@ -977,7 +1178,8 @@ export class Messenger {
     }
   }
 
-  private async openNew(message: Message): Promise<string | null> {
+  private async openNew(message: Message): Promise<OpenedMessage> {
+    if (message.kind === MessageKind.GROUP) return this.openGroup(message);
     if (message.protocolVersion !== 2) throw new MessagingError("sent with protocol v1, which only the device it was sent to can open");
     const ciphertext = message.deviceCiphertext;
     if (!ciphertext) return this.openArchiveCopy(message);
@@ -999,12 +1201,13 @@ export class Messenger {
     const content = decodeContent(plaintext);
     plaintext.fill(0);
     switch (content.kind) {
-      case 1: {
-        const text = new TextDecoder().decode(content.body);
-        await this.store.put(`m:${message.messageId}`, { text });
+      case 1:
+      case 4: {
+        const opened = openedOf(content)!;
+        await this.store.put(`m:${message.messageId}`, opened);
         await this.save();
         if (sender !== this.userId && !message.archive) await this.storeArchiveCopy(message, content);
-        return text;
+        return opened;
       }
       case 2:
         if (sender !== this.userId) throw new MessagingError("a history key from another user was refused");
@@ -1017,7 +1220,7 @@ export class Messenger {
     }
   }
 
-  private openArchiveCopy(message: Message): string {
+  private async openArchiveCopy(message: Message): Promise<OpenedMessage> {
     const copy = message.archive;
     if (!copy) throw new MessagingError("sent before this browser was linked, and no archive copy exists yet", false);
     const content = openArchive({ historyKeyId: copy.historyKeyId, nonce: copy.nonce, ciphertext: copy.ciphertext }, this.state.history, {
@@ -1027,8 +1230,11 @@ export class Messenger {
       senderDeviceId: message.senderDeviceId,
       recipientUserId: message.recipientUserId,
     });
-    if (content.kind !== 1) throw new MessagingError("an archive copy of something other than a message");
-    return new TextDecoder().decode(content.body);
+    const opened = openedOf(content);
+    if (opened === null) throw new MessagingError("an archive copy of something other than a message");
+    // Kept like a message opened from its ciphertext (a file's key is needed to download it).
+    await this.store.put(`m:${message.messageId}`, opened);
+    return opened;
   }
 
   private async storeArchiveCopy(message: Message, content: Content): Promise<void> {

@@ -24,6 +24,8 @@ export type CryptoErrorCode =
   | "PlaintextTooLarge"
   | "KeyMismatch"
   | "InvalidStoredKeys"
+  | "AttachmentDamaged"
+  | "AttachmentDigestMismatch"
   | "Encoding";
 
 export class CryptoError extends Error {

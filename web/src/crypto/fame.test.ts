@@ -14,6 +14,7 @@ import { bls12_381 } from "@noble/curves/bls12-381.js";
 
 import { Ciphertext, decapsulate, doubleExp, encapsulate, FameError, hashAttribute, Policy, PublicParams, UserKey } from "./fame.js";
 import {
+  groupContentAad,
   openSealedUserKey,
   openUnderPolicy,
   recordContentAad,
@@ -21,8 +22,11 @@ import {
   recordVersionHash,
   sealUnderPolicy,
   sealUserKey,
+  signGroupMessage,
   signRecordVersion,
+  verifyGroupMessage,
   verifyRecordVersion,
+  type GroupMessage,
   type RecordVersion,
 } from "./fameEnvelope.js";
 import { IdentityKeyPair } from "./identity.js";
@@ -196,6 +200,32 @@ describe("sealed user keys and record signatures", () => {
     for (const changed of [{ ...version, kind: "Condition" }, { ...version, version: 2n }, { ...version, previousVersionHash: new Uint8Array(32) }]) {
       expect(() => verifyRecordVersion(changed, identity.public(), signature)).toThrow(CryptoError);
       expect(toHex(recordVersionHash(changed))).not.toBe(toHex(recordVersionHash(version)));
+    }
+  });
+
+  it("seals a group message readers with the attributes open, signed over the message id, sender, policy and envelope", () => {
+    const policy = Policy.parse('"role:doctor" and "dept:cardiology"');
+    const aad = groupContentAad("m-1", "doctor-1", policy.canonical());
+    const sealed = sealUnderPolicy(params, policy, aad, new TextEncoder().encode("ward round at 9"));
+    expect(text(openUnderPolicy(keys.get("cardiologist")!, sealed, aad))).toBe("ward round at 9");
+    expect(fameError(() => openUnderPolicy(keys.get("oncologist")!, sealed, aad)).code).toBe("PolicyNotSatisfied");
+    // Bound to the message id, sender and policy.
+    expect(() => openUnderPolicy(keys.get("cardiologist")!, sealed, groupContentAad("m-2", "doctor-1", policy.canonical()))).toThrow(CryptoError);
+    const message: GroupMessage = {
+      messageId: "m-1",
+      senderUserId: "doctor-1",
+      policy: policy.canonical(),
+      envelope: { version: 1, paramsVersion: "p1", senderIdentityKeyId: identity.keyId, ...sealed },
+    };
+    const signature = signGroupMessage(message, identity);
+    verifyGroupMessage(message, identity.public(), signature);
+    for (const changed of [
+      { ...message, messageId: "m-2" },
+      { ...message, senderUserId: "doctor-2" },
+      { ...message, policy: '"role:doctor"' },
+      { ...message, envelope: { ...message.envelope, paramsVersion: "p2" } },
+    ]) {
+      expect(() => verifyGroupMessage(changed, identity.public(), signature)).toThrow(CryptoError);
     }
   });
 });

@@ -22,6 +22,8 @@ export const POLICY_ENVELOPE_VERSION = 1;
 export const SEALED_USER_KEY_VERSION = 1;
 const RECORD_VERSION_LABEL = "caremesh-record-version-v1";
 const RECORD_CONTENT_LABEL = "caremesh-abe-content-v1/record";
+const GROUP_MESSAGE_LABEL = "caremesh-group-message-v1";
+const GROUP_CONTENT_LABEL = "caremesh-abe-content-v1/group-message";
 const USER_KEY_INFO = "caremesh-abe-user-key-v1";
 const USER_KEY_AAD_LABEL = "caremesh-abe-user-key-v1/aad";
 
@@ -97,19 +99,20 @@ export interface RecordVersion {
   readonly previousVersionHash: Uint8Array;
 }
 
+/** `u32be(version) lp(params_version) lp(encapsulated_key) lp(nonce) lp(ciphertext)`: an envelope in signed bytes. */
+function envelopeFields(encoder: Encoder, envelope: { readonly version: number; readonly paramsVersion: string } & PolicySealed): Encoder {
+  return encoder
+    .raw(u32be(envelope.version))
+    .field(envelope.paramsVersion)
+    .field(envelope.encapsulatedKey)
+    .field(envelope.nonce)
+    .field(envelope.ciphertext);
+}
+
 /** The exact bytes the author signs (policy_envelope.rs `RecordVersion::signed_bytes`). */
 export function recordSignedBytes(v: RecordVersion): Uint8Array {
-  return new Encoder(RECORD_VERSION_LABEL)
-    .field(v.recordId)
-    .field(v.patientId)
-    .field(v.kind)
-    .raw(u64be(v.version))
-    .field(v.policy)
-    .raw(u32be(v.envelope.version))
-    .field(v.envelope.paramsVersion)
-    .field(v.envelope.encapsulatedKey)
-    .field(v.envelope.nonce)
-    .field(v.envelope.ciphertext)
+  const head = new Encoder(RECORD_VERSION_LABEL).field(v.recordId).field(v.patientId).field(v.kind).raw(u64be(v.version)).field(v.policy);
+  return envelopeFields(head, v.envelope)
     .field(v.authorUserId)
     .field(v.authorIdentityKeyId)
     .field(v.previousVersionHash)
@@ -134,6 +137,41 @@ export function verifyRecordVersion(v: RecordVersion, author: IdentityPublicKey,
     throw new CryptoError("KeyMismatch", "the record was signed with another identity key than the author's registered one");
   }
   ed25519Verify(author.signingPublicKey, recordSignedBytes(v), signature, "record author");
+}
+
+/** `lp(label) lp(message_id) lp(sender_user_id) lp(policy)`: a group message's content AAD. */
+export function groupContentAad(messageId: string, senderUserId: string, policy: string): Uint8Array {
+  return new Encoder(GROUP_CONTENT_LABEL).field(messageId).field(senderUserId).field(policy).finish();
+}
+
+/** A group message as its sender signs it (policy_envelope.rs `GroupMessage`). */
+export interface GroupMessage {
+  readonly messageId: string;
+  readonly senderUserId: string;
+  /** The canonical policy. */
+  readonly policy: string;
+  readonly envelope: { readonly version: number; readonly paramsVersion: string; readonly senderIdentityKeyId: string } & PolicySealed;
+}
+
+/** The exact bytes the sender signs (`envelope.signature` is not part of them). */
+export function groupSignedBytes(m: GroupMessage): Uint8Array {
+  const head = new Encoder(GROUP_MESSAGE_LABEL).field(m.messageId).field(m.senderUserId).field(m.policy);
+  return envelopeFields(head, m.envelope).field(m.envelope.senderIdentityKeyId).finish();
+}
+
+export function signGroupMessage(m: GroupMessage, sender: IdentityKeyPair): Uint8Array {
+  if (sender.keyId !== m.envelope.senderIdentityKeyId) {
+    throw new CryptoError("KeyMismatch", "the envelope names another identity key than the one signing");
+  }
+  return sender.signRaw(groupSignedBytes(m));
+}
+
+/** Checks the sender's signature with their identity signing key (strict Ed25519). */
+export function verifyGroupMessage(m: GroupMessage, sender: IdentityPublicKey, signature: Uint8Array): void {
+  if (sender.keyId !== m.envelope.senderIdentityKeyId) {
+    throw new CryptoError("KeyMismatch", "the message was signed with another identity key than the sender's registered one");
+  }
+  ed25519Verify(sender.signingPublicKey, groupSignedBytes(m), signature, "group message sender");
 }
 
 /** `SealedUserKey` of abe.proto. */

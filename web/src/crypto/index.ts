@@ -62,7 +62,17 @@ export {
   type SessionPeer,
   type SessionJson,
 } from "./ratchet.js";
-export { encodeContent, decodeContent, messageContent, checkContentSender, MAX_MESSAGE_BODY_LEN, type Content } from "./content.js";
+export { encodeContent, decodeContent, messageContent, checkContentSender, MAX_MESSAGE_BODY_LEN, type Content, type AttachmentRef } from "./content.js";
+export {
+  AttachmentOpener,
+  AttachmentSealer,
+  attachmentBlobLen,
+  attachmentIdBytes,
+  sealFile,
+  CHUNK_LEN,
+  SEALED_CHUNK_LEN,
+  type SealedAttachment,
+} from "./attachment.js";
 export {
   HistoryKeyRing,
   newHistoryKey,

@@ -124,6 +124,47 @@ export function sha256(data: Uint8Array): Uint8Array {
   return nobleSha256(data);
 }
 
+/** SHA-256 fed in pieces (a blob larger than what should be held at once). */
+export interface Sha256Stream {
+  update(data: Uint8Array): void;
+  digest(): Uint8Array;
+}
+
+export function sha256Stream(): Sha256Stream {
+  const hash = nobleSha256.create();
+  return {
+    update: (data) => void hash.update(data),
+    digest: () => hash.digest(),
+  };
+}
+
+/**
+ * AES-256-GCM through WebCrypto, for bulk data (attachments: a file of many 64 KiB chunks,
+ * where the platform's AES, async and hardware-backed, is much faster than noble's). The key is
+ * imported non-extractable.
+ */
+export async function webAesGcmKey(key: Uint8Array): Promise<CryptoKey> {
+  if (key.length !== AES_KEY_LEN) throw new CryptoError("InvalidKey", "the AES-256-GCM key must be 32 bytes");
+  return crypto.subtle.importKey("raw", key as Uint8Array<ArrayBuffer>, { name: "AES-GCM" }, false, ["encrypt", "decrypt"]);
+}
+
+/** `ciphertext || 16-byte tag` of `plaintext` under a key from {@link webAesGcmKey}. */
+export async function webAesGcmSeal(key: CryptoKey, nonce: Uint8Array, aad: Uint8Array, plaintext: Uint8Array): Promise<Uint8Array> {
+  const params = { name: "AES-GCM", iv: nonce as Uint8Array<ArrayBuffer>, additionalData: aad as Uint8Array<ArrayBuffer>, tagLength: 128 };
+  return new Uint8Array(await crypto.subtle.encrypt(params, key, plaintext as Uint8Array<ArrayBuffer>));
+}
+
+/** Opens `ciphertext || tag`; any failure is `DecryptionFailed`. */
+export async function webAesGcmOpen(key: CryptoKey, nonce: Uint8Array, aad: Uint8Array, sealed: Uint8Array): Promise<Uint8Array> {
+  if (sealed.length < TAG_LEN) throw decryptionFailed();
+  const params = { name: "AES-GCM", iv: nonce as Uint8Array<ArrayBuffer>, additionalData: aad as Uint8Array<ArrayBuffer>, tagLength: 128 };
+  try {
+    return new Uint8Array(await crypto.subtle.decrypt(params, key, sealed as Uint8Array<ArrayBuffer>));
+  } catch {
+    throw decryptionFailed();
+  }
+}
+
 function checkAead(key: Uint8Array, nonce: Uint8Array): void {
   if (key.length !== AES_KEY_LEN) throw new CryptoError("InvalidKey", "the AES-256-GCM key must be 32 bytes");
   if (nonce.length !== NONCE_LEN) throw new CryptoError("InvalidKey", "the AES-256-GCM nonce must be 12 bytes");

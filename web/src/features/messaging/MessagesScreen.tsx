@@ -1,7 +1,7 @@
 // Conversations (`#/messages`): sets this browser up as a device of the user (first sign-in) or
 // says how to link it, then lists conversations, opens one by username, sends, shows messages as
 // they arrive over the server stream with their receipts, the safety number, and warnings when a
-// contact's identity or device list changes.
+// contact's identity or device list changes; files with a caption (./Attachments.tsx).
 
 import type { JSX } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
@@ -20,6 +20,8 @@ import { Button, ErrorPanel, Field, ScreenTitle, useOperation } from "../../app/
 import { useClient } from "../../app/context";
 import { href } from "../../app/router";
 import { QrCode } from "../auth/QrCode";
+import { AttachmentBlock, FileComposer } from "./Attachments";
+import { GroupMessages } from "./GroupMessages";
 import "./messages.css";
 
 const RECEIPT_REFRESH_MS = 5000;
@@ -149,6 +151,8 @@ function NeedsLink(props: {
 
 function Conversations(props: { messenger: Messenger }): JSX.Element {
   const { messenger } = props;
+  const role = useClient().session.info?.role;
+  const [incomingGroup, setIncomingGroup] = useState<MessageView | null>(null);
   const [conversations, setConversations] = useState<ConversationView[]>([]);
   const [peer, setPeer] = useState<ContactView | null>(null);
   const [messages, setMessages] = useState<MessageView[]>([]);
@@ -180,7 +184,8 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
     const stop = messenger.watch(
       (message) => {
         setStreamError(null);
-        if (message.conversationPeerId === peerRef.current) {
+        if (message.policy !== null) setIncomingGroup(message);
+        else if (message.conversationPeerId === peerRef.current) {
           // A known id is a recall's tombstone (or our own send coming back): replace it.
           setMessages((old) =>
             old.some((m) => m.messageId === message.messageId)
@@ -232,10 +237,14 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
       const seconds = Number(lifespan);
       const sent = await messenger.send(peer.userId, draft, seconds > 0 ? seconds : undefined);
       setDraft("");
-      setMessages((old) => (old.some((m) => m.messageId === sent.messageId) ? old : [...old, sent]));
+      addSent(sent);
       await refreshNotices();
-      setConversations(await messenger.conversations());
     });
+
+  const addSent = (sent: MessageView) => {
+    setMessages((old) => (old.some((m) => m.messageId === sent.messageId) ? old : [...old, sent]));
+    void messenger.conversations().then(setConversations).catch(() => undefined);
+  };
 
   const doRecall = (messageId: string) =>
     void recall.run(async () => {
@@ -310,6 +319,8 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
         ))}
       </ul>
 
+      {role === "doctor" || role === "nurse" ? <GroupMessages messenger={messenger} incoming={incomingGroup} /> : null}
+
       {peer ? (
         <section class="conversation" aria-labelledby="conversation-title">
           <h2 id="conversation-title">Conversation with {peer.displayName || peer.username}</h2>
@@ -340,7 +351,10 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
                 {m.recalled ? (
                   <span class="hint">(recalled)</span>
                 ) : m.text !== null ? (
-                  <span class="text">{m.text}</span>
+                  <>
+                    {m.text !== "" ? <span class="text">{m.text}</span> : null}
+                    {m.attachment ? <AttachmentBlock messenger={messenger} messageId={m.messageId} attachment={m.attachment} /> : null}
+                  </>
                 ) : (
                   <span class="problem">Cannot open this message: {m.problem}</span>
                 )}
@@ -401,6 +415,7 @@ function Conversations(props: { messenger: Messenger }): JSX.Element {
             </Button>
           </form>
           <ErrorPanel error={send.error} />
+          <FileComposer messenger={messenger} peerUserId={peer.userId} lifespanSeconds={Number(lifespan)} onSent={addSent} />
           <ErrorPanel error={recall.error} />
         </section>
       ) : null}

@@ -1,0 +1,273 @@
+// Files sent with messages (docs/protocol.md §13), from the browser, as the Rust SDK's
+// crates/sdk/src/attachments.rs: the file is sealed chunk by chunk under a fresh key (read from
+// the File in 64 KiB slices) and uploaded in pieces of at most 1 MiB with the unary
+// AppendAttachment (gRPC-Web cannot stream requests), each at the server's stored length; a cut
+// upload resumes from GetAttachment.stored_length. Downloading reads the DownloadAttachment
+// stream, opens each chunk as it arrives and hands back a Blob only once every chunk and the
+// digest check out. The key and digest travel only inside the end-to-end message content.
+
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
+
+import type { MessagingService } from "../gen/caremesh/messaging/v1/messaging_pb";
+import { attachmentBlobLen, attachmentIdBytes, AttachmentOpener, sealFile } from "../crypto/attachment";
+import { fromHex, newId, toHex } from "../crypto/bytes";
+import { MAX_ATTACHMENT_LABEL_LEN, type AttachmentRef } from "../crypto/content";
+import { CryptoError } from "../crypto/errors";
+import { randomBytes } from "../crypto/primitives";
+import { describeError, type ErrorView, type Operation } from "./errors";
+// messaging.ts imports this module too; errorReason is only called, never read at load time.
+import { errorReason } from "./messaging";
+
+/** The largest piece of one AppendAttachment call (the blob store's piece size). */
+export const UPLOAD_PIECE_LEN = 1 << 20;
+/** How many times an upload cut by a transient failure is resumed before giving up. */
+const UPLOAD_ATTEMPTS = 4;
+
+/** Told how many of how many blob bytes have moved. */
+export type Progress = (done: number, total: number) => void;
+
+/** An attachment as the UI shows it (no key, no digest). */
+export interface AttachmentView {
+  readonly attachmentId: string;
+  /** The sender's name for the file, made safe to save under (no path, no leading dot). */
+  readonly fileName: string;
+  readonly mediaType: string;
+  /** The file's length in bytes. */
+  readonly fileLen: number;
+}
+
+/** An AttachmentRef as this browser's encrypted store keeps it (plain JSON, hex bytes). */
+export interface StoredAttachment {
+  readonly attachment_id: string;
+  readonly key: string;
+  readonly digest: string;
+  readonly file_len: number;
+  readonly media_type: string;
+  readonly file_name: string;
+}
+
+export function storedAttachment(ref: AttachmentRef): StoredAttachment {
+  return {
+    attachment_id: ref.attachmentId,
+    key: toHex(ref.key),
+    digest: toHex(ref.digest),
+    file_len: Number(ref.fileLen),
+    media_type: ref.mediaType,
+    file_name: ref.fileName,
+  };
+}
+
+export function attachmentRef(stored: StoredAttachment): AttachmentRef {
+  return {
+    attachmentId: stored.attachment_id,
+    key: fromHex(stored.key, 32, "attachment key"),
+    digest: fromHex(stored.digest, 32, "attachment digest"),
+    fileLen: BigInt(stored.file_len),
+    mediaType: stored.media_type,
+    fileName: stored.file_name,
+  };
+}
+
+export function attachmentView(stored: StoredAttachment): AttachmentView {
+  return {
+    attachmentId: stored.attachment_id,
+    fileName: safeFileName(stored.file_name, `attachment-${stored.attachment_id}`),
+    mediaType: stored.media_type,
+    fileLen: stored.file_len,
+  };
+}
+
+/**
+ * A file name from a sender, made safe to save under (as the SDK's `safe_file_name`): no path
+ * separators, no control characters, no leading dots; `fallback` when nothing usable remains.
+ */
+export function safeFileName(name: string, fallback: string): string {
+  const cleaned = name
+    .replace(/[/\\\u0000-\u001f\u007f-\u009f]/g, "_")
+    .trim()
+    .replace(/^\.+/, "");
+  return cleaned === "" ? fallback : cleaned;
+}
+
+/** Cuts `text` to at most `max` bytes of UTF-8 at a character boundary. */
+function truncateUtf8(text: string, max: number): string {
+  let out = "";
+  let len = 0;
+  for (const char of text) {
+    const size = new TextEncoder().encode(char).length;
+    if (len + size > max) break;
+    out += char;
+    len += size;
+  }
+  return out;
+}
+
+/** The label of a local file as the message carries it: no control characters, at most 255 bytes. */
+function label(text: string): string {
+  return truncateUtf8(text.replace(/[\u0000-\u001f\u007f-\u009f]/g, ""), MAX_ATTACHMENT_LABEL_LEN);
+}
+
+/** A file chosen to send, with the ids and key it is sealed under (kept so that a cut upload resumes). */
+export interface PreparedUpload {
+  readonly file: Blob;
+  readonly messageId: string;
+  readonly attachmentId: string;
+  readonly key: Uint8Array;
+  readonly mediaType: string;
+  readonly fileName: string;
+}
+
+export function prepareUpload(file: File): PreparedUpload {
+  return {
+    file,
+    messageId: newId(randomBytes),
+    attachmentId: newId(randomBytes),
+    key: randomBytes(32),
+    mediaType: label(file.type),
+    fileName: label(file.name),
+  };
+}
+
+/** Whether an upload that failed this way can go on from the server's stored length. */
+function resumable(error: unknown): boolean {
+  if (!(error instanceof ConnectError)) return false;
+  return (
+    error.code === Code.Unavailable ||
+    error.code === Code.DeadlineExceeded ||
+    error.code === Code.Aborted ||
+    // The request never reached the server (fetch failed: the connection dropped).
+    (error.code === Code.Unknown && error.cause instanceof TypeError) ||
+    (error.code === Code.FailedPrecondition && errorReason(error) === "BLOB_OFFSET_MISMATCH")
+  );
+}
+
+/**
+ * Creates the attachment for `upload.messageId` and uploads its blob from wherever the server's
+ * copy ends (resuming after transient failures); returns what the message must carry.
+ */
+export async function uploadAttachment(
+  api: Client<typeof MessagingService>,
+  upload: PreparedUpload,
+  onProgress?: Progress,
+): Promise<AttachmentRef> {
+  const id = attachmentIdBytes(upload.attachmentId);
+  const total = attachmentBlobLen(upload.file.size);
+  const created = await api.createAttachment({ attachmentId: upload.attachmentId, messageId: upload.messageId, blobLength: BigInt(total) });
+  let stored = Number(created.attachment?.storedLength ?? 0n);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const sealed = await uploadFrom(api, upload, id, stored, total, onProgress);
+      if (sealed.fileLen !== upload.file.size) throw new CryptoError("Encoding", "the file changed while it was sent: send it again");
+      return {
+        attachmentId: upload.attachmentId,
+        key: upload.key,
+        digest: sealed.digest,
+        fileLen: BigInt(sealed.fileLen),
+        mediaType: upload.mediaType,
+        fileName: upload.fileName,
+      };
+    } catch (error) {
+      if (attempt >= UPLOAD_ATTEMPTS || !resumable(error)) throw error;
+      const answer = await api.getAttachment({ attachmentId: upload.attachmentId });
+      stored = Number(answer.attachment?.storedLength ?? 0n);
+    }
+  }
+}
+
+/** Seals the whole file again (the digest covers all of it) and sends the bytes from `stored` on. */
+async function uploadFrom(
+  api: Client<typeof MessagingService>,
+  upload: PreparedUpload,
+  id: Uint8Array,
+  stored: number,
+  total: number,
+  onProgress?: Progress,
+) {
+  let piece: Uint8Array[] = [];
+  let pieceLen = 0;
+  let pieceStart = stored;
+  let complete = stored >= total;
+  const flush = async () => {
+    if (pieceLen === 0) return;
+    const data = new Uint8Array(pieceLen);
+    let at = 0;
+    for (const part of piece) {
+      data.set(part, at);
+      at += part.length;
+    }
+    piece = [];
+    pieceLen = 0;
+    const answer = await api.appendAttachment({ attachmentId: upload.attachmentId, offset: BigInt(pieceStart), data });
+    pieceStart += data.length;
+    complete = answer.attachment?.complete ?? false;
+    onProgress?.(pieceStart, total);
+  };
+  onProgress?.(stored, total);
+  const sealed = await sealFile(upload.file, upload.key, id, async (offset, chunk) => {
+    const end = offset + chunk.length;
+    if (end <= stored) return; // on the server already
+    const part = offset >= stored ? chunk : chunk.subarray(stored - offset);
+    // A chunk (65552 bytes) that would overfill the piece goes partly into this one.
+    let rest = part;
+    while (rest.length > 0) {
+      const take = Math.min(UPLOAD_PIECE_LEN - pieceLen, rest.length);
+      piece.push(rest.subarray(0, take));
+      pieceLen += take;
+      rest = rest.subarray(take);
+      if (pieceLen === UPLOAD_PIECE_LEN) await flush();
+    }
+  });
+  await flush();
+  if (!complete) throw new CryptoError("Encoding", `the upload stopped at ${pieceStart} of ${total} bytes`);
+  return sealed;
+}
+
+/**
+ * Downloads and opens an attachment: a Blob of the file (typed with its media type) once every
+ * chunk and the digest check out; a reordered, truncated, mixed or altered blob is refused
+ * (`AttachmentDamaged`, `AttachmentDigestMismatch`) and nothing of it is handed out.
+ */
+export async function downloadAttachment(
+  api: Client<typeof MessagingService>,
+  ref: AttachmentRef,
+  onProgress?: Progress,
+  signal?: AbortSignal,
+): Promise<Blob> {
+  const opener = await AttachmentOpener.create(ref.key, attachmentIdBytes(ref.attachmentId), ref.digest);
+  const total = attachmentBlobLen(Number(ref.fileLen));
+  const parts: Uint8Array<ArrayBuffer>[] = [];
+  let received = 0;
+  onProgress?.(0, total);
+  for await (const piece of api.downloadAttachment({ attachmentId: ref.attachmentId, offset: 0n }, { signal })) {
+    if (Number(piece.offset) !== received) throw new CryptoError("AttachmentDamaged", "the server sent the file's data out of order");
+    received += piece.data.length;
+    if (received > total) throw new CryptoError("AttachmentDamaged", "the server sent more data than the file has");
+    for (const plain of await opener.update(piece.data)) parts.push(plain as Uint8Array<ArrayBuffer>);
+    onProgress?.(received, total);
+  }
+  parts.push((await opener.finish()) as Uint8Array<ArrayBuffer>);
+  return new Blob(parts, { type: ref.mediaType });
+}
+
+/**
+ * An attachment failure as the UI shows it: the server's message, or the cryptography's, and
+ * what to do (too large, over the quota, damaged or altered data).
+ */
+export function describeAttachmentError(error: unknown, operation: Operation = "session"): ErrorView {
+  if (error instanceof CryptoError) {
+    const advice =
+      error.code === "AttachmentDamaged" || error.code === "AttachmentDigestMismatch"
+        ? "The file was changed or damaged after it was sent, so it is not shown. Ask the sender to send it again."
+        : "Try again. If it keeps failing, ask the sender to send the file again.";
+    return { message: error.message, advice, code: error.code };
+  }
+  const view = describeError(error, operation);
+  switch (errorReason(error)) {
+    case "ATTACHMENT_TOO_LARGE":
+      return { ...view, advice: "The file is larger than the server accepts. Send a smaller file (compress or split it)." };
+    case "ATTACHMENT_QUOTA_EXCEEDED":
+      return { ...view, advice: "Your attachment storage is full. Recall earlier messages with files to free space, or ask an administrator." };
+    default:
+      return view;
+  }
+}
