@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file caremesh/records/v1/records.proto.
  */
 export const file_caremesh_records_v1_records: GenFile = /*@__PURE__*/
-  fileDesc("CiFjYXJlbWVzaC9yZWNvcmRzL3YxL3JlY29yZHMucHJvdG8SE2NhcmVtZXNoLnJlY29yZHMudjEidgoOUmVjb3JkRW52ZWxvcGUSDwoHdmVyc2lvbhgBIAEoDRIWCg5wYXJhbXNfdmVyc2lvbhgCIAEoCRIYChBlbmNhcHN1bGF0ZWRfa2V5GAMgASgMEg0KBW5vbmNlGAQgASgMEhIKCmNpcGhlcnRleHQYBSABKAwiagoORW50ZXJlZEluRXJyb3ISDgoGcmVhc29uGAEgASgJEi0KCW1hcmtfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRbWFya2VkX2J5X3VzZXJfaWQYAyABKAkiywMKBlJlY29yZBIRCglyZWNvcmRfaWQYASABKAkSEgoKcGF0aWVudF9pZBgCIAEoCRIMCgRraW5kGAMgASgJEg8KB3ZlcnNpb24YBCABKAMSDgoGcG9saWN5GAUgASgJEjUKCGVudmVsb3BlGAYgASgLMiMuY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmRFbnZlbG9wZRIWCg5hdXRob3JfdXNlcl9pZBgHIAEoCRIeChZhdXRob3JfaWRlbnRpdHlfa2V5X2lkGAggASgJEhgKEGF1dGhvcl9zaWduYXR1cmUYCSABKAwSHQoVcHJldmlvdXNfdmVyc2lvbl9oYXNoGAogASgMEhQKDHZlcnNpb25faGFzaBgLIAEoDBI9ChBlbnRlcmVkX2luX2Vycm9yGAwgASgLMiMuY2FyZW1lc2gucmVjb3Jkcy52MS5FbnRlcmVkSW5FcnJvchIvCgtjcmVhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYDyABKAkiywEKE0NyZWF0ZVJlY29yZFJlcXVlc3QSEQoJcmVjb3JkX2lkGAEgASgJEhIKCnBhdGllbnRfaWQYAiABKAkSDAoEa2luZBgDIAEoCRIOCgZwb2xpY3kYBCABKAkSNQoIZW52ZWxvcGUYBSABKAsyIy5jYXJlbWVzaC5yZWNvcmRzLnYxLlJlY29yZEVudmVsb3BlEh4KFmF1dGhvcl9pZGVudGl0eV9rZXlfaWQYBiABKAkSGAoQYXV0aG9yX3NpZ25hdHVyZRgHIAEoDCJDChRDcmVhdGVSZWNvcmRSZXNwb25zZRIrCgZyZWNvcmQYASABKAsyGy5jYXJlbWVzaC5yZWNvcmRzLnYxLlJlY29yZCJlChBHZXRSZWNvcmRSZXF1ZXN0EhEKCXJlY29yZF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgDEi0KBHZpZXcYAyABKA4yHy5jYXJlbWVzaC5yZWNvcmRzLnYxLlJlY29yZFZpZXciQAoRR2V0UmVjb3JkUmVzcG9uc2USKwoGcmVjb3JkGAEgASgLMhsuY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmQirgEKEkxpc3RSZWNvcmRzUmVxdWVzdBISCgpwYXRpZW50X2lkGAEgASgJEgwKBGtpbmQYAiABKAkSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkSLQoEdmlldxgFIAEoDjIfLmNhcmVtZXNoLnJlY29yZHMudjEuUmVjb3JkVmlldxIgChhpbmNsdWRlX2VudGVyZWRfaW5fZXJyb3IYBiABKAgiXAoTTGlzdFJlY29yZHNSZXNwb25zZRIsCgdyZWNvcmRzGAEgAygLMhsuY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIucBChNVcGRhdGVSZWNvcmRSZXF1ZXN0EhEKCXJlY29yZF9pZBgBIAEoCRIMCgRldGFnGAIgASgJEg8KB3ZlcnNpb24YAyABKAMSDgoGcG9saWN5GAQgASgJEjUKCGVudmVsb3BlGAUgASgLMiMuY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmRFbnZlbG9wZRIdChVwcmV2aW91c192ZXJzaW9uX2hhc2gYBiABKAwSHgoWYXV0aG9yX2lkZW50aXR5X2tleV9pZBgHIAEoCRIYChBhdXRob3Jfc2lnbmF0dXJlGAggASgMIkMKFFVwZGF0ZVJlY29yZFJlc3BvbnNlEisKBnJlY29yZBgBIAEoCzIbLmNhcmVtZXNoLnJlY29yZHMudjEuUmVjb3JkIoQBChlMaXN0UmVjb3JkVmVyc2lvbnNSZXF1ZXN0EhEKCXJlY29yZF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRItCgR2aWV3GAQgASgOMh8uY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmRWaWV3ImQKGkxpc3RSZWNvcmRWZXJzaW9uc1Jlc3BvbnNlEi0KCHZlcnNpb25zGAEgAygLMhsuY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIl0KGU1hcmtFbnRlcmVkSW5FcnJvclJlcXVlc3QSEQoJcmVjb3JkX2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAMSDAoEZXRhZxgDIAEoCRIOCgZyZWFzb24YBCABKAkiSQoaTWFya0VudGVyZWRJbkVycm9yUmVzcG9uc2USKwoGcmVjb3JkGAEgASgLMhsuY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmQqVgoKUmVjb3JkVmlldxIbChdSRUNPUkRfVklFV19VTlNQRUNJRklFRBAAEhUKEVJFQ09SRF9WSUVXX0JBU0lDEAESFAoQUkVDT1JEX1ZJRVdfRlVMTBACMoYFCg5SZWNvcmRzU2VydmljZRJjCgxDcmVhdGVSZWNvcmQSKC5jYXJlbWVzaC5yZWNvcmRzLnYxLkNyZWF0ZVJlY29yZFJlcXVlc3QaKS5jYXJlbWVzaC5yZWNvcmRzLnYxLkNyZWF0ZVJlY29yZFJlc3BvbnNlEloKCUdldFJlY29yZBIlLmNhcmVtZXNoLnJlY29yZHMudjEuR2V0UmVjb3JkUmVxdWVzdBomLmNhcmVtZXNoLnJlY29yZHMudjEuR2V0UmVjb3JkUmVzcG9uc2USYAoLTGlzdFJlY29yZHMSJy5jYXJlbWVzaC5yZWNvcmRzLnYxLkxpc3RSZWNvcmRzUmVxdWVzdBooLmNhcmVtZXNoLnJlY29yZHMudjEuTGlzdFJlY29yZHNSZXNwb25zZRJjCgxVcGRhdGVSZWNvcmQSKC5jYXJlbWVzaC5yZWNvcmRzLnYxLlVwZGF0ZVJlY29yZFJlcXVlc3QaKS5jYXJlbWVzaC5yZWNvcmRzLnYxLlVwZGF0ZVJlY29yZFJlc3BvbnNlEnUKEkxpc3RSZWNvcmRWZXJzaW9ucxIuLmNhcmVtZXNoLnJlY29yZHMudjEuTGlzdFJlY29yZFZlcnNpb25zUmVxdWVzdBovLmNhcmVtZXNoLnJlY29yZHMudjEuTGlzdFJlY29yZFZlcnNpb25zUmVzcG9uc2USdQoSTWFya0VudGVyZWRJbkVycm9yEi4uY2FyZW1lc2gucmVjb3Jkcy52MS5NYXJrRW50ZXJlZEluRXJyb3JSZXF1ZXN0Gi8uY2FyZW1lc2gucmVjb3Jkcy52MS5NYXJrRW50ZXJlZEluRXJyb3JSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiFjYXJlbWVzaC9yZWNvcmRzL3YxL3JlY29yZHMucHJvdG8SE2NhcmVtZXNoLnJlY29yZHMudjEidgoOUmVjb3JkRW52ZWxvcGUSDwoHdmVyc2lvbhgBIAEoDRIWCg5wYXJhbXNfdmVyc2lvbhgCIAEoCRIYChBlbmNhcHN1bGF0ZWRfa2V5GAMgASgMEg0KBW5vbmNlGAQgASgMEhIKCmNpcGhlcnRleHQYBSABKAwiagoORW50ZXJlZEluRXJyb3ISDgoGcmVhc29uGAEgASgJEi0KCW1hcmtfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRbWFya2VkX2J5X3VzZXJfaWQYAyABKAkiywMKBlJlY29yZBIRCglyZWNvcmRfaWQYASABKAkSEgoKcGF0aWVudF9pZBgCIAEoCRIMCgRraW5kGAMgASgJEg8KB3ZlcnNpb24YBCABKAMSDgoGcG9saWN5GAUgASgJEjUKCGVudmVsb3BlGAYgASgLMiMuY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmRFbnZlbG9wZRIWCg5hdXRob3JfdXNlcl9pZBgHIAEoCRIeChZhdXRob3JfaWRlbnRpdHlfa2V5X2lkGAggASgJEhgKEGF1dGhvcl9zaWduYXR1cmUYCSABKAwSHQoVcHJldmlvdXNfdmVyc2lvbl9oYXNoGAogASgMEhQKDHZlcnNpb25faGFzaBgLIAEoDBI9ChBlbnRlcmVkX2luX2Vycm9yGAwgASgLMiMuY2FyZW1lc2gucmVjb3Jkcy52MS5FbnRlcmVkSW5FcnJvchIvCgtjcmVhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYDyABKAkiywEKE0NyZWF0ZVJlY29yZFJlcXVlc3QSEQoJcmVjb3JkX2lkGAEgASgJEhIKCnBhdGllbnRfaWQYAiABKAkSDAoEa2luZBgDIAEoCRIOCgZwb2xpY3kYBCABKAkSNQoIZW52ZWxvcGUYBSABKAsyIy5jYXJlbWVzaC5yZWNvcmRzLnYxLlJlY29yZEVudmVsb3BlEh4KFmF1dGhvcl9pZGVudGl0eV9rZXlfaWQYBiABKAkSGAoQYXV0aG9yX3NpZ25hdHVyZRgHIAEoDCJDChRDcmVhdGVSZWNvcmRSZXNwb25zZRIrCgZyZWNvcmQYASABKAsyGy5jYXJlbWVzaC5yZWNvcmRzLnYxLlJlY29yZCJlChBHZXRSZWNvcmRSZXF1ZXN0EhEKCXJlY29yZF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgDEi0KBHZpZXcYAyABKA4yHy5jYXJlbWVzaC5yZWNvcmRzLnYxLlJlY29yZFZpZXciQAoRR2V0UmVjb3JkUmVzcG9uc2USKwoGcmVjb3JkGAEgASgLMhsuY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmQirgEKEkxpc3RSZWNvcmRzUmVxdWVzdBISCgpwYXRpZW50X2lkGAEgASgJEgwKBGtpbmQYAiABKAkSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkSLQoEdmlldxgFIAEoDjIfLmNhcmVtZXNoLnJlY29yZHMudjEuUmVjb3JkVmlldxIgChhpbmNsdWRlX2VudGVyZWRfaW5fZXJyb3IYBiABKAgiXAoTTGlzdFJlY29yZHNSZXNwb25zZRIsCgdyZWNvcmRzGAEgAygLMhsuY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIucBChNVcGRhdGVSZWNvcmRSZXF1ZXN0EhEKCXJlY29yZF9pZBgBIAEoCRIMCgRldGFnGAIgASgJEg8KB3ZlcnNpb24YAyABKAMSDgoGcG9saWN5GAQgASgJEjUKCGVudmVsb3BlGAUgASgLMiMuY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmRFbnZlbG9wZRIdChVwcmV2aW91c192ZXJzaW9uX2hhc2gYBiABKAwSHgoWYXV0aG9yX2lkZW50aXR5X2tleV9pZBgHIAEoCRIYChBhdXRob3Jfc2lnbmF0dXJlGAggASgMIkMKFFVwZGF0ZVJlY29yZFJlc3BvbnNlEisKBnJlY29yZBgBIAEoCzIbLmNhcmVtZXNoLnJlY29yZHMudjEuUmVjb3JkIoQBChlMaXN0UmVjb3JkVmVyc2lvbnNSZXF1ZXN0EhEKCXJlY29yZF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRItCgR2aWV3GAQgASgOMh8uY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmRWaWV3ImQKGkxpc3RSZWNvcmRWZXJzaW9uc1Jlc3BvbnNlEi0KCHZlcnNpb25zGAEgAygLMhsuY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIl0KGU1hcmtFbnRlcmVkSW5FcnJvclJlcXVlc3QSEQoJcmVjb3JkX2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAMSDAoEZXRhZxgDIAEoCRIOCgZyZWFzb24YBCABKAkiSQoaTWFya0VudGVyZWRJbkVycm9yUmVzcG9uc2USKwoGcmVjb3JkGAEgASgLMhsuY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmQiwgEKEFJlY29yZEF0dGFjaG1lbnQSFQoNYXR0YWNobWVudF9pZBgBIAEoCRIRCglyZWNvcmRfaWQYAiABKAkSFQoNb3duZXJfdXNlcl9pZBgDIAEoCRITCgtibG9iX2xlbmd0aBgEIAEoBBIVCg1zdG9yZWRfbGVuZ3RoGAUgASgEEhAKCGNvbXBsZXRlGAYgASgIEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJeCh1DcmVhdGVSZWNvcmRBdHRhY2htZW50UmVxdWVzdBIVCg1hdHRhY2htZW50X2lkGAEgASgJEhEKCXJlY29yZF9pZBgCIAEoCRITCgtibG9iX2xlbmd0aBgDIAEoBCJbCh5DcmVhdGVSZWNvcmRBdHRhY2htZW50UmVzcG9uc2USOQoKYXR0YWNobWVudBgBIAEoCzIlLmNhcmVtZXNoLnJlY29yZHMudjEuUmVjb3JkQXR0YWNobWVudCJUCh1VcGxvYWRSZWNvcmRBdHRhY2htZW50UmVxdWVzdBIVCg1hdHRhY2htZW50X2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBBIMCgRkYXRhGAMgASgMIlsKHlVwbG9hZFJlY29yZEF0dGFjaG1lbnRSZXNwb25zZRI5CgphdHRhY2htZW50GAEgASgLMiUuY2FyZW1lc2gucmVjb3Jkcy52MS5SZWNvcmRBdHRhY2htZW50IjMKGkdldFJlY29yZEF0dGFjaG1lbnRSZXF1ZXN0EhUKDWF0dGFjaG1lbnRfaWQYASABKAkiWAobR2V0UmVjb3JkQXR0YWNobWVudFJlc3BvbnNlEjkKCmF0dGFjaG1lbnQYASABKAsyJS5jYXJlbWVzaC5yZWNvcmRzLnYxLlJlY29yZEF0dGFjaG1lbnQiSAofRG93bmxvYWRSZWNvcmRBdHRhY2htZW50UmVxdWVzdBIVCg1hdHRhY2htZW50X2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBCJACiBEb3dubG9hZFJlY29yZEF0dGFjaG1lbnRSZXNwb25zZRIOCgZvZmZzZXQYASABKAQSDAoEZGF0YRgCIAEoDCpWCgpSZWNvcmRWaWV3EhsKF1JFQ09SRF9WSUVXX1VOU1BFQ0lGSUVEEAASFQoRUkVDT1JEX1ZJRVdfQkFTSUMQARIUChBSRUNPUkRfVklFV19GVUxMEAIymgoKDlJlY29yZHNTZXJ2aWNlEmMKDENyZWF0ZVJlY29yZBIoLmNhcmVtZXNoLnJlY29yZHMudjEuQ3JlYXRlUmVjb3JkUmVxdWVzdBopLmNhcmVtZXNoLnJlY29yZHMudjEuQ3JlYXRlUmVjb3JkUmVzcG9uc2USWgoJR2V0UmVjb3JkEiUuY2FyZW1lc2gucmVjb3Jkcy52MS5HZXRSZWNvcmRSZXF1ZXN0GiYuY2FyZW1lc2gucmVjb3Jkcy52MS5HZXRSZWNvcmRSZXNwb25zZRJgCgtMaXN0UmVjb3JkcxInLmNhcmVtZXNoLnJlY29yZHMudjEuTGlzdFJlY29yZHNSZXF1ZXN0GiguY2FyZW1lc2gucmVjb3Jkcy52MS5MaXN0UmVjb3Jkc1Jlc3BvbnNlEmMKDFVwZGF0ZVJlY29yZBIoLmNhcmVtZXNoLnJlY29yZHMudjEuVXBkYXRlUmVjb3JkUmVxdWVzdBopLmNhcmVtZXNoLnJlY29yZHMudjEuVXBkYXRlUmVjb3JkUmVzcG9uc2USdQoSTGlzdFJlY29yZFZlcnNpb25zEi4uY2FyZW1lc2gucmVjb3Jkcy52MS5MaXN0UmVjb3JkVmVyc2lvbnNSZXF1ZXN0Gi8uY2FyZW1lc2gucmVjb3Jkcy52MS5MaXN0UmVjb3JkVmVyc2lvbnNSZXNwb25zZRJ1ChJNYXJrRW50ZXJlZEluRXJyb3ISLi5jYXJlbWVzaC5yZWNvcmRzLnYxLk1hcmtFbnRlcmVkSW5FcnJvclJlcXVlc3QaLy5jYXJlbWVzaC5yZWNvcmRzLnYxLk1hcmtFbnRlcmVkSW5FcnJvclJlc3BvbnNlEoEBChZDcmVhdGVSZWNvcmRBdHRhY2htZW50EjIuY2FyZW1lc2gucmVjb3Jkcy52MS5DcmVhdGVSZWNvcmRBdHRhY2htZW50UmVxdWVzdBozLmNhcmVtZXNoLnJlY29yZHMudjEuQ3JlYXRlUmVjb3JkQXR0YWNobWVudFJlc3BvbnNlEoMBChZVcGxvYWRSZWNvcmRBdHRhY2htZW50EjIuY2FyZW1lc2gucmVjb3Jkcy52MS5VcGxvYWRSZWNvcmRBdHRhY2htZW50UmVxdWVzdBozLmNhcmVtZXNoLnJlY29yZHMudjEuVXBsb2FkUmVjb3JkQXR0YWNobWVudFJlc3BvbnNlKAESgQEKFkFwcGVuZFJlY29yZEF0dGFjaG1lbnQSMi5jYXJlbWVzaC5yZWNvcmRzLnYxLlVwbG9hZFJlY29yZEF0dGFjaG1lbnRSZXF1ZXN0GjMuY2FyZW1lc2gucmVjb3Jkcy52MS5VcGxvYWRSZWNvcmRBdHRhY2htZW50UmVzcG9uc2USeAoTR2V0UmVjb3JkQXR0YWNobWVudBIvLmNhcmVtZXNoLnJlY29yZHMudjEuR2V0UmVjb3JkQXR0YWNobWVudFJlcXVlc3QaMC5jYXJlbWVzaC5yZWNvcmRzLnYxLkdldFJlY29yZEF0dGFjaG1lbnRSZXNwb25zZRKJAQoYRG93bmxvYWRSZWNvcmRBdHRhY2htZW50EjQuY2FyZW1lc2gucmVjb3Jkcy52MS5Eb3dubG9hZFJlY29yZEF0dGFjaG1lbnRSZXF1ZXN0GjUuY2FyZW1lc2gucmVjb3Jkcy52MS5Eb3dubG9hZFJlY29yZEF0dGFjaG1lbnRSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * A record's content: FHIR JSON sealed with a random data key under AES-256-GCM, the data key
@@ -673,6 +673,281 @@ export const MarkEnteredInErrorResponseSchema: GenMessage<MarkEnteredInErrorResp
   messageDesc(file_caremesh_records_v1_records, 14);
 
 /**
+ * A record attachment's blob, as the server knows it: no key, digest, name or media type.
+ *
+ * @generated from message caremesh.records.v1.RecordAttachment
+ */
+export type RecordAttachment = Message<"caremesh.records.v1.RecordAttachment"> & {
+  /**
+   * The client-chosen attachment id (UUIDv7), also bound into every chunk of the blob.
+   *
+   * @generated from field: string attachment_id = 1;
+   */
+  attachmentId: string;
+
+  /**
+   * The record that names it (it may not have been created yet).
+   *
+   * @generated from field: string record_id = 2;
+   */
+  recordId: string;
+
+  /**
+   * The user who created and uploaded it (the record's author).
+   *
+   * @generated from field: string owner_user_id = 3;
+   */
+  ownerUserId: string;
+
+  /**
+   * The blob's length in bytes, as declared at creation.
+   *
+   * @generated from field: uint64 blob_length = 4;
+   */
+  blobLength: bigint;
+
+  /**
+   * How many bytes are stored: upload from here.
+   *
+   * @generated from field: uint64 stored_length = 5;
+   */
+  storedLength: bigint;
+
+  /**
+   * True once `stored_length` equals `blob_length`.
+   *
+   * @generated from field: bool complete = 6;
+   */
+  complete: boolean;
+
+  /**
+   * When it was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 7;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message caremesh.records.v1.RecordAttachment.
+ * Use `create(RecordAttachmentSchema)` to create a new message.
+ */
+export const RecordAttachmentSchema: GenMessage<RecordAttachment> = /*@__PURE__*/
+  messageDesc(file_caremesh_records_v1_records, 15);
+
+/**
+ * Request for RecordsService.CreateRecordAttachment.
+ *
+ * @generated from message caremesh.records.v1.CreateRecordAttachmentRequest
+ */
+export type CreateRecordAttachmentRequest = Message<"caremesh.records.v1.CreateRecordAttachmentRequest"> & {
+  /**
+   * Client-chosen id (UUIDv7), the one the blob's chunks are sealed with.
+   *
+   * @generated from field: string attachment_id = 1;
+   */
+  attachmentId: string;
+
+  /**
+   * The id (UUIDv7) of the record that will name it, chosen before creating it.
+   *
+   * @generated from field: string record_id = 2;
+   */
+  recordId: string;
+
+  /**
+   * The blob's exact length: the file's length plus 16 bytes per 64 KiB chunk (§13.1). At most
+   * the server's attachment size limit.
+   *
+   * @generated from field: uint64 blob_length = 3;
+   */
+  blobLength: bigint;
+};
+
+/**
+ * Describes the message caremesh.records.v1.CreateRecordAttachmentRequest.
+ * Use `create(CreateRecordAttachmentRequestSchema)` to create a new message.
+ */
+export const CreateRecordAttachmentRequestSchema: GenMessage<CreateRecordAttachmentRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_records_v1_records, 16);
+
+/**
+ * Response for RecordsService.CreateRecordAttachment.
+ *
+ * @generated from message caremesh.records.v1.CreateRecordAttachmentResponse
+ */
+export type CreateRecordAttachmentResponse = Message<"caremesh.records.v1.CreateRecordAttachmentResponse"> & {
+  /**
+   * The attachment, with what is stored of it.
+   *
+   * @generated from field: caremesh.records.v1.RecordAttachment attachment = 1;
+   */
+  attachment?: RecordAttachment | undefined;
+};
+
+/**
+ * Describes the message caremesh.records.v1.CreateRecordAttachmentResponse.
+ * Use `create(CreateRecordAttachmentResponseSchema)` to create a new message.
+ */
+export const CreateRecordAttachmentResponseSchema: GenMessage<CreateRecordAttachmentResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_records_v1_records, 17);
+
+/**
+ * One piece of an upload.
+ *
+ * @generated from message caremesh.records.v1.UploadRecordAttachmentRequest
+ */
+export type UploadRecordAttachmentRequest = Message<"caremesh.records.v1.UploadRecordAttachmentRequest"> & {
+  /**
+   * The attachment (the same in every piece of one stream).
+   *
+   * @generated from field: string attachment_id = 1;
+   */
+  attachmentId: string;
+
+  /**
+   * Where this piece starts: the stored length when the stream began, then the end of the
+   * previous piece.
+   *
+   * @generated from field: uint64 offset = 2;
+   */
+  offset: bigint;
+
+  /**
+   * At most 1 MiB of the blob.
+   *
+   * @generated from field: bytes data = 3;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message caremesh.records.v1.UploadRecordAttachmentRequest.
+ * Use `create(UploadRecordAttachmentRequestSchema)` to create a new message.
+ */
+export const UploadRecordAttachmentRequestSchema: GenMessage<UploadRecordAttachmentRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_records_v1_records, 18);
+
+/**
+ * Response for RecordsService.UploadRecordAttachment and AppendRecordAttachment.
+ *
+ * @generated from message caremesh.records.v1.UploadRecordAttachmentResponse
+ */
+export type UploadRecordAttachmentResponse = Message<"caremesh.records.v1.UploadRecordAttachmentResponse"> & {
+  /**
+   * The attachment after the last piece.
+   *
+   * @generated from field: caremesh.records.v1.RecordAttachment attachment = 1;
+   */
+  attachment?: RecordAttachment | undefined;
+};
+
+/**
+ * Describes the message caremesh.records.v1.UploadRecordAttachmentResponse.
+ * Use `create(UploadRecordAttachmentResponseSchema)` to create a new message.
+ */
+export const UploadRecordAttachmentResponseSchema: GenMessage<UploadRecordAttachmentResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_records_v1_records, 19);
+
+/**
+ * Request for RecordsService.GetRecordAttachment.
+ *
+ * @generated from message caremesh.records.v1.GetRecordAttachmentRequest
+ */
+export type GetRecordAttachmentRequest = Message<"caremesh.records.v1.GetRecordAttachmentRequest"> & {
+  /**
+   * The attachment.
+   *
+   * @generated from field: string attachment_id = 1;
+   */
+  attachmentId: string;
+};
+
+/**
+ * Describes the message caremesh.records.v1.GetRecordAttachmentRequest.
+ * Use `create(GetRecordAttachmentRequestSchema)` to create a new message.
+ */
+export const GetRecordAttachmentRequestSchema: GenMessage<GetRecordAttachmentRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_records_v1_records, 20);
+
+/**
+ * Response for RecordsService.GetRecordAttachment.
+ *
+ * @generated from message caremesh.records.v1.GetRecordAttachmentResponse
+ */
+export type GetRecordAttachmentResponse = Message<"caremesh.records.v1.GetRecordAttachmentResponse"> & {
+  /**
+   * The attachment.
+   *
+   * @generated from field: caremesh.records.v1.RecordAttachment attachment = 1;
+   */
+  attachment?: RecordAttachment | undefined;
+};
+
+/**
+ * Describes the message caremesh.records.v1.GetRecordAttachmentResponse.
+ * Use `create(GetRecordAttachmentResponseSchema)` to create a new message.
+ */
+export const GetRecordAttachmentResponseSchema: GenMessage<GetRecordAttachmentResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_records_v1_records, 21);
+
+/**
+ * Request for RecordsService.DownloadRecordAttachment.
+ *
+ * @generated from message caremesh.records.v1.DownloadRecordAttachmentRequest
+ */
+export type DownloadRecordAttachmentRequest = Message<"caremesh.records.v1.DownloadRecordAttachmentRequest"> & {
+  /**
+   * The attachment.
+   *
+   * @generated from field: string attachment_id = 1;
+   */
+  attachmentId: string;
+
+  /**
+   * Where to start (0 for the whole blob; more to resume a download).
+   *
+   * @generated from field: uint64 offset = 2;
+   */
+  offset: bigint;
+};
+
+/**
+ * Describes the message caremesh.records.v1.DownloadRecordAttachmentRequest.
+ * Use `create(DownloadRecordAttachmentRequestSchema)` to create a new message.
+ */
+export const DownloadRecordAttachmentRequestSchema: GenMessage<DownloadRecordAttachmentRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_records_v1_records, 22);
+
+/**
+ * One piece of a download.
+ *
+ * @generated from message caremesh.records.v1.DownloadRecordAttachmentResponse
+ */
+export type DownloadRecordAttachmentResponse = Message<"caremesh.records.v1.DownloadRecordAttachmentResponse"> & {
+  /**
+   * Where this piece starts in the blob.
+   *
+   * @generated from field: uint64 offset = 1;
+   */
+  offset: bigint;
+
+  /**
+   * At most 1 MiB of the blob.
+   *
+   * @generated from field: bytes data = 2;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message caremesh.records.v1.DownloadRecordAttachmentResponse.
+ * Use `create(DownloadRecordAttachmentResponseSchema)` to create a new message.
+ */
+export const DownloadRecordAttachmentResponseSchema: GenMessage<DownloadRecordAttachmentResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_records_v1_records, 23);
+
+/**
  * How much of a record to return (AIP-157).
  *
  * @generated from enum caremesh.records.v1.RecordView
@@ -779,6 +1054,61 @@ export const RecordsService: GenService<{
     methodKind: "unary";
     input: typeof MarkEnteredInErrorRequestSchema;
     output: typeof MarkEnteredInErrorResponseSchema;
+  },
+  /**
+   * Reserves an attachment of `blob_length` bytes for the record `record_id` the caller (a doctor
+   * or nurse) is about to create, within the per-user quota (RESOURCE_EXHAUSTED when it would be
+   * exceeded). Idempotent: the same id, record and length again returns the stored attachment.
+   *
+   * @generated from rpc caremesh.records.v1.RecordsService.CreateRecordAttachment
+   */
+  createRecordAttachment: {
+    methodKind: "unary";
+    input: typeof CreateRecordAttachmentRequestSchema;
+    output: typeof CreateRecordAttachmentResponseSchema;
+  },
+  /**
+   * Appends the blob in pieces of at most 1 MiB, each at the offset where the stored blob ends;
+   * another offset is FAILED_PRECONDITION `BLOB_OFFSET_MISMATCH`. Only the creator uploads.
+   *
+   * @generated from rpc caremesh.records.v1.RecordsService.UploadRecordAttachment
+   */
+  uploadRecordAttachment: {
+    methodKind: "client_streaming";
+    input: typeof UploadRecordAttachmentRequestSchema;
+    output: typeof UploadRecordAttachmentResponseSchema;
+  },
+  /**
+   * One piece of an upload as a unary call, for clients that cannot stream requests (gRPC-Web).
+   *
+   * @generated from rpc caremesh.records.v1.RecordsService.AppendRecordAttachment
+   */
+  appendRecordAttachment: {
+    methodKind: "unary";
+    input: typeof UploadRecordAttachmentRequestSchema;
+    output: typeof UploadRecordAttachmentResponseSchema;
+  },
+  /**
+   * One attachment's state: its creator before the record exists, then whoever may read the
+   * record.
+   *
+   * @generated from rpc caremesh.records.v1.RecordsService.GetRecordAttachment
+   */
+  getRecordAttachment: {
+    methodKind: "unary";
+    input: typeof GetRecordAttachmentRequestSchema;
+    output: typeof GetRecordAttachmentResponseSchema;
+  },
+  /**
+   * Streams a complete attachment's blob from `offset`, in pieces of at most 1 MiB, to a caller
+   * who may read its record (PERMISSION_DENIED for anyone else). Audited.
+   *
+   * @generated from rpc caremesh.records.v1.RecordsService.DownloadRecordAttachment
+   */
+  downloadRecordAttachment: {
+    methodKind: "server_streaming";
+    input: typeof DownloadRecordAttachmentRequestSchema;
+    output: typeof DownloadRecordAttachmentResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_caremesh_records_v1_records, 0);
