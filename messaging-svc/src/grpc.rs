@@ -9,7 +9,7 @@ use caremesh_proto::messaging::v1::messaging_internal_service_server::{
 use caremesh_proto::messaging::v1::messaging_service_server::{MessagingService, MessagingServiceServer};
 use caremesh_runtime::attachments::AttachmentView;
 use caremesh_runtime::auth::Principal;
-use caremesh_runtime::grpc::{close_when_revoked, peer_identity, to_status};
+use caremesh_runtime::grpc::{append_each, close_when_revoked, peer_identity, to_status};
 use caremesh_runtime::time::to_timestamp;
 use caremesh_runtime::{Error, MeshRouter, ServiceRuntime};
 use futures::StreamExt;
@@ -617,21 +617,13 @@ impl MessagingService for Api {
         request: Request<tonic::Streaming<pb::UploadAttachmentRequest>>,
     ) -> Result<Response<pb::UploadAttachmentResponse>, Status> {
         let (principal, _) = self.signed_in(&request).await?;
-        let mut pieces = request.into_inner();
-        let mut last = None;
-        while let Some(piece) = pieces.message().await? {
-            last = Some(
-                self.domain
-                    .upload_attachment_piece(&principal, &piece.attachment_id, piece.offset, &piece.data)
-                    .await?,
-            );
-        }
-        let view = last.ok_or_else(|| {
-            to_status(Error::invalid_argument(
-                "NO_PIECES",
-                "the upload stream ended before its first piece: send at least one",
-            ))
-        })?;
+        let (domain, principal) = (&self.domain, &principal);
+        let view = append_each(request.into_inner(), move |piece| async move {
+            domain
+                .upload_attachment_piece(principal, &piece.attachment_id, piece.offset, &piece.data)
+                .await
+        })
+        .await?;
         Ok(Response::new(pb::UploadAttachmentResponse {
             attachment: Some(attachment_message(&view)),
         }))

@@ -5,7 +5,7 @@ use caremesh_proto::records::v1 as pb;
 use caremesh_proto::records::v1::records_service_server::{RecordsService, RecordsServiceServer};
 use caremesh_runtime::attachments::AttachmentView;
 use caremesh_runtime::auth::Principal;
-use caremesh_runtime::grpc::{close_when_revoked, peer_identity, to_status};
+use caremesh_runtime::grpc::{append_each, close_when_revoked, peer_identity, to_status};
 use caremesh_runtime::time::to_timestamp;
 use caremesh_runtime::{Error, MeshRouter, ServiceRuntime};
 use futures::StreamExt;
@@ -218,21 +218,13 @@ impl RecordsService for RecordsApi {
         request: Request<tonic::Streaming<pb::UploadRecordAttachmentRequest>>,
     ) -> Result<Response<pb::UploadRecordAttachmentResponse>, Status> {
         let (principal, _) = self.signed_in(&request).await?;
-        let mut pieces = request.into_inner();
-        let mut last = None;
-        while let Some(piece) = pieces.message().await? {
-            last = Some(
-                self.domain
-                    .upload_attachment_piece(&principal, &piece.attachment_id, piece.offset, &piece.data)
-                    .await?,
-            );
-        }
-        let view = last.ok_or_else(|| {
-            to_status(Error::invalid_argument(
-                "NO_PIECES",
-                "the upload stream ended before its first piece: send at least one",
-            ))
-        })?;
+        let (domain, principal) = (&self.domain, &principal);
+        let view = append_each(request.into_inner(), move |piece| async move {
+            domain
+                .upload_attachment_piece(principal, &piece.attachment_id, piece.offset, &piece.data)
+                .await
+        })
+        .await?;
         Ok(Response::new(pb::UploadRecordAttachmentResponse {
             attachment: Some(attachment_message(&view)),
         }))

@@ -315,7 +315,6 @@ impl Attachments {
         let stored_len = self.blobs.append(id, offset, data).await?;
         let mut row = row;
         if stored_len == blob_len {
-            self.blobs.sync(id).await?;
             let _turn = self.writer.turn().await;
             attachment::Entity::update_many()
                 .col_expr(attachment::Column::Complete, Expr::value(true))

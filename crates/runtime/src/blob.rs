@@ -2,11 +2,8 @@
 //! of at most [`MAX_PIECE_LEN`] bytes, never whole in memory, whatever the blob's size.
 //!
 //! - **Files** on the embedded default (SQLite): one file per blob under `<db dir>/blobs/`,
-//!   appended piece by piece and synced once, when complete ([`BlobStore::sync`]). An interrupted
-//!   upload resumes from the file's length, which after a crash is what reached the disk (on
-//!   journalled file systems in their default ordered mode a file's size never covers blocks not
-//!   yet written); a damaged tail would still be caught by the client, which checks every chunk's
-//!   tag and the blob's digest.
+//!   appended piece by piece and synced after each piece, so that an interrupted upload resumes
+//!   from what reached the disk.
 //! - **Rows** in PostgreSQL: one row per piece in the service's own `blob_pieces` table
 //!   ([`create_blob_pieces_table`] in its migrations), so that blobs live, replicate and are
 //!   backed up with the rest of the service's data.
@@ -156,6 +153,11 @@ impl BlobStore {
                 file.write_all(piece)
                     .await
                     .map_err(|error| Error::internal("writing a blob", error))?;
+                // Synced before the writer hears "stored": a resumed upload never skips bytes
+                // that a crash lost.
+                file.sync_data()
+                    .await
+                    .map_err(|error| Error::internal("syncing a blob", error))?;
             }
             Backend::Rows(db) => {
                 db.execute_raw(Statement::from_sql_and_values(
@@ -172,22 +174,6 @@ impl BlobStore {
             }
         }
         Ok(stored + piece.len() as u64)
-    }
-
-    /// Makes a blob's bytes durable: files are synced once, when complete, not after every piece;
-    /// rows are durable when their insert commits.
-    pub async fn sync(&self, id: Uuid) -> Result<(), Error> {
-        match &self.backend {
-            Backend::Files(dir) => {
-                let file = tokio::fs::File::open(blob_path(dir, id))
-                    .await
-                    .map_err(|error| Error::internal("opening a blob", error))?;
-                file.sync_all()
-                    .await
-                    .map_err(|error| Error::internal("syncing a blob", error))
-            }
-            Backend::Rows(_) => Ok(()),
-        }
     }
 
     /// Up to `max` bytes (at most [`MAX_PIECE_LEN`]) of `id` from `offset`; empty at the end.

@@ -30,6 +30,25 @@ pub fn close_when_revoked<T: Send + 'static>(
     .boxed()
 }
 
+/// Applies `append` to each piece of a client-streamed upload in turn and returns what the last
+/// piece's append returned (INVALID_ARGUMENT `NO_PIECES` for a stream without one).
+pub async fn append_each<P, V, F, Fut>(mut pieces: tonic::Streaming<P>, mut append: F) -> Result<V, tonic::Status>
+where
+    F: FnMut(P) -> Fut,
+    Fut: std::future::Future<Output = Result<V, Error>>,
+{
+    let mut last = None;
+    while let Some(piece) = pieces.message().await? {
+        last = Some(append(piece).await.map_err(to_status)?);
+    }
+    last.ok_or_else(|| {
+        to_status(Error::invalid_argument(
+            "NO_PIECES",
+            "the upload stream ended before its first piece: send at least one",
+        ))
+    })
+}
+
 /// The `ErrorInfo.domain` of every caremesh error.
 pub const ERROR_DOMAIN: &str = "caremesh.local";
 

@@ -256,8 +256,6 @@ impl ServiceRuntime {
         // same-origin only, so no response carries Access-Control-Allow-Origin.
         let main = Server::builder()
             .accept_http1(true)
-            .initial_stream_window_size(caremesh_tls::HTTP2_STREAM_WINDOW)
-            .initial_connection_window_size(caremesh_tls::HTTP2_CONNECTION_WINDOW)
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(TraceContextLayer::new(service.as_str()))
             .layer(ForwardedClientLayer::new())

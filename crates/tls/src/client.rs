@@ -83,8 +83,6 @@ pub fn channel(target: Target, material: Arc<ReloadingMaterial>, options: Channe
         .map_err(|_| TlsError::Endpoint(target.authority.clone()))?
         .connect_timeout(options.connect_timeout)
         .tcp_nodelay(true)
-        .initial_stream_window_size(crate::HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
     if let Some(timeout) = options.request_timeout {

@@ -17,13 +17,6 @@ mod material;
 pub mod server;
 mod service;
 
-/// HTTP/2 flow-control windows for every mesh connection, both ways: a stream may have 4 MiB in
-/// flight (four 1 MiB attachment pieces) and a connection 8 MiB, instead of HTTP/2's 64 KiB,
-/// which stalls a bulk transfer on a window update every 64 KiB. It bounds what a receiver buffers
-/// per stream, too.
-pub const HTTP2_STREAM_WINDOW: u32 = 4 << 20;
-pub const HTTP2_CONNECTION_WINDOW: u32 = 8 << 20;
-
 pub use identity::{PeerIdentity, SpiffeId, spiffe_id_of};
 pub use material::{IdentityFiles, Loaded, ReloadingMaterial, TlsFiles};
 pub use service::{ServiceName, TRUST_DOMAIN, WEB_ORIGIN_SPIFFE_PATH, operator_spiffe_id, web_origin_spiffe_id};
