@@ -13,6 +13,9 @@ import { SignInScreen } from "../features/auth/SignInScreen";
 import { RecordsScreen } from "../features/records/RecordsScreen";
 import { MessagesScreen } from "../features/messaging/MessagesScreen";
 import { DevicesScreen } from "../features/devices/DevicesScreen";
+import { AdminScreen } from "../features/admin/AdminScreen";
+import { AuditScreen } from "../features/audit/AuditScreen";
+import { AccountScreen } from "../features/account/AccountScreen";
 import { Button, ErrorPanel, useOperation } from "./components";
 import { ClientContext } from "./context";
 import { navigate, useRoute, type Route } from "./router";
@@ -76,6 +79,15 @@ export function App(props: { client: CaremeshClient }): JSX.Element {
       break;
     case "devices":
       screen = <DevicesScreen />;
+      break;
+    case "admin":
+      screen = <AdminScreen />;
+      break;
+    case "audit":
+      screen = <AuditScreen />;
+      break;
+    case "account":
+      screen = <AccountScreen />;
       break;
     default:
       screen = null;

@@ -12,11 +12,15 @@ import { describeError, type ErrorView, type Operation } from "./errors";
 import { aalName, roleName, SessionStore, type Aal, type RoleName, type SessionInfo } from "./session";
 import { createTransport } from "./transport";
 import { RecordsClient } from "./records";
+import { AdminClient } from "./admin";
+import { AuditClient } from "./audit";
 import { openMessenger, wipeDeviceState } from "./messaging";
 
 export { describeError };
 export { openMessenger, startLink, MessagingError, type PendingLinkView, type Messenger, type MessengerStart, type MessageView, type ConversationView, type ContactView, type UserView, type DeviceView } from "./messaging";
 export type { Aal, ErrorView, Operation, RoleName, SessionInfo };
+export { AdminClient, parseAttributes, type AccountStatus, type AdminUserView, type UserFilter } from "./admin";
+export { AUDIT_ACTIONS, AUDIT_OUTCOMES, AuditClient, LogIntegrityError, type AlertView, type AuditActionName, type AuditEventView, type AuditOutcomeName, type EventFilter, type InclusionResult, type VerifiedCheckpoint } from "./audit";
 export { RECORD_KINDS, RecordsClient, fhirProblem, type AccessEntry, type EmergencyGrant, type OpenedRecord, type PatientRef, type RecordSummary, type VersionEntry } from "./records";
 
 export interface Registered {
@@ -70,6 +74,10 @@ export class CaremeshClient {
   readonly session: SessionStore;
   /** Patient records, decrypted in the browser (./records.ts). */
   readonly records: RecordsClient;
+  /** Account administration (admins at AAL2, ./admin.ts). */
+  readonly admin: AdminClient;
+  /** The audit log: queries, alerts, checkpoint and proof verification (auditors, ./audit.ts). */
+  readonly audit: AuditClient;
   /** The half-finished login's challenge (memory only, single use). */
   private challenge: string | null = null;
 
@@ -83,6 +91,8 @@ export class CaremeshClient {
     });
     this.auth = createClient(AuthService, createTransport(baseUrl, () => this.session.accessToken()));
     this.records = new RecordsClient(baseUrl, this.session);
+    this.admin = new AdminClient(baseUrl, this.session);
+    this.audit = new AuditClient(baseUrl, this.session);
     // Records use this browser's device identity (created by the first-device path when the
     // account has none), so that both features share one account identity.
     this.records.useIdentitySource(async () => {
@@ -182,6 +192,20 @@ export class CaremeshClient {
       recoveryCodesRemaining: response.recoveryCodesRemaining,
       sessionExpires: response.sessionExpireTime ? timestampDate(response.sessionExpireTime) : null,
     };
+  }
+
+  /**
+   * Changes the password. auth-svc ends every other session of the account (this one stays);
+   * returns how many were ended.
+   */
+  async changePassword(currentPassword: string, newPassword: string): Promise<number> {
+    const response = await this.auth.changePassword({ currentPassword, newPassword });
+    return response.revokedSessions;
+  }
+
+  /** 10 new single-use recovery codes (shown once); the old ones stop working. Needs AAL2. */
+  async regenerateRecoveryCodes(): Promise<string[]> {
+    return [...(await this.auth.regenerateRecoveryCodes({})).recoveryCodes];
   }
 
   /** Ends the session on the server (best effort) and wipes it from memory in any case. */
