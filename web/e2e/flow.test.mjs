@@ -132,6 +132,12 @@ describe("the cross-role flow", () => {
       await heading(pat.page, "Welcome, Pat Flow");
       const patMfa = await enrolMfa(pat.page, "Welcome, Pat Flow");
       usedStep(patMfa.secret, patMfa.step);
+      // The admin and audit screens are not for patients.
+      await pat.page.goto(pat.page.url().replace(/#.*$/, "#/admin"));
+      await shows(pat.page, "This screen is for administrators.");
+      await pat.page.goto(pat.page.url().replace(/#.*$/, "#/audit"));
+      await shows(pat.page, "This screen is for auditors.");
+      await gotoHome(pat.page, "Welcome, Pat Flow");
       await pat.page.getByRole("link", { name: "Messages" }).click();
       await heading(pat.page, "Messages");
       await pat.page.getByLabel("Start a conversation with (username)").fill(doc);
@@ -229,11 +235,23 @@ describe("the cross-role flow", () => {
       assert.match(await alert.first().textContent(), /high|medium|low/);
       await checkScreen(aud.page, "audit-live-alert", aud.violations);
 
+      // Back on the screen later: the stored alerts (ListAlerts) hold it too.
+      await gotoHome(aud.page, "Welcome, Audrey Auditor");
+      await aud.page.getByRole("link", { name: "Audit log and alerts" }).click();
+      await heading(aud.page, "Audit");
+      await aud.page.getByTestId("alert").filter({ hasText: "emergency access" }).first().waitFor({ timeout: 30_000 });
+
       // The log grew: the next checkpoint is proven consistent with the one verified before.
       await aud.page.getByRole("button", { name: "Sign a checkpoint now and verify it" }).click();
       await shows(aud.page, `extends the checkpoint verified before (tree size ${firstSize})`, 30_000);
       const secondSize = BigInt((await aud.page.getByTestId("tree-size").textContent()) ?? "0");
       assert.ok(secondSize > firstSize, `the log grew from ${firstSize} to ${secondSize}`);
+
+      // An actor nobody has: the server's message and what to do.
+      await aud.page.getByLabel("Actor (username or user id)").fill(unique("nobody"));
+      await aud.page.getByRole("button", { name: "Search the log" }).click();
+      await aud.page.getByRole("alert").waitFor();
+      assert.ok(((await aud.page.getByTestId("server-message").textContent()) ?? "").length > 0);
 
       // The emergency access events, filtered by the second doctor; one proven in the log.
       await aud.page.getByLabel("Actor (username or user id)").fill(doc2);
@@ -358,9 +376,17 @@ describe("the cross-role flow", () => {
       await shows(account, /Saved\./);
       assert.equal(await account.getByTestId("account-attributes").textContent(), "org:here");
 
-      // Disable asks first; then sign-in is refused; enable restores it.
-      await account.getByRole("button", { name: "Disable the account" }).click();
+      // Disable asks first (by keyboard: Enter opens the question, focused; Escape backs out);
+      // then sign-in is refused; enable restores it.
+      await account.getByRole("button", { name: "Disable the account" }).focus();
+      await adm.page.keyboard.press("Enter");
+      const question = account.getByRole("group", { name: "Disable the account" });
+      await question.waitFor();
+      assert.equal(await question.evaluate((el) => el === document.activeElement), true, "the question has the focus");
       await checkScreen(adm.page, "admin-confirm", adm.violations);
+      await adm.page.keyboard.press("Escape");
+      await question.waitFor({ state: "detached" });
+      await account.getByRole("button", { name: "Disable the account" }).click();
       await account.getByRole("button", { name: "Cancel" }).click();
       assert.equal(await account.getByTestId("account-status").textContent(), "active");
       await account.getByRole("button", { name: "Disable the account" }).click();
