@@ -5,7 +5,7 @@
 // checkpoint this browser verified (kept in memory for the page's life), and an event's inclusion
 // proof. Nothing is taken on the server's word.
 
-import { createClient, type Client } from "@connectrpc/connect";
+import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 
 import { AlertKind, AlertSeverity, AuditService, SortOrder, type Alert, type Checkpoint, type LogEntry } from "../gen/caremesh/audit/v1/audit_pb";
@@ -178,8 +178,9 @@ export class AuditClient {
   /** The last checkpoint this page verified (memory only). */
   private trusted: { size: bigint; root: Uint8Array } | null = null;
 
-  constructor(baseUrl: string, session: SessionStore) {
-    this.audit = createClient(AuditService, createTransport(baseUrl, () => session.accessToken()));
+  /** `transport` replaces the page's gRPC-Web transport (audit.test.ts serves a log in process). */
+  constructor(baseUrl: string, session: SessionStore, transport?: Transport) {
+    this.audit = createClient(AuditService, transport ?? createTransport(baseUrl, () => session.accessToken()));
   }
 
   /** One page of events matching `filter` (all filters AND; `pageToken` from the previous page). */
