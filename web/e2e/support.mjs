@@ -249,3 +249,34 @@ export async function shows(scope, text, timeout = 30_000) {
     throw new Error(`"${text}" did not show; the page shows:\n${shown}`, { cause: error });
   }
 }
+
+/** All the page can store: every IndexedDB record (bytes as latin1, CryptoKeys by their flags),
+ * localStorage, sessionStorage and cookies, as one text to search for secrets. */
+export async function storedText(page) {
+  return page.evaluate(async () => {
+    const text = (v) => {
+      if (v instanceof Uint8Array || v instanceof ArrayBuffer) return Array.from(new Uint8Array(v), (b) => String.fromCharCode(b)).join("");
+      if (v instanceof CryptoKey) return `CryptoKey(extractable=${v.extractable})`;
+      if (v && typeof v === "object") return Object.entries(v).map(([k, x]) => `${k}=${text(x)}`).join(";");
+      return String(v);
+    };
+    const out = [`localStorage:${JSON.stringify({ ...localStorage })}`, `sessionStorage:${JSON.stringify({ ...sessionStorage })}`, `cookie:${document.cookie}`];
+    for (const info of await indexedDB.databases()) {
+      const db = await new Promise((resolve, reject) => {
+        const req = indexedDB.open(info.name);
+        req.onsuccess = () => resolve(req.result);
+        req.onerror = () => reject(req.error);
+      });
+      for (const name of db.objectStoreNames) {
+        const all = await new Promise((resolve, reject) => {
+          const req = db.transaction(name, "readonly").objectStore(name).getAll();
+          req.onsuccess = () => resolve(req.result);
+          req.onerror = () => reject(req.error);
+        });
+        out.push(`${info.name}/${name}:${all.map(text).join("|")}`);
+      }
+      db.close();
+    }
+    return out.join("\n");
+  });
+}

@@ -11,6 +11,7 @@ import { Role, UserStatus } from "../gen/caremesh/auth/v1/user_pb";
 import { describeError, type ErrorView, type Operation } from "./errors";
 import { aalName, roleName, SessionStore, type Aal, type RoleName, type SessionInfo } from "./session";
 import { createTransport } from "./transport";
+import { hasStoredSession, SealedSessionPersistence } from "./sessionPersist";
 import { RecordsClient } from "./records";
 import { AdminClient } from "./admin";
 import { AuditClient } from "./audit";
@@ -208,6 +209,23 @@ export class CaremeshClient {
     return [...(await this.auth.regenerateRecoveryCodes({})).recoveryCodes];
   }
 
+  /** After a page load: signs in again from a session kept in this browser, if there is one. */
+  async restoreSession(): Promise<boolean> {
+    if (this.session.info !== null || !(await hasStoredSession())) return false;
+    return this.session.restore(new SealedSessionPersistence());
+  }
+
+  /** Whether this session is kept in this browser across reloads (until sign-out). */
+  get staysSignedIn(): boolean {
+    return this.session.persisted;
+  }
+
+  /** Keeps (or stops keeping) the session in this browser, the refresh token sealed in IndexedDB. */
+  async setStaySignedIn(on: boolean): Promise<void> {
+    if (on) await this.session.persist(new SealedSessionPersistence());
+    else await this.session.forget();
+  }
+
   /** Ends the session on the server (best effort) and wipes it from memory in any case. */
   async signOut(): Promise<void> {
     const refreshToken = this.session.refreshToken;
@@ -216,6 +234,8 @@ export class CaremeshClient {
     try {
       if (refreshToken !== null) await this.auth.logout({ refreshToken });
     } finally {
+      // A session kept in this browser is deleted first (awaited: a reload right after must not find it).
+      await this.session.forget().catch(() => undefined);
       this.session.clear();
       // Sign-out also deletes this browser's device state (keys, sessions, opened messages).
       if (userId !== null) await wipeDeviceState(userId);

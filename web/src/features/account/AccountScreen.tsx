@@ -1,4 +1,5 @@
-// The account screen (`#/account`, every signed-in user): who is signed in (WhoAmI), a password
+// The account screen (`#/account`, every signed-in user): who is signed in (WhoAmI), "stay
+// signed in on this browser" (opt-in: the refresh token sealed in IndexedDB), a password
 // change (auth-svc then ends every other session of the account, which the screen says before and
 // after), and new recovery codes (the old ones stop working; shown once).
 
@@ -145,6 +146,36 @@ function RecoveryCodes(props: { onChanged: () => void }): JSX.Element {
   );
 }
 
+function StaySignedIn(): JSX.Element {
+  const client = useClient();
+  const op = useOperation("session");
+  const [on, setOn] = useState(client.staysSignedIn);
+  const toggle = () =>
+    void op.run(async () => {
+      await client.setStaySignedIn(!on);
+      setOn(client.staysSignedIn);
+    });
+  return (
+    <section class="ops-section" aria-labelledby="stay">
+      <h2 id="stay">Stay signed in on this browser</h2>
+      <p>
+        {on
+          ? "This browser keeps you signed in when you reload or come back, until you sign out."
+          : "Now a reload or closing the tab signs you out."}{" "}
+        When on, your sign-in is kept in this browser's storage, encrypted under a key that no script can read out;
+        signing out deletes it. Do not turn it on on a shared computer.
+      </p>
+      <ErrorPanel error={op.error} />
+      <p role="status" data-testid="stay-state">
+        {on ? "Staying signed in on this browser." : "Not kept on this browser."}
+      </p>
+      <Button type="button" variant="secondary" busy={op.busy} busyLabel="Saving…" onClick={toggle}>
+        {on ? "Stop keeping me signed in" : "Keep me signed in on this browser"}
+      </Button>
+    </section>
+  );
+}
+
 export function AccountScreen(): JSX.Element {
   const client = useClient();
   const load = useOperation("session");
@@ -161,6 +192,7 @@ export function AccountScreen(): JSX.Element {
           Try again
         </Button>
       ) : null}
+      <StaySignedIn />
       <ChangePassword />
       {identity?.mfaEnrolled ? (
         <RecoveryCodes onChanged={refresh} />
