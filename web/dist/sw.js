@@ -4,8 +4,8 @@
 // are POSTs, which it does not touch, and any GET that is not a shell file goes to the network
 // as if there were no service worker.
 
-const CACHE_NAME = "caremesh-shell-8d4f265c44a699b4";
-const SHELL = ["/","/assets/index-BKrV-KHL.css","/assets/index-DI_Tciir.js","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
+const CACHE_NAME = "caremesh-shell-422bdfb8f8c37295";
+const SHELL = ["/","/assets/index-BKrV-KHL.css","/assets/index-D3bHkGLZ.js","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
 const SHELL_SET = new Set(SHELL);
 
 self.addEventListener("install", (event) => {

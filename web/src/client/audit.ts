@@ -222,8 +222,8 @@ export class AuditClient {
     let cursor = "";
     while (!signal.aborted) {
       try {
-        const stream = this.audit.streamAlerts({ cursor }, { signal });
-        onState({ connected: true, error: null });
+        // Connected once audit-svc answers the call's headers: alerts raised from then on arrive.
+        const stream = this.audit.streamAlerts({ cursor }, { signal, onHeader: () => onState({ connected: true, error: null }) });
         for await (const item of stream) {
           cursor = item.cursor;
           if (item.alert) onAlert(alertView(item.alert));
