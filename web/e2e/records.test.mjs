@@ -6,88 +6,33 @@
 // A tampered ciphertext is never shown as content (vitest covers that at the crypto layer).
 
 import { execFile } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { describe, it, after } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 
-import { totp, totpStep } from "./totp.mjs";
 import {
   PASSWORD,
   PHONE,
   DESKTOP,
   bootstrapAdmin,
+  carectl,
+  carectlLogin,
   checkScreen,
   enrolMfa,
   heading,
   open,
+  nextCode,
   register,
+  shows,
   signInWithPassword,
   unique,
+  usedStep,
+  waitForStep,
 } from "./support.mjs";
 
-const CARECTL = process.env.CARECTL_BIN ?? "/work/bin/carectl";
-const home = mkdtempSync(join(tmpdir(), "caremesh-e2e-records-"));
-after(() => rmSync(home, { recursive: true, force: true }));
-
-/** `--endpoint service=host:port` for every service, read from caremesh up's banner. */
-function endpoints() {
-  const dir = process.env.E2E_DATA_DIR;
-  assert.ok(dir, "E2E_DATA_DIR is not set (run the tests through e2e/run.sh)");
-  const log = readFileSync(join(dir, "caremesh.log"), "utf8");
-  const out = [];
-  for (const match of log.matchAll(/^[ \t]+([a-z-]+-svc)[ \t]+(\S+:\d+)[ \t]+\(health/gm)) out.push("--endpoint", `${match[1]}=${match[2]}`);
-  assert.ok(out.length >= 10, `service endpoints not found in caremesh.log:\n${log.slice(0, 2000)}`);
-  return out;
-}
-
-/** Runs carectl for `profile` with --json; resolves with the parsed output. */
-function carectl(profile, args, stdin = "") {
-  const dir = process.env.E2E_DATA_DIR;
-  const argv = ["--ca", join(dir, "pki/ca.crt"), ...endpoints(), "--home", home, "--profile", profile, "--json", ...args];
-  return new Promise((resolve, reject) => {
-    const child = execFile(CARECTL, argv, { timeout: 120_000 }, (error, stdout, stderr) => {
-      if (error) {
-        reject(new Error(`carectl ${args.join(" ")} failed: ${stderr || error.message}`));
-        return;
-      }
-      try {
-        resolve(stdout.trim() === "" ? null : JSON.parse(stdout));
-      } catch {
-        resolve(stdout);
-      }
-    });
-    child.stdin.end(stdin);
-  });
-}
-
-// TOTP codes are single use per account: remember the last step each secret used.
-const lastStep = new Map();
-function nextCode(secret) {
-  const step = Math.max((lastStep.get(secret) ?? 0) + 1, totpStep());
-  lastStep.set(secret, step);
-  return totp(secret, step);
-}
-
-async function waitForStep(secret) {
-  // The server accepts one step either side of now: never run ahead more than one step.
-  while ((lastStep.get(secret) ?? 0) >= totpStep() + 1) await new Promise((r) => setTimeout(r, 1000));
-}
-
 async function login(profile, username, secret) {
-  // Another test file may have just used a step of the same account (the bootstrap admin): on
-  // INVALID_CODE, the next step.
-  for (let attempt = 1; ; attempt++) {
-    if (secret) await waitForStep(secret);
-    const args = ["login", username, "--password-stdin"];
-    if (secret) args.push("--totp", nextCode(secret));
-    try {
-      return await carectl(profile, args, `${profile === "admin" ? bootstrapAdmin().password : PASSWORD}\n`);
-    } catch (error) {
-      if (!secret || attempt >= 3 || !String(error).includes("INVALID_CODE")) throw error;
-    }
-  }
+  return carectlLogin(profile, username, secret, profile === "admin" ? bootstrapAdmin().password : PASSWORD);
 }
 
 /** A doctor registered and approved with carectl; with `mfa`, also MFA-enrolled in carectl. */
@@ -123,16 +68,6 @@ for path in paths:
         db.close()
 `;
 
-/** Waits for `text`; on timeout, fails with what the page shows instead. */
-async function shows(page, text, timeout = 30_000) {
-  try {
-    await page.getByText(text).first().waitFor({ timeout });
-  } catch (error) {
-    const shown = await page.locator("main").innerText().catch(() => "?");
-    throw new Error(`"${text}" did not show; the page shows:\n${shown}`, { cause: error });
-  }
-}
-
 async function gotoRecords(page) {
   await page.getByRole("link", { name: "Records" }).click();
 }
@@ -159,7 +94,7 @@ describe("records in the browser", () => {
       await page.getByRole("button", { name: "Sign in" }).click();
       await heading(page, "Welcome, Pat Records");
       const patientMfa = await enrolMfa(page, "Welcome, Pat Records");
-      lastStep.set(patientMfa.secret, patientMfa.step);
+      usedStep(patientMfa.secret, patientMfa.step);
 
       // Before any record: the screen says so.
       await gotoRecords(page);

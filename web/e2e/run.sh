@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Browser tests of the web app (issue #15): builds caremesh, starts `caremesh up` in a temporary
+# Browser tests of the web app (issue #15): builds caremesh and carectl, starts `caremesh up` in a temporary
 # data directory on free ports with the web root at web/dist, runs the Playwright tests
 # (playwright-core + node:test) in Debian's chromium, and always stops the mesh.
 #
@@ -7,7 +7,8 @@
 #   E2E_BENCH=1 bash web/e2e/run.sh   # then the web benchmark (bench/run.mjs) on the same mesh
 #
 # Settings: CHROMIUM (default /usr/bin/chromium), CARGO_TARGET_DIR (where cargo puts caremesh),
-# CAREMESH_BIN (a caremesh binary already built: no cargo build),
+# CAREMESH_BIN (a caremesh binary already built: no cargo build; carectl is taken from beside it),
+# CARECTL_BIN (the carectl the tests drive),
 # E2E_SCREENSHOTS (a directory: the tests save a screenshot of each screen there).
 set -euo pipefail
 
@@ -32,11 +33,18 @@ fi
 
 if [[ -n "${CAREMESH_BIN:-}" ]]; then
   caremesh="$CAREMESH_BIN"
-  echo "e2e: using $caremesh"
+  # carectl beside it unless CARECTL_BIN says otherwise.
+  export CARECTL_BIN="${CARECTL_BIN:-$(dirname "$CAREMESH_BIN")/carectl}"
+  echo "e2e: using $caremesh and $CARECTL_BIN"
 else
-  echo "e2e: cargo build -p caremesh"
-  cargo build -q -p caremesh
+  echo "e2e: cargo build -p caremesh -p carectl"
+  cargo build -q -p caremesh -p carectl
   caremesh="${CARGO_TARGET_DIR:-$repo/target}/debug/caremesh"
+  export CARECTL_BIN="${CARECTL_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/carectl}"
+fi
+if [[ ! -x "$CARECTL_BIN" ]]; then
+  echo "e2e: $CARECTL_BIN is missing (the tests drive a second party with carectl)" >&2
+  exit 1
 fi
 
 # Twelve free ports: the web origin, each service's gRPC and health ports, then `npm run dev`'s.

@@ -1,9 +1,12 @@
 // What every browser test shares: one Chromium per test file, a fresh context per test, the
 // checks every screen gets (axe-core, phone-width overflow, CSP violations), and the steps many
-// flows start with (register, sign in, enrol MFA, the bootstrap admin).
+// flows start with (register, sign in, enrol MFA, the bootstrap admin), and carectl against the
+// same mesh (its endpoints, a carectl home per test file, TOTP steps used once).
 
-import { readFileSync, mkdirSync } from "node:fs";
+import { execFile, spawn } from "node:child_process";
+import { readFileSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before } from "node:test";
 import assert from "node:assert/strict";
@@ -154,4 +157,136 @@ export function bootstrapAdmin() {
     if (match) fields[match[1]] = match[2];
   }
   return { username: fields.username, password: fields.password, totpSecret: fields.totp_secret };
+}
+
+/** The carectl the tests run (run.sh sets CARECTL_BIN). */
+export const CARECTL = process.env.CARECTL_BIN ?? "carectl";
+let carectlHome = null;
+after(() => {
+  if (carectlHome !== null) rmSync(carectlHome, { recursive: true, force: true });
+});
+
+/** `--endpoint service=host:port` for every service, read from caremesh up's banner. */
+export function endpoints() {
+  const dir = process.env.E2E_DATA_DIR;
+  assert.ok(dir, "E2E_DATA_DIR is not set (run the tests through e2e/run.sh)");
+  const log = readFileSync(join(dir, "caremesh.log"), "utf8");
+  const out = [];
+  for (const match of log.matchAll(/^[ \t]+([a-z-]+-svc)[ \t]+(\S+:\d+)[ \t]+\(health/gm)) out.push("--endpoint", `${match[1]}=${match[2]}`);
+  assert.ok(out.length >= 10, `service endpoints not found in caremesh.log:\n${log.slice(0, 2000)}`);
+  return out;
+}
+
+/** carectl's arguments for `profile` (one carectl home per test file), with --json. */
+function carectlArgs(profile, args) {
+  const dir = process.env.E2E_DATA_DIR;
+  carectlHome ??= mkdtempSync(join(tmpdir(), "caremesh-e2e-carectl-"));
+  return ["--ca", join(dir, "pki/ca.crt"), ...endpoints(), "--home", carectlHome, "--profile", profile, "--json", ...args];
+}
+
+/** Starts a long-running carectl as `profile` (JSON output), stdout and stderr piped. */
+export function spawnCarectl(profile, args) {
+  return spawn(CARECTL, carectlArgs(profile, args), { stdio: ["ignore", "pipe", "pipe"] });
+}
+
+/** Runs carectl for `profile` with --json; resolves with the parsed output. */
+export function carectl(profile, args, stdin = "") {
+  const argv = carectlArgs(profile, args);
+  return new Promise((resolve, reject) => {
+    const child = execFile(CARECTL, argv, { timeout: 120_000 }, (error, stdout, stderr) => {
+      if (error) {
+        reject(new Error(`carectl ${args.join(" ")} failed: ${stderr || error.message}`));
+        return;
+      }
+      try {
+        resolve(stdout.trim() === "" ? null : JSON.parse(stdout));
+      } catch {
+        resolve(stdout);
+      }
+    });
+    child.stdin.end(stdin);
+  });
+}
+
+// TOTP codes are single use per account: remember the last step each secret used.
+const lastStep = new Map();
+
+/** Notes that `secret` used `step` (e.g. the browser's MFA enrolment). */
+export function usedStep(secret, step) {
+  lastStep.set(secret, Math.max(step, lastStep.get(secret) ?? 0));
+}
+
+/** The next unused TOTP code of `secret`. */
+export function nextCode(secret) {
+  const step = Math.max((lastStep.get(secret) ?? 0) + 1, totpStep());
+  lastStep.set(secret, step);
+  return totp(secret, step);
+}
+
+/** The server accepts one step either side of now: never run ahead more than one step. */
+export async function waitForStep(secret) {
+  while ((lastStep.get(secret) ?? 0) >= totpStep() + 1) await new Promise((r) => setTimeout(r, 1000));
+}
+
+/** `carectl login` (with a TOTP code when `secret`); another test file may just have used a step
+ * of the same account (the bootstrap admin): on INVALID_CODE, the next step. */
+export async function carectlLogin(profile, username, secret, password = PASSWORD) {
+  for (let attempt = 1; ; attempt++) {
+    if (secret) await waitForStep(secret);
+    const args = ["login", username, "--password-stdin"];
+    if (secret) args.push("--totp", nextCode(secret));
+    try {
+      return await carectl(profile, args, `${password}\n`);
+    } catch (error) {
+      if (!secret || attempt >= 3 || !String(error).includes("INVALID_CODE")) throw error;
+    }
+  }
+}
+
+/** The bootstrap admin signed in with carectl as profile "admin". */
+export async function carectlAdmin() {
+  const admin = bootstrapAdmin();
+  return carectlLogin("admin", admin.username, admin.totpSecret, admin.password);
+}
+
+/** Waits for `text` in `scope`; on timeout, fails with what the page shows instead. */
+export async function shows(scope, text, timeout = 30_000) {
+  try {
+    await scope.getByText(text).first().waitFor({ timeout });
+  } catch (error) {
+    const page = "page" in scope ? scope.page() : scope;
+    const shown = await page.locator("main").innerText().catch(() => "?");
+    throw new Error(`"${text}" did not show; the page shows:\n${shown}`, { cause: error });
+  }
+}
+
+/** All the page can store: every IndexedDB record (bytes as latin1, CryptoKeys by their flags),
+ * localStorage, sessionStorage and cookies, as one text to search for secrets. */
+export async function storedText(page) {
+  return page.evaluate(async () => {
+    const text = (v) => {
+      if (v instanceof Uint8Array || v instanceof ArrayBuffer) return Array.from(new Uint8Array(v), (b) => String.fromCharCode(b)).join("");
+      if (v instanceof CryptoKey) return `CryptoKey(extractable=${v.extractable})`;
+      if (v && typeof v === "object") return Object.entries(v).map(([k, x]) => `${k}=${text(x)}`).join(";");
+      return String(v);
+    };
+    const out = [`localStorage:${JSON.stringify({ ...localStorage })}`, `sessionStorage:${JSON.stringify({ ...sessionStorage })}`, `cookie:${document.cookie}`];
+    for (const info of await indexedDB.databases()) {
+      const db = await new Promise((resolve, reject) => {
+        const req = indexedDB.open(info.name);
+        req.onsuccess = () => resolve(req.result);
+        req.onerror = () => reject(req.error);
+      });
+      for (const name of db.objectStoreNames) {
+        const all = await new Promise((resolve, reject) => {
+          const req = db.transaction(name, "readonly").objectStore(name).getAll();
+          req.onsuccess = () => resolve(req.result);
+          req.onerror = () => reject(req.error);
+        });
+        out.push(`${info.name}/${name}:${all.map(text).join("|")}`);
+      }
+      db.close();
+    }
+    return out.join("\n");
+  });
 }

@@ -13,6 +13,9 @@ import { SignInScreen } from "../features/auth/SignInScreen";
 import { RecordsScreen } from "../features/records/RecordsScreen";
 import { MessagesScreen } from "../features/messaging/MessagesScreen";
 import { DevicesScreen } from "../features/devices/DevicesScreen";
+import { AdminScreen } from "../features/admin/AdminScreen";
+import { AuditScreen } from "../features/audit/AuditScreen";
+import { AccountScreen } from "../features/account/AccountScreen";
 import { Button, ErrorPanel, useOperation } from "./components";
 import { ClientContext } from "./context";
 import { navigate, useRoute, type Route } from "./router";
@@ -31,18 +34,28 @@ export function App(props: { client: CaremeshClient }): JSX.Element {
   const route = useRoute();
   const [registeredAs, setRegisteredAs] = useState<string | null>(null);
   const signOut = useOperation("signOut");
+  // A session kept in this browser ("stay signed in") is restored before any route guard runs.
+  const [restoring, setRestoring] = useState(true);
+  useEffect(() => {
+    void client
+      .restoreSession()
+      .catch(() => false)
+      .finally(() => setRestoring(false));
+  }, [client]);
 
   // Where the route may not be shown in this state, go where it makes sense.
   let target: Route | null = route;
-  if (session === null) {
+  if (restoring) {
+    target = route;
+  } else if (session === null) {
     if (route === null || !PUBLIC.includes(route)) target = "sign-in";
     if (route === "second-factor" && !client.awaitingSecondFactor) target = "sign-in";
   } else if (route === null || PUBLIC.includes(route)) {
     target = "home";
   }
   useEffect(() => {
-    if (target !== route && target !== null) navigate(target);
-  }, [target, route]);
+    if (!restoring && target !== route && target !== null) navigate(target);
+  }, [target, route, restoring]);
 
   const doSignOut = () =>
     void signOut.run(async () => {
@@ -52,7 +65,7 @@ export function App(props: { client: CaremeshClient }): JSX.Element {
     });
 
   let screen: JSX.Element | null = null;
-  switch (target === route ? route : null) {
+  switch (restoring || target !== route ? null : route) {
     case "register":
       screen = <RegisterScreen onRegistered={setRegisteredAs} />;
       break;
@@ -76,6 +89,15 @@ export function App(props: { client: CaremeshClient }): JSX.Element {
       break;
     case "devices":
       screen = <DevicesScreen />;
+      break;
+    case "admin":
+      screen = <AdminScreen />;
+      break;
+    case "audit":
+      screen = <AuditScreen />;
+      break;
+    case "account":
+      screen = <AccountScreen />;
       break;
     default:
       screen = null;
@@ -104,7 +126,13 @@ export function App(props: { client: CaremeshClient }): JSX.Element {
       </header>
       <main id="main">
         <ErrorPanel error={signOut.error} />
-        {screen}
+        {restoring ? (
+          <p role="status" class="progress">
+            <span class="spinner" aria-hidden="true" /> Opening caremesh…
+          </p>
+        ) : (
+          screen
+        )}
       </main>
     </ClientContext.Provider>
   );

@@ -5,11 +5,10 @@
 import { describe, expect, it } from "vitest";
 
 import { concat, toHex, utf8 } from "../crypto/bytes";
-import { ed25519Public, ed25519Sign, sha256 } from "../crypto/primitives";
+import { ed25519Public, sha256 } from "../crypto/primitives";
 import {
   keyHash,
   leafHash,
-  nodeHash,
   openCheckpoint,
   parseVerifierKey,
   toBase64,
@@ -17,49 +16,17 @@ import {
   verifyInclusion,
   verifyServedCheckpoint,
 } from "./auditLog";
-
-function split(n: number): number {
-  let k = 1;
-  while (k * 2 < n) k *= 2;
-  return k;
-}
-
-function mth(leaves: Uint8Array[]): Uint8Array {
-  if (leaves.length === 0) return sha256(new Uint8Array());
-  if (leaves.length === 1) return leafHash(leaves[0]!);
-  const k = split(leaves.length);
-  return nodeHash(mth(leaves.slice(0, k)), mth(leaves.slice(k)));
-}
-
-function path(m: number, leaves: Uint8Array[]): Uint8Array[] {
-  if (leaves.length <= 1) return [];
-  const k = split(leaves.length);
-  return m < k
-    ? [...path(m, leaves.slice(0, k)), mth(leaves.slice(k))]
-    : [...path(m - k, leaves.slice(k)), mth(leaves.slice(0, k))];
-}
-
-function subproof(m: number, leaves: Uint8Array[], complete: boolean): Uint8Array[] {
-  const n = leaves.length;
-  if (m === n) return complete ? [] : [mth(leaves)];
-  const k = split(n);
-  return m <= k
-    ? [...subproof(m, leaves.slice(0, k), complete), mth(leaves.slice(k))]
-    : [...subproof(m - k, leaves.slice(k), false), mth(leaves.slice(0, k))];
-}
+import { LOG_NAME, mth, path, signNote, subproof, verifierKeyText } from "./auditTree.testing";
 
 const leaves = Array.from({ length: 13 }, (_, i) => utf8(`event ${i}`));
 
 const seed = new Uint8Array(32).fill(7);
 const publicKey = ed25519Public(seed);
-const NAME = "caremesh.local/audit";
-const verifierText = `${NAME}+${toHex(keyHash(NAME, publicKey))}+${toBase64(concat(new Uint8Array([1]), publicKey))}`;
+const NAME = LOG_NAME;
+const verifierText = verifierKeyText(seed);
 
 function sign(size: number, root = mth(leaves.slice(0, size)), key = seed, name = NAME): string {
-  const body = `${NAME}\n${size}\n${toBase64(root)}\n`;
-  const sig = ed25519Sign(key, utf8(body));
-  const pub = ed25519Public(key);
-  return `${body}\n\u2014 ${name} ${toBase64(concat(keyHash(name, pub), sig))}\n`;
+  return signNote(size, root, key, name);
 }
 
 describe("audit log verification", () => {

@@ -11,13 +11,18 @@ import { Role, UserStatus } from "../gen/caremesh/auth/v1/user_pb";
 import { describeError, type ErrorView, type Operation } from "./errors";
 import { aalName, roleName, SessionStore, type Aal, type RoleName, type SessionInfo } from "./session";
 import { createTransport } from "./transport";
+import { hasStoredSession, SealedSessionPersistence } from "./sessionPersist";
 import { RecordsClient } from "./records";
+import { AdminClient } from "./admin";
+import { AuditClient } from "./audit";
 import { openMessenger, wipeDeviceState } from "./messaging";
 
 export { describeError };
 export { openMessenger, startLink, checkPolicy, MessagingError, type GroupConversationView, type PendingLinkView, type Messenger, type MessengerStart, type MessageView, type ConversationView, type ContactView, type UserView, type DeviceView } from "./messaging";
 export type { Aal, ErrorView, Operation, RoleName, SessionInfo };
 export { describeAttachmentError, type AttachmentView, type Progress } from "./attachments";
+export { AdminClient, parseAttributes, type AccountStatus, type AdminUserView, type UserFilter } from "./admin";
+export { AUDIT_ACTIONS, AUDIT_OUTCOMES, AuditClient, LogIntegrityError, type AlertView, type AuditActionName, type AuditEventView, type AuditOutcomeName, type EventFilter, type InclusionResult, type VerifiedCheckpoint } from "./audit";
 export { RECORD_KINDS, RecordsClient, fhirProblem, type AccessEntry, type EmergencyGrant, type OpenedRecord, type PatientRef, type RecordSummary, type VersionEntry } from "./records";
 
 export interface Registered {
@@ -71,6 +76,10 @@ export class CaremeshClient {
   readonly session: SessionStore;
   /** Patient records, decrypted in the browser (./records.ts). */
   readonly records: RecordsClient;
+  /** Account administration (admins at AAL2, ./admin.ts). */
+  readonly admin: AdminClient;
+  /** The audit log: queries, alerts, checkpoint and proof verification (auditors, ./audit.ts). */
+  readonly audit: AuditClient;
   /** The half-finished login's challenge (memory only, single use). */
   private challenge: string | null = null;
 
@@ -84,6 +93,8 @@ export class CaremeshClient {
     });
     this.auth = createClient(AuthService, createTransport(baseUrl, () => this.session.accessToken()));
     this.records = new RecordsClient(baseUrl, this.session);
+    this.admin = new AdminClient(baseUrl, this.session);
+    this.audit = new AuditClient(baseUrl, this.session);
     // Records use this browser's device identity (created by the first-device path when the
     // account has none), so that both features share one account identity.
     this.records.useIdentitySource(async () => {
@@ -185,6 +196,37 @@ export class CaremeshClient {
     };
   }
 
+  /**
+   * Changes the password. auth-svc ends every other session of the account (this one stays);
+   * returns how many were ended.
+   */
+  async changePassword(currentPassword: string, newPassword: string): Promise<number> {
+    const response = await this.auth.changePassword({ currentPassword, newPassword });
+    return response.revokedSessions;
+  }
+
+  /** 10 new single-use recovery codes (shown once); the old ones stop working. Needs AAL2. */
+  async regenerateRecoveryCodes(): Promise<string[]> {
+    return [...(await this.auth.regenerateRecoveryCodes({})).recoveryCodes];
+  }
+
+  /** After a page load: signs in again from a session kept in this browser, if there is one. */
+  async restoreSession(): Promise<boolean> {
+    if (this.session.info !== null || !(await hasStoredSession())) return false;
+    return this.session.restore(new SealedSessionPersistence());
+  }
+
+  /** Whether this session is kept in this browser across reloads (until sign-out). */
+  get staysSignedIn(): boolean {
+    return this.session.persisted;
+  }
+
+  /** Keeps (or stops keeping) the session in this browser, the refresh token sealed in IndexedDB. */
+  async setStaySignedIn(on: boolean): Promise<void> {
+    if (on) await this.session.persist(new SealedSessionPersistence());
+    else await this.session.forget();
+  }
+
   /** Ends the session on the server (best effort) and wipes it from memory in any case. */
   async signOut(): Promise<void> {
     const refreshToken = this.session.refreshToken;
@@ -193,6 +235,8 @@ export class CaremeshClient {
     try {
       if (refreshToken !== null) await this.auth.logout({ refreshToken });
     } finally {
+      // A session kept in this browser is deleted first (awaited: a reload right after must not find it).
+      await this.session.forget().catch(() => undefined);
       this.session.clear();
       // Sign-out also deletes this browser's device state (keys, sessions, opened messages).
       if (userId !== null) await wipeDeviceState(userId);

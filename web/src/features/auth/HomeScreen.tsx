@@ -53,6 +53,20 @@ export function HomeScreen(): JSX.Element {
               </>
             ) : null}
           </dl>
+          {identity.role === "admin" ? (
+            <p>
+              <a class="button primary" href={href("admin")}>
+                Administration
+              </a>
+            </p>
+          ) : null}
+          {identity.role === "auditor" ? (
+            <p>
+              <a class="button primary" href={href("audit")}>
+                Audit log and alerts
+              </a>
+            </p>
+          ) : null}
           <p>
             <a class="button secondary" href={href("messages")}>
               Messages
@@ -61,6 +75,11 @@ export function HomeScreen(): JSX.Element {
           <p>
             <a class="button secondary" href={href("records")}>
               Records
+            </a>
+          </p>
+          <p>
+            <a class="button secondary" href={href("account")}>
+              Your account
             </a>
           </p>
           {identity.aal !== "AAL2" && !identity.mfaEnrolled ? (
