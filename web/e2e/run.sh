@@ -9,7 +9,8 @@
 # Settings: CHROMIUM (default /usr/bin/chromium), CARGO_TARGET_DIR (where cargo puts caremesh),
 # CAREMESH_BIN (a caremesh binary already built: no cargo build; carectl is taken from beside it),
 # CARECTL_BIN (the carectl the tests drive),
-# E2E_SCREENSHOTS (a directory: the tests save a screenshot of each screen there).
+# E2E_SCREENSHOTS (a directory: the tests save a screenshot of each screen there),
+# E2E_TESTS (test files to run instead of all, e.g. "e2e/flow.test.mjs").
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -110,7 +111,8 @@ export E2E_WEB_CERT="$data/pki/web.crt"
 # The mesh's data directory: bootstrap-admin.txt holds the first admin's password and TOTP secret.
 export E2E_DATA_DIR="$data"
 echo "e2e: browser tests against $E2E_BASE_URL"
-(cd "$web" && node --test --test-concurrency=1 --test-timeout=180000 --test-reporter=spec e2e/*.test.mjs)
+# E2E_TESTS: some test files only (e.g. "e2e/flow.test.mjs"); all of them by default.
+(cd "$web" && node --test --test-concurrency=1 --test-timeout=180000 --test-reporter=spec ${E2E_TESTS:-e2e/*.test.mjs})
 
 # `npm run dev` (vite's dev server) in front of the same mesh: a gRPC-Web call through its proxy
 # reaches auth-svc (which asks for a token), not the web origin's cross-origin refusal.
