@@ -18,7 +18,7 @@ export { describeError };
 export { openMessenger, startLink, checkPolicy, MessagingError, type GroupConversationView, type PendingLinkView, type Messenger, type MessengerStart, type MessageView, type ConversationView, type ContactView, type UserView, type DeviceView } from "./messaging";
 export type { Aal, ErrorView, Operation, RoleName, SessionInfo };
 export { describeAttachmentError, type AttachmentView, type Progress } from "./attachments";
-export { RECORD_KINDS, RecordsClient, fhirProblem, type AccessEntry, type EmergencyGrant, type OpenedRecord, type PatientRef, type RecordSummary, type VersionEntry } from "./records";
+export { DOCUMENT_REFERENCE, RECORD_KINDS, RecordsClient, fhirProblem, type AccessEntry, type EmergencyGrant, type OpenedFile, type OpenedRecord, type RecordFile, type PatientRef, type RecordSummary, type VersionEntry } from "./records";
 
 export interface Registered {
   readonly username: string;
