@@ -4,8 +4,8 @@
 // are POSTs, which it does not touch, and any GET that is not a shell file goes to the network
 // as if there were no service worker.
 
-const CACHE_NAME = "caremesh-shell-0ea8892334526fe0";
-const SHELL = ["/","/assets/index-BDazzk3c.js","/assets/index-DeGSukW4.css","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
+const CACHE_NAME = "caremesh-shell-d32fd2845467c890";
+const SHELL = ["/","/assets/index-B7ePPfSO.css","/assets/index-CQaT7BLV.js","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
 const SHELL_SET = new Set(SHELL);
 
 self.addEventListener("install", (event) => {
