@@ -7,15 +7,15 @@
 // policy, is refused by records-svc and sees its message. Every screen: axe, phone width, CSP,
 // screenshots at desktop and phone size.
 
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { crc32, deflateSync } from "node:zlib";
 import assert from "node:assert/strict";
 
 import { carectl, carectlUser } from "./carectl.mjs";
+import { pdf, png } from "./files.mjs";
 import { totp, totpStep } from "./totp.mjs";
 import { DESKTOP, PASSWORD, PHONE, checkScreen, enrolMfa, heading, open, register, secondFactor, signInWithPassword, unique } from "./support.mjs";
 
@@ -23,31 +23,6 @@ const WORK = mkdtempSync(join(tmpdir(), "caremesh-e2e-recatt-"));
 after(() => rmSync(WORK, { recursive: true, force: true }));
 
 const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
-
-/** An RGB PNG of `width` × `height` from `pixel(x, y)`. */
-function png(width, height, pixel) {
-  const raw = Buffer.alloc((width * 3 + 1) * height);
-  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) raw.set(pixel(x, y), y * (width * 3 + 1) + 1 + x * 3);
-  const chunk = (type, data) => {
-    const out = Buffer.alloc(12 + data.length);
-    out.writeUInt32BE(data.length, 0);
-    out.write(type, 4, "latin1");
-    data.copy(out, 8);
-    out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length);
-    return out;
-  };
-  const header = Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 8, 2, 0, 0, 0]);
-  header.writeUInt32BE(width, 0);
-  header.writeUInt32BE(height, 4);
-  const signature = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
-  return Buffer.concat([signature, chunk("IHDR", header), chunk("IDAT", deflateSync(raw)), chunk("IEND", Buffer.alloc(0))]);
-}
-
-/** A one-page PDF with `text`, padded with random bytes (several 64 KiB chunks). */
-function pdf(text, padding) {
-  const body = `%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 300 144]>>endobj\ntrailer<</Root 1 0 R>>\n%${text}\n%%EOF\n`;
-  return Buffer.concat([Buffer.from(body, "latin1"), Buffer.from(`%${randomBytes(padding).toString("base64")}\n`, "latin1")]);
-}
 
 async function waitUntil(what, check, timeoutMs = 60_000) {
   const end = Date.now() + timeoutMs;
