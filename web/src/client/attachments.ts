@@ -302,12 +302,13 @@ export async function downloadBlob(blobs: BlobService, ref: AttachmentRef, onPro
  * An attachment failure as the UI shows it: the server's message, or the cryptography's, and
  * what to do (too large, over the quota, damaged or altered data).
  */
-export function describeAttachmentError(error: unknown, operation: Operation = "session"): ErrorView {
+export function describeAttachmentError(error: unknown, operation: Operation = "session", kept: "message" | "record" = "message"): ErrorView {
+  const resend = kept === "message" ? "Ask the sender to send it again." : "Ask the writer to attach it again.";
   if (error instanceof CryptoError) {
     const advice =
       error.code === "AttachmentDamaged" || error.code === "AttachmentDigestMismatch"
-        ? "The file was changed or damaged after it was sent, so it is not shown. Ask the sender to send it again."
-        : "Try again. If it keeps failing, ask the sender to send the file again.";
+        ? `The file was changed or damaged after it was sent, so it is not shown. ${resend}`
+        : `Try again. If it keeps failing: ${resend}`;
     return { message: error.message, advice, code: error.code };
   }
   const view = describeError(error, operation);
@@ -315,7 +316,15 @@ export function describeAttachmentError(error: unknown, operation: Operation = "
     case "ATTACHMENT_TOO_LARGE":
       return { ...view, advice: "The file is larger than the server accepts. Send a smaller file (compress or split it)." };
     case "ATTACHMENT_QUOTA_EXCEEDED":
-      return { ...view, advice: "Your attachment storage is full. Recall earlier messages with files to free space, or ask an administrator." };
+      return {
+        ...view,
+        advice:
+          kept === "message"
+            ? "Your attachment storage is full. Recall earlier messages with files to free space, or ask an administrator."
+            : "Your attachment storage is full (record files are kept for good). Ask an administrator for more.",
+      };
+    case "POLICY_NOT_SATISFIED":
+      return { ...view, advice: "The record's policy does not admit your attributes. Ask the patient's care team, or use emergency access in an emergency." };
     default:
       return view;
   }

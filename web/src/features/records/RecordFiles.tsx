@@ -31,7 +31,7 @@ function useTransfer(): {
     setFailure(null);
     setBusy(true);
     work((done, total) => setMoved({ done, total }))
-      .catch((error: unknown) => setFailure(describeAttachmentError(error)))
+      .catch((error: unknown) => setFailure(describeAttachmentError(error, "session", "record")))
       .finally(() => {
         setBusy(false);
         setMoved(null);
