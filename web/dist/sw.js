@@ -4,8 +4,8 @@
 // are POSTs, which it does not touch, and any GET that is not a shell file goes to the network
 // as if there were no service worker.
 
-const CACHE_NAME = "caremesh-shell-4c09fb18c37f9157";
-const SHELL = ["/","/assets/index-B7ePPfSO.css","/assets/index-DQ0aGsok.js","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
+const CACHE_NAME = "caremesh-shell-59eedea30f9fd7f7";
+const SHELL = ["/","/assets/index-B7ePPfSO.css","/assets/index-BwrorwcN.js","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
 const SHELL_SET = new Set(SHELL);
 
 self.addEventListener("install", (event) => {

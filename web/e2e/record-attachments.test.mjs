@@ -154,6 +154,7 @@ describe("files kept with records", () => {
       await refusal.waitFor({ timeout: 30_000 });
       assert.match((await refusal.textContent()) ?? "", /do not satisfy the record's policy/);
       assert.equal(await refusal.getAttribute("data-code"), "PermissionDenied");
+      assert.match((await refusal.textContent()) ?? "", /Ask the patient's care team, or use emergency access/);
       assert.equal(await outsider.page.getByTestId("record-file").count(), 0, "nothing of the file is shown");
       await checkScreen(outsider.page, "records-file-refused", outsider.violations);
       await outsider.page.setViewportSize(PHONE);

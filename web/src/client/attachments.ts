@@ -324,8 +324,15 @@ export function describeAttachmentError(error: unknown, operation: Operation = "
             : "Your attachment storage is full (record files are kept for good). Ask an administrator for more.",
       };
     case "POLICY_NOT_SATISFIED":
-      return { ...view, advice: "The record's policy does not admit your attributes. Ask the patient's care team, or use emergency access in an emergency." };
+      return describeRecordError(error);
     default:
       return view;
   }
+}
+
+/** A record read records-svc refused (GetRecord, DownloadRecordAttachment), with what to do. */
+export function describeRecordError(error: unknown): ErrorView {
+  const view = describeError(error, "session");
+  if (errorReason(error) !== "POLICY_NOT_SATISFIED") return view;
+  return { ...view, advice: "The record's policy does not admit your attributes. Ask the patient's care team, or use emergency access in an emergency." };
 }

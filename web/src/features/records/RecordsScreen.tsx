@@ -10,7 +10,7 @@
 import type { JSX } from "preact";
 import { useEffect, useState } from "preact/hooks";
 
-import { DOCUMENT_REFERENCE, type AccessEntry, type EmergencyGrant, type OpenedRecord, type PatientRef, type RecordSummary, type VersionEntry } from "../../client";
+import { DOCUMENT_REFERENCE, describeRecordError, type AccessEntry, type ErrorView, type EmergencyGrant, type OpenedRecord, type PatientRef, type RecordSummary, type VersionEntry } from "../../client";
 import { Button, ErrorPanel, Field, ScreenTitle, useOperation } from "../../app/components";
 import { useClient } from "../../app/context";
 import { href } from "../../app/router";
@@ -368,26 +368,30 @@ function PatientRecord(props: { record: RecordSummary; canWrite: boolean; onChan
 /** Doctors and nurses: open one record by its id (records-svc says why when its policy does not admit them). */
 function RecordById(): JSX.Element {
   const client = useClient();
-  const op = useOperation("session");
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<ErrorView | null>(null);
   const [recordId, setRecordId] = useState("");
   const [opened, setOpened] = useState<OpenedRecord | null>(null);
   const submit = (event: Event) => {
     event.preventDefault();
     setOpened(null);
-    void op.run(async () => {
-      setOpened(await client.records.open(recordId.trim()));
-    });
+    setError(null);
+    setBusy(true);
+    client.records
+      .open(recordId.trim())
+      .then(setOpened, (failure: unknown) => setError(describeRecordError(failure)))
+      .finally(() => setBusy(false));
   };
   return (
     <section aria-labelledby="record-by-id">
       <h2 id="record-by-id">Open a record by its id</h2>
       <form onSubmit={submit}>
         <Field id="record-id" label="Record id (e.g. from a referral)" value={recordId} onInput={setRecordId} required autoComplete="off" />
-        <Button type="submit" variant="secondary" busy={op.busy} busyLabel="Decrypting…">
+        <Button type="submit" variant="secondary" busy={busy} busyLabel="Decrypting…">
           Open record
         </Button>
       </form>
-      <ErrorPanel error={op.error} />
+      <ErrorPanel error={error} />
       {opened ? (
         <div class="record-item" data-testid="record-by-id">
           <h3>{opened.file ? `File: ${opened.file.fileName}` : opened.kind}</h3>
