@@ -7,54 +7,21 @@
 // save; a file over the server's limit shows ATTACHMENT_TOO_LARGE with what to do. Every screen:
 // axe, phone width, CSP, screenshots.
 
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { crc32, deflateSync } from "node:zlib";
 import assert from "node:assert/strict";
 
 import { carectl, carectlUser } from "./carectl.mjs";
+import { pdf, png } from "./files.mjs";
 import { DESKTOP, PHONE, checkScreen, enrolMfa, heading, open, register, signInWithPassword, unique } from "./support.mjs";
 
 const WORK = mkdtempSync(join(tmpdir(), "caremesh-e2e-attach-"));
 after(() => rmSync(WORK, { recursive: true, force: true }));
 
 const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
-
-/** A PNG of `width` × `height` RGB pixels from `pixel(x, y)` (stored, not compressed, when `store`). */
-function png(width, height, pixel, store = false) {
-  const raw = Buffer.alloc((width * 3 + 1) * height);
-  for (let y = 0; y < height; y++) {
-    const row = y * (width * 3 + 1);
-    for (let x = 0; x < width; x++) raw.set(pixel(x, y), row + 1 + x * 3);
-  }
-  const chunk = (type, data) => {
-    const out = Buffer.alloc(12 + data.length);
-    out.writeUInt32BE(data.length, 0);
-    out.write(type, 4, "latin1");
-    data.copy(out, 8);
-    out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length);
-    return out;
-  };
-  const header = Buffer.alloc(13);
-  header.writeUInt32BE(width, 0);
-  header.writeUInt32BE(height, 4);
-  header.set([8, 2, 0, 0, 0], 8); // 8-bit RGB
-  return Buffer.concat([
-    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk("IHDR", header),
-    chunk("IDAT", deflateSync(raw, { level: store ? 0 : 6 })),
-    chunk("IEND", Buffer.alloc(0)),
-  ]);
-}
-
-/** A small valid PDF (one page of text) padded to about `size` bytes. */
-function pdf(text, size) {
-  const body = `%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 300 144]/Contents 4 0 R>>endobj\n4 0 obj<</Length ${text.length + 24}>>stream\nBT /F1 12 Tf 20 72 Td (${text}) Tj ET\nendstream endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n`;
-  return Buffer.concat([Buffer.from(body, "latin1"), Buffer.from(`%${randomBytes(size).toString("base64")}\n`, "latin1")]);
-}
 
 function write(name, bytes) {
   const path = join(WORK, name);

@@ -63,4 +63,12 @@ describe("describeAttachmentError", () => {
       expect(view.advice).toMatch(/not shown.*send it again/);
     }
   });
+
+  it("gives records' advice for a record's file", () => {
+    const refused = describeAttachmentError(failure(Code.PermissionDenied, "your attributes do not satisfy the record's policy", "POLICY_NOT_SATISFIED"), "session", "record");
+    expect(refused.message).toBe("your attributes do not satisfy the record's policy");
+    expect(refused.advice).toMatch(/emergency access/);
+    expect(describeAttachmentError(new CryptoError("AttachmentDamaged", "altered"), "session", "record").advice).toMatch(/attach it again/);
+    expect(describeAttachmentError(failure(Code.ResourceExhausted, "full", "ATTACHMENT_QUOTA_EXCEEDED"), "session", "record").advice).not.toMatch(/Recall/);
+  });
 });

@@ -1,5 +1,6 @@
-// Files sent with messages (docs/protocol.md §13), from the browser, as the Rust SDK's
-// crates/sdk/src/attachments.rs: the file is sealed chunk by chunk under a fresh key (read from
+// Files sent with messages and kept with records (docs/protocol.md §13), from the browser, as the
+// Rust SDK's crates/sdk/src/attachments.rs: the transfer goes through a `BlobService` (messaging-svc
+// here, records-svc in ./records.ts), as the SDK's trait of that name. The file is sealed chunk by chunk under a fresh key (read from
 // the File in 64 KiB slices) and uploaded in pieces of at most 1 MiB with the unary
 // AppendAttachment (gRPC-Web cannot stream requests), each at the server's stored length; a cut
 // upload resumes from GetAttachment.stored_length. Downloading reads the DownloadAttachment
@@ -110,21 +111,65 @@ function label(text: string): string {
 /** A file chosen to send, with the ids and key it is sealed under (kept so that a cut upload resumes). */
 export interface PreparedUpload {
   readonly file: Blob;
-  readonly messageId: string;
+  /** The message or record id that will name the attachment, chosen before it is written. */
+  readonly parentId: string;
   readonly attachmentId: string;
   readonly key: Uint8Array;
   readonly mediaType: string;
   readonly fileName: string;
 }
 
-export function prepareUpload(file: File): PreparedUpload {
+/** A file to send with a message: the parent is the message id. */
+export function prepareUpload(file: File): PreparedUpload & { readonly messageId: string } {
+  const upload = prepareBlobUpload(file);
+  return { ...upload, messageId: upload.parentId };
+}
+
+/** A file to upload for a new parent (message or record) id. */
+export function prepareBlobUpload(file: File): PreparedUpload {
   return {
     file,
-    messageId: newId(randomBytes),
+    parentId: newId(randomBytes),
     attachmentId: newId(randomBytes),
     key: randomBytes(32),
     mediaType: label(file.type),
     fileName: label(file.name),
+  };
+}
+
+/** What a service says of a blob: how much of it is stored, and whether it is complete. */
+export interface BlobState {
+  readonly storedLength: number;
+  readonly complete: boolean;
+}
+
+/**
+ * The service that keeps attachment blobs (messaging-svc for messages, records-svc for records),
+ * as the SDK's `BlobService`: the four calls an upload and a download need.
+ */
+export interface BlobService {
+  create(attachmentId: string, parentId: string, blobLength: number): Promise<BlobState>;
+  state(attachmentId: string): Promise<BlobState>;
+  /** One piece at `offset` (the unary Append call: gRPC-Web cannot stream requests). */
+  append(attachmentId: string, offset: number, data: Uint8Array): Promise<BlobState>;
+  download(attachmentId: string, signal?: AbortSignal): AsyncIterable<{ readonly offset: bigint; readonly data: Uint8Array }>;
+}
+
+/** A blob state from an answer's attachment (messaging's Attachment or records' RecordAttachment). */
+export function blobState(attachment: { storedLength: bigint; complete: boolean } | undefined): BlobState {
+  if (!attachment) throw new Error("the server answered without the attachment");
+  return { storedLength: Number(attachment.storedLength), complete: attachment.complete };
+}
+
+/** messaging-svc as a BlobService. */
+export function messageBlobs(api: Client<typeof MessagingService>): BlobService {
+  return {
+    create: async (attachmentId, messageId, blobLength) =>
+      blobState((await api.createAttachment({ attachmentId, messageId, blobLength: BigInt(blobLength) })).attachment),
+    state: async (attachmentId) => blobState((await api.getAttachment({ attachmentId })).attachment),
+    append: async (attachmentId, offset, data) =>
+      blobState((await api.appendAttachment({ attachmentId, offset: BigInt(offset), data })).attachment),
+    download: (attachmentId, signal) => api.downloadAttachment({ attachmentId, offset: 0n }, { signal }),
   };
 }
 
@@ -141,22 +186,22 @@ function resumable(error: unknown): boolean {
   );
 }
 
+/** Uploads a message's file through messaging-svc (see `uploadBlob`). */
+export function uploadAttachment(api: Client<typeof MessagingService>, upload: PreparedUpload, onProgress?: Progress): Promise<AttachmentRef> {
+  return uploadBlob(messageBlobs(api), upload, onProgress);
+}
+
 /**
- * Creates the attachment for `upload.messageId` and uploads its blob from wherever the server's
- * copy ends (resuming after transient failures); returns what the message must carry.
+ * Creates the attachment for `upload.parentId` and uploads its blob from wherever the server's
+ * copy ends (resuming after transient failures); returns what the message or record must carry.
  */
-export async function uploadAttachment(
-  api: Client<typeof MessagingService>,
-  upload: PreparedUpload,
-  onProgress?: Progress,
-): Promise<AttachmentRef> {
+export async function uploadBlob(blobs: BlobService, upload: PreparedUpload, onProgress?: Progress): Promise<AttachmentRef> {
   const id = attachmentIdBytes(upload.attachmentId);
   const total = attachmentBlobLen(upload.file.size);
-  const created = await api.createAttachment({ attachmentId: upload.attachmentId, messageId: upload.messageId, blobLength: BigInt(total) });
-  let stored = Number(created.attachment?.storedLength ?? 0n);
+  let stored = (await blobs.create(upload.attachmentId, upload.parentId, total)).storedLength;
   for (let attempt = 1; ; attempt++) {
     try {
-      const sealed = await uploadFrom(api, upload, id, stored, total, onProgress);
+      const sealed = await uploadFrom(blobs, upload, id, stored, total, onProgress);
       if (sealed.fileLen !== upload.file.size) throw new CryptoError("Encoding", "the file changed while it was sent: send it again");
       return {
         attachmentId: upload.attachmentId,
@@ -168,15 +213,14 @@ export async function uploadAttachment(
       };
     } catch (error) {
       if (attempt >= UPLOAD_ATTEMPTS || !resumable(error)) throw error;
-      const answer = await api.getAttachment({ attachmentId: upload.attachmentId });
-      stored = Number(answer.attachment?.storedLength ?? 0n);
+      stored = (await blobs.state(upload.attachmentId)).storedLength;
     }
   }
 }
 
 /** Seals the whole file again (the digest covers all of it) and sends the bytes from `stored` on. */
 async function uploadFrom(
-  api: Client<typeof MessagingService>,
+  blobs: BlobService,
   upload: PreparedUpload,
   id: Uint8Array,
   stored: number,
@@ -197,9 +241,9 @@ async function uploadFrom(
     }
     piece = [];
     pieceLen = 0;
-    const answer = await api.appendAttachment({ attachmentId: upload.attachmentId, offset: BigInt(pieceStart), data });
+    const answer = await blobs.append(upload.attachmentId, pieceStart, data);
     pieceStart += data.length;
-    complete = answer.attachment?.complete ?? false;
+    complete = answer.complete;
     onProgress?.(pieceStart, total);
   };
   onProgress?.(stored, total);
@@ -222,23 +266,28 @@ async function uploadFrom(
   return sealed;
 }
 
-/**
- * Downloads and opens an attachment: a Blob of the file (typed with its media type) once every
- * chunk and the digest check out; a reordered, truncated, mixed or altered blob is refused
- * (`AttachmentDamaged`, `AttachmentDigestMismatch`) and nothing of it is handed out.
- */
-export async function downloadAttachment(
+/** Downloads a message's file from messaging-svc (see `downloadBlob`). */
+export function downloadAttachment(
   api: Client<typeof MessagingService>,
   ref: AttachmentRef,
   onProgress?: Progress,
   signal?: AbortSignal,
 ): Promise<Blob> {
+  return downloadBlob(messageBlobs(api), ref, onProgress, signal);
+}
+
+/**
+ * Downloads and opens an attachment: a Blob of the file (typed with its media type) once every
+ * chunk and the digest check out; a reordered, truncated, mixed or altered blob is refused
+ * (`AttachmentDamaged`, `AttachmentDigestMismatch`) and nothing of it is handed out.
+ */
+export async function downloadBlob(blobs: BlobService, ref: AttachmentRef, onProgress?: Progress, signal?: AbortSignal): Promise<Blob> {
   const opener = await AttachmentOpener.create(ref.key, attachmentIdBytes(ref.attachmentId), ref.digest);
   const total = attachmentBlobLen(Number(ref.fileLen));
   const parts: Uint8Array<ArrayBuffer>[] = [];
   let received = 0;
   onProgress?.(0, total);
-  for await (const piece of api.downloadAttachment({ attachmentId: ref.attachmentId, offset: 0n }, { signal })) {
+  for await (const piece of blobs.download(ref.attachmentId, signal)) {
     if (Number(piece.offset) !== received) throw new CryptoError("AttachmentDamaged", "the server sent the file's data out of order");
     received += piece.data.length;
     if (received > total) throw new CryptoError("AttachmentDamaged", "the server sent more data than the file has");
@@ -253,12 +302,13 @@ export async function downloadAttachment(
  * An attachment failure as the UI shows it: the server's message, or the cryptography's, and
  * what to do (too large, over the quota, damaged or altered data).
  */
-export function describeAttachmentError(error: unknown, operation: Operation = "session"): ErrorView {
+export function describeAttachmentError(error: unknown, operation: Operation = "session", kept: "message" | "record" = "message"): ErrorView {
+  const resend = kept === "message" ? "Ask the sender to send it again." : "Ask the writer to attach it again.";
   if (error instanceof CryptoError) {
     const advice =
       error.code === "AttachmentDamaged" || error.code === "AttachmentDigestMismatch"
-        ? "The file was changed or damaged after it was sent, so it is not shown. Ask the sender to send it again."
-        : "Try again. If it keeps failing, ask the sender to send the file again.";
+        ? `The file was changed or damaged after it was sent, so it is not shown. ${resend}`
+        : `Try again. If it keeps failing: ${resend}`;
     return { message: error.message, advice, code: error.code };
   }
   const view = describeError(error, operation);
@@ -266,8 +316,23 @@ export function describeAttachmentError(error: unknown, operation: Operation = "
     case "ATTACHMENT_TOO_LARGE":
       return { ...view, advice: "The file is larger than the server accepts. Send a smaller file (compress or split it)." };
     case "ATTACHMENT_QUOTA_EXCEEDED":
-      return { ...view, advice: "Your attachment storage is full. Recall earlier messages with files to free space, or ask an administrator." };
+      return {
+        ...view,
+        advice:
+          kept === "message"
+            ? "Your attachment storage is full. Recall earlier messages with files to free space, or ask an administrator."
+            : "Your attachment storage is full (record files are kept for good). Ask an administrator for more.",
+      };
+    case "POLICY_NOT_SATISFIED":
+      return describeRecordError(error);
     default:
       return view;
   }
+}
+
+/** A record read records-svc refused (GetRecord, DownloadRecordAttachment), with what to do. */
+export function describeRecordError(error: unknown): ErrorView {
+  const view = describeError(error, "session");
+  if (errorReason(error) !== "POLICY_NOT_SATISFIED") return view;
+  return { ...view, advice: "The record's policy does not admit your attributes. Ask the patient's care team, or use emergency access in an emergency." };
 }

@@ -20,10 +20,10 @@ import { openMessenger, wipeDeviceState } from "./messaging";
 export { describeError };
 export { openMessenger, startLink, checkPolicy, MessagingError, type GroupConversationView, type PendingLinkView, type Messenger, type MessengerStart, type MessageView, type ConversationView, type ContactView, type UserView, type DeviceView } from "./messaging";
 export type { Aal, ErrorView, Operation, RoleName, SessionInfo };
-export { describeAttachmentError, type AttachmentView, type Progress } from "./attachments";
+export { describeAttachmentError, describeRecordError, type AttachmentView, type Progress } from "./attachments";
+export { DOCUMENT_REFERENCE, RECORD_KINDS, RecordsClient, fhirProblem, type AccessEntry, type EmergencyGrant, type OpenedFile, type OpenedRecord, type RecordFile, type PatientRef, type RecordSummary, type VersionEntry } from "./records";
 export { AdminClient, parseAttributes, type AccountStatus, type AdminUserView, type UserFilter } from "./admin";
 export { AUDIT_ACTIONS, AUDIT_OUTCOMES, AuditClient, LogIntegrityError, type AlertView, type AuditActionName, type AuditEventView, type AuditOutcomeName, type EventFilter, type InclusionResult, type VerifiedCheckpoint } from "./audit";
-export { RECORD_KINDS, RecordsClient, fhirProblem, type AccessEntry, type EmergencyGrant, type OpenedRecord, type PatientRef, type RecordSummary, type VersionEntry } from "./records";
 
 export interface Registered {
   readonly username: string;

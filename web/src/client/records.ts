@@ -4,6 +4,10 @@
 // abe-authority-svc sealed to this account's identity key), write and edit (FHIR JSON checked,
 // patient and emergency clauses added, sealed under the policy, signed, hash-chained), version
 // history with its verification status, and entered-in-error. records-svc sees ciphertext only.
+// Files kept with a record (docs/protocol.md §13.4, as crates/sdk/src/record_attachments.rs): the
+// file sealed and uploaded for a fresh record id through ./attachments.ts's transfer (records-svc
+// as its BlobService), then a DocumentReference record naming it (key and digest inside the
+// sealed content), about the same patient and under the same policy as the target record.
 //
 // Attribute keys and public parameters stay in memory (this object); nothing is stored.
 
@@ -32,6 +36,8 @@ import {
 } from "../crypto/fameEnvelope";
 import { IdentityKeyPair, verifyIdentity, type IdentityPublicKey } from "../crypto/identity";
 import { randomBytes, x25519Public } from "../crypto/primitives";
+import type { AttachmentRef } from "../crypto/content";
+import { blobState, downloadBlob, prepareBlobUpload, safeFileName, uploadBlob, type BlobService, type Progress } from "./attachments";
 import type { SessionStore } from "./session";
 import { createTransport } from "./transport";
 
@@ -51,8 +57,139 @@ export interface RecordSummary {
 }
 
 export interface OpenedRecord extends RecordSummary {
-  /** The decrypted FHIR JSON. */
+  /** The decrypted FHIR JSON (a DocumentReference's file key and digest left out). */
   readonly content: string;
+  /** The file a DocumentReference holds (`attachFile`), else null. */
+  readonly file: RecordFile | null;
+}
+
+/** A record's file as the UI shows it (no key, no digest). */
+export interface RecordFile {
+  /** The writer's name for the file, made safe to save under. */
+  readonly fileName: string;
+  readonly mediaType: string;
+  /** The file's length in bytes. */
+  readonly fileLen: number;
+  /** The record it is attached to, as `<kind>/<record id>`. */
+  readonly related: string;
+}
+
+/** A record's file, downloaded and checked (every chunk and the digest). */
+export interface OpenedFile {
+  readonly blob: Blob;
+  readonly fileName: string;
+  readonly mediaType: string;
+}
+
+/** The FHIR resource type of records that hold a file. */
+export const DOCUMENT_REFERENCE = "DocumentReference";
+const KEY_EXTENSION = "https://caremesh.dev/fhir/StructureDefinition/attachment-key";
+const DIGEST_EXTENSION = "https://caremesh.dev/fhir/StructureDefinition/attachment-blob-sha256";
+const URL_PREFIX = "urn:uuid:";
+
+function toBase64(bytes: Uint8Array): string {
+  let text = "";
+  for (const byte of bytes) text += String.fromCharCode(byte);
+  return btoa(text);
+}
+
+function fromBase64(text: string): Uint8Array {
+  return Uint8Array.from(atob(text), (char) => char.charCodeAt(0));
+}
+
+/** The DocumentReference (FHIR R4) for `attachment`, as the SDK's `document_reference`. */
+export function documentReference(patientId: string, related: { kind: string; recordId: string }, attachment: AttachmentRef, now: string): object {
+  return {
+    resourceType: DOCUMENT_REFERENCE,
+    status: "current",
+    subject: { reference: `Patient/${patientId}` },
+    date: now,
+    description: attachment.fileName,
+    content: [
+      {
+        attachment: {
+          url: `${URL_PREFIX}${attachment.attachmentId}`,
+          size: Number(attachment.fileLen),
+          title: attachment.fileName,
+          ...(attachment.mediaType === "" ? {} : { contentType: attachment.mediaType }),
+          creation: now,
+          extension: [
+            { url: KEY_EXTENSION, valueBase64Binary: toBase64(attachment.key) },
+            { url: DIGEST_EXTENSION, valueBase64Binary: toBase64(attachment.digest) },
+          ],
+        },
+      },
+    ],
+    context: { related: [{ reference: `${related.kind}/${related.recordId}` }] },
+  };
+}
+
+type Json = { [key: string]: unknown };
+const asObject = (value: unknown): Json | null => (typeof value === "object" && value !== null && !Array.isArray(value) ? (value as Json) : null);
+const asText = (value: unknown): string => (typeof value === "string" ? value : "");
+
+/** The attachment a DocumentReference's content names, with its key and digest (the SDK's `attachment_of_document`). */
+export function attachmentOfDocument(content: string): { ref: AttachmentRef; related: string } {
+  const notOurs = (what: string) =>
+    new Error(`the DocumentReference holds no caremesh attachment (${what}): it was not written by "Attach a file" or carectl records attach`);
+  let document: Json | null;
+  try {
+    document = asObject(JSON.parse(content));
+  } catch {
+    throw notOurs("not JSON");
+  }
+  const contents = document?.["content"];
+  const file = asObject(Array.isArray(contents) ? asObject(contents[0])?.["attachment"] : undefined);
+  if (!file) throw notOurs("no content[0].attachment");
+  const url = asText(file["url"]);
+  if (!url.startsWith(URL_PREFIX)) throw notOurs("its url is not urn:uuid:");
+  const extensions = Array.isArray(file["extension"]) ? file["extension"].map(asObject) : [];
+  const extension = (name: string): Uint8Array => {
+    const value = extensions.find((e) => e?.["url"] === name)?.["valueBase64Binary"];
+    if (typeof value !== "string") throw notOurs("no key or digest extension");
+    let bytes: Uint8Array;
+    try {
+      bytes = fromBase64(value);
+    } catch {
+      throw notOurs("the key or digest is not base64");
+    }
+    if (bytes.length !== 32) throw notOurs("the key or digest is not 32 bytes");
+    return bytes;
+  };
+  const size = file["size"];
+  if (typeof size !== "number" || !Number.isSafeInteger(size) || size < 0) throw notOurs("no size");
+  const relatedList = asObject(document?.["context"])?.["related"];
+  const related = asObject(Array.isArray(relatedList) ? relatedList[0] : undefined);
+  return {
+    ref: {
+      attachmentId: url.slice(URL_PREFIX.length),
+      key: extension(KEY_EXTENSION),
+      digest: extension(DIGEST_EXTENSION),
+      fileLen: BigInt(size),
+      mediaType: asText(file["contentType"]),
+      fileName: asText(file["title"]),
+    },
+    related: asText(related?.["reference"]),
+  };
+}
+
+/** A DocumentReference's content without the file's key and digest (what the UI may show). */
+function withoutFileSecrets(content: string): string {
+  const document = JSON.parse(content) as { content?: { attachment?: { extension?: unknown } }[] };
+  for (const item of document.content ?? []) if (item.attachment) delete item.attachment.extension;
+  return JSON.stringify(document);
+}
+
+/** records-svc as a BlobService (as the SDK's `RecordBlobs`). */
+function recordBlobs(api: Client<typeof RecordsService>): BlobService {
+  return {
+    create: async (attachmentId, recordId, blobLength) =>
+      blobState((await api.createRecordAttachment({ attachmentId, recordId, blobLength: BigInt(blobLength) })).attachment),
+    state: async (attachmentId) => blobState((await api.getRecordAttachment({ attachmentId })).attachment),
+    append: async (attachmentId, offset, data) =>
+      blobState((await api.appendRecordAttachment({ attachmentId, offset: BigInt(offset), data })).attachment),
+    download: (attachmentId, signal) => api.downloadRecordAttachment({ attachmentId, offset: 0n }, { signal }),
+  };
 }
 
 export interface VersionEntry extends RecordSummary {
@@ -84,6 +221,16 @@ export interface EmergencyGrant {
   readonly patientId: string;
   readonly reason: string;
   readonly expires: Date | null;
+}
+
+/** What a record version is sealed and signed over, besides its content. */
+interface RecordTemplate {
+  readonly recordId: string;
+  readonly patientId: string;
+  readonly kind: string;
+  readonly version: bigint;
+  readonly policy: string;
+  readonly previousVersionHash: Uint8Array;
 }
 
 /** Where this browser's account identity comes from (the device state, once it exists). */
@@ -167,6 +314,8 @@ export class RecordsClient {
   /** An identity this object created and published (when no device state provides one). */
   private ownIdentity: IdentityKeyPair | null = null;
   private identitySource: IdentitySource | null = null;
+  /** The files of DocumentReference records opened here, by record id (their keys: memory only). */
+  private files = new Map<string, AttachmentRef>();
 
   constructor(
     baseUrl: string,
@@ -245,6 +394,8 @@ export class RecordsClient {
     for (const stored of this.keys) stored.key.wipe();
     this.keys = [];
     this.identities.clear();
+    for (const ref of this.files.values()) ref.key.fill(0);
+    this.files.clear();
     this.ownIdentity?.wipe();
     this.ownIdentity = null;
   }
@@ -413,12 +564,73 @@ export class RecordsClient {
     return out;
   }
 
-  /** One version (0 = the latest), verified and decrypted here. */
+  /**
+   * One version (0 = the latest), verified and decrypted here. A DocumentReference's file key
+   * and digest stay in this object (for `openAttachment`), out of the content handed out.
+   */
   async open(recordId: string, version = 0): Promise<OpenedRecord> {
     const response = await this.records.getRecord({ recordId, version: BigInt(version), view: RecordView.FULL });
     const record = response.record;
     if (!record) throw new Error("records-svc answered without the record");
-    return { ...summary(record), content: await this.decrypt(record) };
+    const content = await this.decrypt(record);
+    if (record.kind !== DOCUMENT_REFERENCE) return { ...summary(record), content, file: null };
+    const { ref, related } = attachmentOfDocument(content);
+    this.files.set(recordId, ref);
+    return {
+      ...summary(record),
+      content: withoutFileSecrets(content),
+      file: {
+        fileName: safeFileName(ref.fileName, `attachment-${ref.attachmentId}`),
+        mediaType: ref.mediaType,
+        fileLen: Number(ref.fileLen),
+        related,
+      },
+    };
+  }
+
+  /**
+   * Attaches `file` to the record `recordId` (doctors and nurses who can read it): seals and
+   * uploads it for a fresh record id (resuming a cut upload), then writes the DocumentReference
+   * record naming it, about the same patient and under the target's very policy. Returns it.
+   */
+  async attachFile(recordId: string, file: File, onProgress?: Progress): Promise<RecordSummary> {
+    const target = (await this.records.getRecord({ recordId, version: 0n, view: RecordView.BASIC })).record;
+    if (!target) throw new Error("records-svc answered without the record");
+    const upload = prepareBlobUpload(file);
+    const attachment = await uploadBlob(recordBlobs(this.records), upload, onProgress);
+    const now = new Date().toISOString().replace(/\.\d{3}Z$/, "Z");
+    const document = documentReference(target.patientId, { kind: target.kind, recordId: target.recordId }, attachment, now);
+    return this.write(
+      {
+        recordId: upload.parentId,
+        patientId: target.patientId,
+        kind: DOCUMENT_REFERENCE,
+        version: 1n,
+        // Already the complete policy (with the patient and emergency clauses).
+        policy: target.policy,
+        previousVersionHash: new Uint8Array(0),
+      },
+      JSON.stringify(document),
+    );
+  }
+
+  /**
+   * The file of a DocumentReference record (opened with `open`), downloaded from records-svc and
+   * checked chunk by chunk and by its digest. records-svc refuses a reader its policy does not
+   * admit (POLICY_NOT_SATISFIED), with its message.
+   */
+  async openAttachment(document: OpenedRecord, onProgress?: Progress, signal?: AbortSignal): Promise<OpenedFile> {
+    if (document.kind !== DOCUMENT_REFERENCE || document.file === null) {
+      throw new Error(`this record is a ${document.kind}, not a file: open its DocumentReference`);
+    }
+    let ref = this.files.get(document.recordId);
+    if (ref === undefined) {
+      await this.open(document.recordId);
+      ref = this.files.get(document.recordId);
+    }
+    if (ref === undefined) throw new Error("the record holds no file");
+    const blob = await downloadBlob(recordBlobs(this.records), ref, onProgress, signal);
+    return { blob, fileName: document.file.fileName, mediaType: ref.mediaType };
   }
 
   /** Every version, newest first, each with its verification: signature, hash and the chain to the previous one. */
@@ -448,14 +660,7 @@ export class RecordsClient {
     return out;
   }
 
-  private async seal(template: {
-    recordId: string;
-    patientId: string;
-    kind: string;
-    version: bigint;
-    policy: string;
-    previousVersionHash: Uint8Array;
-  }, content: string) {
+  private async seal(template: RecordTemplate, content: string) {
     const problem = fhirProblem(template.kind, content);
     if (problem !== null) throw new Error(problem);
     const { version: paramsVersion, params } = await this.publicParams();
@@ -471,16 +676,23 @@ export class RecordsClient {
   }
 
   /** Writes a new record (version 1). `policy`: who else may read it; the patient and emergency access are always added. */
-  async create(input: { patientId: string; kind: string; policy: string; content: string }): Promise<RecordSummary> {
-    const template = {
-      recordId: newId(randomBytes),
-      patientId: input.patientId,
-      kind: input.kind,
-      version: 1n,
-      policy: recordPolicy(input.policy, input.patientId),
-      previousVersionHash: new Uint8Array(0),
-    };
-    const sealed = await this.seal(template, input.content);
+  create(input: { patientId: string; kind: string; policy: string; content: string }): Promise<RecordSummary> {
+    return this.write(
+      {
+        recordId: newId(randomBytes),
+        patientId: input.patientId,
+        kind: input.kind,
+        version: 1n,
+        policy: recordPolicy(input.policy, input.patientId),
+        previousVersionHash: new Uint8Array(0),
+      },
+      input.content,
+    );
+  }
+
+  /** Seals, signs and creates version 1 of `template`. */
+  private async write(template: RecordTemplate, content: string): Promise<RecordSummary> {
+    const sealed = await this.seal(template, content);
     const response = await this.records.createRecord({
       recordId: template.recordId,
       patientId: template.patientId,

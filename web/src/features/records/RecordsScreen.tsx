@@ -2,16 +2,20 @@
 // doctor or nurse finds a patient, lists their records, opens one (if their attributes satisfy its
 // policy), sees its version history with the verification of each version, marks one
 // entered-in-error, and writes a new record or version with a form for four FHIR kinds or as raw
-// JSON.
+// JSON. Files: a doctor or nurse attaches one to an opened record (a new DocumentReference record
+// under the same policy); DocumentReference records show their file (RecordFiles.tsx). A doctor or
+// nurse can also open a record by its id (from a referral), and sees records-svc's refusal when
+// the record's policy does not admit them.
 
 import type { JSX } from "preact";
 import { useEffect, useState } from "preact/hooks";
 
-import type { AccessEntry, EmergencyGrant, OpenedRecord, PatientRef, RecordSummary, VersionEntry } from "../../client";
+import { DOCUMENT_REFERENCE, describeRecordError, type AccessEntry, type ErrorView, type EmergencyGrant, type OpenedRecord, type PatientRef, type RecordSummary, type VersionEntry } from "../../client";
 import { Button, ErrorPanel, Field, ScreenTitle, useOperation } from "../../app/components";
 import { useClient } from "../../app/context";
 import { href } from "../../app/router";
 import { RecordForm } from "./RecordForm";
+import { AttachFile, RecordFileBlock } from "./RecordFiles";
 import "./records.css";
 
 function pretty(content: string): string {
@@ -35,6 +39,17 @@ function Meta(props: { record: RecordSummary }): JSX.Element {
         </>
       ) : null}
     </p>
+  );
+}
+
+/** An opened record: its file (DocumentReference) or its FHIR content. */
+function OpenedContent(props: { record: OpenedRecord }): JSX.Element {
+  const r = props.record;
+  if (r.file !== null) return <RecordFileBlock record={r} />;
+  return (
+    <pre class="record-content" data-testid="record-content" tabIndex={0} aria-label={`${r.kind} content`}>
+      {pretty(r.content)}
+    </pre>
   );
 }
 
@@ -189,11 +204,9 @@ function MyRecords(): JSX.Element {
         <ul class="records-list" data-testid="my-records">
           {records.map((r) => (
             <li class="record-item" key={r.recordId} data-testid="record">
-              <h2>{r.kind}</h2>
+              <h2>{r.file ? `File: ${r.file.fileName}` : r.kind}</h2>
               <Meta record={r} />
-              <pre class="record-content" data-testid="record-content" tabIndex={0} aria-label={`${r.kind} content`}>
-                {pretty(r.content)}
-              </pre>
+              <OpenedContent record={r} />
             </li>
           ))}
           {failures.map((f) => (
@@ -258,7 +271,7 @@ function PatientRecord(props: { record: RecordSummary; canWrite: boolean; onChan
   const client = useClient();
   const op = useOperation("session");
   const [opened, setOpened] = useState<OpenedRecord | null>(null);
-  const [panel, setPanel] = useState<"none" | "history" | "error" | "edit">("none");
+  const [panel, setPanel] = useState<"none" | "history" | "error" | "edit" | "attach">("none");
   const [reason, setReason] = useState("WRONG_PATIENT");
   const r = props.record;
   const id = r.recordId;
@@ -287,11 +300,18 @@ function PatientRecord(props: { record: RecordSummary; canWrite: boolean; onChan
         <Button type="button" variant="secondary" onClick={() => setPanel(panel === "history" ? "none" : "history")}>
           History
         </Button>
+        {props.canWrite && opened ? (
+          <Button type="button" variant="secondary" onClick={() => setPanel(panel === "attach" ? "none" : "attach")}>
+            Attach a file
+          </Button>
+        ) : null}
         {props.canWrite ? (
           <>
-            <Button type="button" variant="secondary" onClick={() => setPanel(panel === "edit" ? "none" : "edit")}>
-              New version
-            </Button>
+            {r.kind !== DOCUMENT_REFERENCE ? (
+              <Button type="button" variant="secondary" onClick={() => setPanel(panel === "edit" ? "none" : "edit")}>
+                New version
+              </Button>
+            ) : null}
             <Button type="button" variant="secondary" onClick={() => setPanel(panel === "error" ? "none" : "error")}>
               Entered in error
             </Button>
@@ -299,10 +319,15 @@ function PatientRecord(props: { record: RecordSummary; canWrite: boolean; onChan
         ) : null}
       </div>
       <ErrorPanel error={op.error} />
-      {opened ? (
-        <pre class="record-content" data-testid="record-content" tabIndex={0} aria-label={`${r.kind} content`}>
-          {pretty(opened.content)}
-        </pre>
+      {opened ? <OpenedContent record={opened} /> : null}
+      {panel === "attach" ? (
+        <AttachFile
+          record={r}
+          onAttached={() => {
+            setPanel("none");
+            props.onChanged();
+          }}
+        />
       ) : null}
       {panel === "history" ? <History recordId={id} /> : null}
       {panel === "error" ? (
@@ -337,6 +362,44 @@ function PatientRecord(props: { record: RecordSummary; canWrite: boolean; onChan
         />
       ) : null}
     </li>
+  );
+}
+
+/** Doctors and nurses: open one record by its id (records-svc says why when its policy does not admit them). */
+function RecordById(): JSX.Element {
+  const client = useClient();
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<ErrorView | null>(null);
+  const [recordId, setRecordId] = useState("");
+  const [opened, setOpened] = useState<OpenedRecord | null>(null);
+  const submit = (event: Event) => {
+    event.preventDefault();
+    setOpened(null);
+    setError(null);
+    setBusy(true);
+    client.records
+      .open(recordId.trim())
+      .then(setOpened, (failure: unknown) => setError(describeRecordError(failure)))
+      .finally(() => setBusy(false));
+  };
+  return (
+    <section aria-labelledby="record-by-id">
+      <h2 id="record-by-id">Open a record by its id</h2>
+      <form onSubmit={submit}>
+        <Field id="record-id" label="Record id (e.g. from a referral)" value={recordId} onInput={setRecordId} required autoComplete="off" />
+        <Button type="submit" variant="secondary" busy={busy} busyLabel="Decrypting…">
+          Open record
+        </Button>
+      </form>
+      <ErrorPanel error={error} />
+      {opened ? (
+        <div class="record-item" data-testid="record-by-id">
+          <h3>{opened.file ? `File: ${opened.file.fileName}` : opened.kind}</h3>
+          <Meta record={opened} />
+          <OpenedContent record={opened} />
+        </div>
+      ) : null}
+    </section>
   );
 }
 
@@ -431,7 +494,12 @@ export function RecordsScreen(): JSX.Element {
         Records are encrypted on the writer's device and decrypted only on yours; the server stores ciphertext.
       </p>
       {role === "patient" ? <MyRecords /> : null}
-      {role === "doctor" || role === "nurse" ? <PatientRecords canWrite={role === "doctor" || role === "nurse"} /> : null}
+      {role === "doctor" || role === "nurse" ? (
+        <>
+          <PatientRecords canWrite={role === "doctor" || role === "nurse"} />
+          <RecordById />
+        </>
+      ) : null}
       {role !== "patient" && role !== "doctor" && role !== "nurse" ? (
         <p>Your role does not read health records.</p>
       ) : null}
