@@ -107,7 +107,9 @@ async fn a_file_attached_to_a_record_follows_the_records_policy() {
                     .unwrap(),
             )
             .await;
-        let status = download.err().expect("the oncologist downloaded the blob");
+        let Err(status) = download else {
+            panic!("{name}: the oncologist downloaded the blob")
+        };
         assert_eq!(status.code(), Code::PermissionDenied, "{name}: {status:?}");
         assert!(status.message().contains("policy"), "{name}: {}", status.message());
 
