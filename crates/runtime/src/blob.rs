@@ -1,9 +1,9 @@
 //! The blob store: encrypted attachment blobs (`docs/protocol.md` §13), written and read in pieces
 //! of at most [`MAX_PIECE_LEN`] bytes, never whole in memory, whatever the blob's size.
 //!
-//! - **Files** on the embedded default (SQLite): one file per blob under `<db dir>/blobs/`,
-//!   appended piece by piece and synced after each piece, so that an interrupted upload resumes
-//!   from what reached the disk.
+//! - **Files** on the embedded default (SQLite): one file per blob under `<database>.blobs/`
+//!   beside the service's SQLite file (each service its own), appended piece by piece and synced
+//!   after each piece, so that an interrupted upload resumes from what reached the disk.
 //! - **Rows** in PostgreSQL: one row per piece in the service's own `blob_pieces` table
 //!   ([`create_blob_pieces_table`] in its migrations), so that blobs live, replicate and are
 //!   backed up with the rest of the service's data.
@@ -45,17 +45,18 @@ enum Backend {
 }
 
 impl BlobStore {
-    /// The store that goes with the service's database: rows in PostgreSQL; files in the `blobs`
-    /// directory beside the SQLite file at `database_url` (or `fallback_dir` for an in-memory
-    /// SQLite database).
+    /// The store that goes with the service's database: rows in PostgreSQL; files in the
+    /// directory named after the SQLite file at `database_url` (`messaging.db` keeps its blobs in
+    /// `messaging.blobs/`, so services whose databases share a directory never share blobs), or
+    /// `blobs` under `fallback_dir` for an in-memory SQLite database.
     pub fn for_database(db: &DatabaseConnection, database_url: &str, fallback_dir: &Path) -> Self {
         let backend = match db.get_database_backend() {
             DbBackend::Postgres => Backend::Rows(db.clone()),
             _ => {
                 let dir = crate::db::sqlite_path(database_url)
-                    .and_then(|path| Path::new(path).parent().map(Path::to_path_buf))
-                    .unwrap_or_else(|| fallback_dir.to_path_buf());
-                Backend::Files(dir.join("blobs"))
+                    .map(|path| Path::new(path).with_extension("blobs"))
+                    .unwrap_or_else(|| fallback_dir.join("blobs"));
+                Backend::Files(dir)
             }
         };
         Self::new(backend)

@@ -26,7 +26,7 @@ async fn store(backend: &Backend, dir: &std::path::Path) -> (BlobStore, Option<(
             .await
             .unwrap();
             let store = BlobStore::for_database(&db, &url, dir);
-            assert_eq!(store.files_dir(), Some(dir.join("blobs").as_path()));
+            assert_eq!(store.files_dir(), Some(dir.join("messaging.blobs").as_path()));
             (store, None)
         }
         Backend::Postgres(url) => {
