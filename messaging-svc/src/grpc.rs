@@ -631,15 +631,15 @@ impl MessagingService for Api {
 
     async fn append_attachment(
         &self,
-        request: Request<pb::UploadAttachmentRequest>,
-    ) -> Result<Response<pb::UploadAttachmentResponse>, Status> {
+        request: Request<pb::AppendAttachmentRequest>,
+    ) -> Result<Response<pb::AppendAttachmentResponse>, Status> {
         let (principal, _) = self.signed_in(&request).await?;
         let piece = request.into_inner();
         let view = self
             .domain
             .upload_attachment_piece(&principal, &piece.attachment_id, piece.offset, &piece.data)
             .await?;
-        Ok(Response::new(pb::UploadAttachmentResponse {
+        Ok(Response::new(pb::AppendAttachmentResponse {
             attachment: Some(attachment_message(&view)),
         }))
     }

@@ -232,15 +232,15 @@ impl RecordsService for RecordsApi {
 
     async fn append_record_attachment(
         &self,
-        request: Request<pb::UploadRecordAttachmentRequest>,
-    ) -> Result<Response<pb::UploadRecordAttachmentResponse>, Status> {
+        request: Request<pb::AppendRecordAttachmentRequest>,
+    ) -> Result<Response<pb::AppendRecordAttachmentResponse>, Status> {
         let (principal, _) = self.signed_in(&request).await?;
         let piece = request.into_inner();
         let view = self
             .domain
             .upload_attachment_piece(&principal, &piece.attachment_id, piece.offset, &piece.data)
             .await?;
-        Ok(Response::new(pb::UploadRecordAttachmentResponse {
+        Ok(Response::new(pb::AppendRecordAttachmentResponse {
             attachment: Some(attachment_message(&view)),
         }))
     }

@@ -4,8 +4,8 @@
 // are POSTs, which it does not touch, and any GET that is not a shell file goes to the network
 // as if there were no service worker.
 
-const CACHE_NAME = "caremesh-shell-b923e9c7712dfd57";
-const SHELL = ["/","/assets/index-CU3gCP9I.js","/assets/index-I138kw0L.css","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
+const CACHE_NAME = "caremesh-shell-11f5f9e9b54d9bd6";
+const SHELL = ["/","/assets/index-D9hPyBDC.js","/assets/index-I138kw0L.css","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
 const SHELL_SET = new Set(SHELL);
 
 self.addEventListener("install", (event) => {
