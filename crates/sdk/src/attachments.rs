@@ -116,7 +116,7 @@ impl PreparedUpload {
     }
 }
 
-fn truncate_utf8(text: &str, max: usize) -> String {
+pub(crate) fn truncate_utf8(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;

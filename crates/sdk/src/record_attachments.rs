@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::SdkError;
 use crate::attachments::{
-    BlobPiece, BlobService, BlobState, PreparedUpload, Progress, safe_file_name, save_blob, upload_blob,
+    BlobPiece, BlobService, BlobState, PreparedUpload, Progress, safe_file_name, save_blob, truncate_utf8, upload_blob,
     upload_requests,
 };
 use crate::auth::Session;
@@ -111,8 +111,7 @@ pub fn attachment_of_document(content: &[u8]) -> Result<AttachmentRef, SdkError>
         .get("size")
         .and_then(Value::as_u64)
         .ok_or_else(|| not_ours("no size"))?;
-    let mut file_name = text("title");
-    file_name.truncate(file_name.floor_char_boundary(MAX_ATTACHMENT_LABEL_LEN));
+    let file_name = truncate_utf8(&text("title"), MAX_ATTACHMENT_LABEL_LEN);
     Ok(AttachmentRef {
         attachment_id,
         key: Zeroizing::new(key),

@@ -123,14 +123,7 @@ async fn an_interrupted_upload_resumes_where_the_servers_copy_ends() {
 
 /// Replaces the stored blob `id` with what `change` makes of it.
 async fn rewrite_blob(store: &BlobStore, id: uuid::Uuid, change: impl FnOnce(&mut Vec<u8>)) {
-    let mut blob = Vec::new();
-    loop {
-        let piece = store.read(id, blob.len() as u64, 1 << 20).await.unwrap();
-        if piece.is_empty() {
-            break;
-        }
-        blob.extend_from_slice(&piece);
-    }
+    let mut blob = read_blob(store, id).await;
     change(&mut blob);
     store.delete(id).await.unwrap();
     for (index, piece) in blob.chunks(1 << 20).enumerate() {

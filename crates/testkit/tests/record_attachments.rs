@@ -148,14 +148,7 @@ async fn a_file_attached_to_a_record_follows_the_records_policy() {
         let db = mesh.database(Service::Records).await;
         let store = BlobStore::for_service(mesh.config(Service::Records), &db);
         let id = uuid::Uuid::parse_str(&attachment.attachment_id).unwrap();
-        let mut blob = Vec::new();
-        loop {
-            let piece = store.read(id, blob.len() as u64, 1 << 20).await.unwrap();
-            if piece.is_empty() {
-                break;
-            }
-            blob.extend_from_slice(&piece);
-        }
+        let blob = read_blob(&store, id).await;
         assert_eq!(blob.len() as u64, caremesh_crypto::attachment::blob_len(3 * MIB + 777));
         assert!(
             !blob.windows(marker.len()).any(|window| window == marker.as_bytes()),

@@ -95,3 +95,15 @@ pub fn status_of(error: caremesh_sdk::SdkError) -> (tonic::Code, String) {
         error.reason().unwrap_or_default(),
     )
 }
+
+/// The whole stored blob `id`, read piece by piece.
+pub async fn read_blob(store: &BlobStore, id: uuid::Uuid) -> Vec<u8> {
+    let mut blob = Vec::new();
+    loop {
+        let piece = store.read(id, blob.len() as u64, 1 << 20).await.unwrap();
+        if piece.is_empty() {
+            return blob;
+        }
+        blob.extend_from_slice(&piece);
+    }
+}
