@@ -37,10 +37,9 @@ import { decodeContent, encodeContent, type Content } from "../crypto/content";
 import { DeviceSecrets, KEM_LAST_RESORT, KEM_ONE_TIME } from "../crypto/device";
 import { DeviceList, DeviceListTracker } from "../crypto/deviceList";
 import { CryptoError } from "../crypto/errors";
-import { Policy, PublicParams, type UserKey } from "../crypto/fame";
+import { Policy } from "../crypto/fame";
 import {
   groupContentAad,
-  openSealedUserKey,
   openUnderPolicy,
   POLICY_ENVELOPE_VERSION,
   sealUnderPolicy,
@@ -57,6 +56,7 @@ import { SessionStore, type PeerDevice } from "../crypto/sessions";
 import type { CaremeshClient } from "./index";
 import { DEVICE_RECORD, DeviceState, type DeviceStateJson } from "./messagingDevice";
 import { deviceDatabaseName, EncryptedStore, IndexedDbBackend } from "./store";
+import { AttributeKeyring } from "./attributeKeys";
 import { createTransport } from "./transport";
 import {
   attachmentRef,
@@ -565,8 +565,7 @@ export class Messenger {
   private readonly users = new Map<string, UserView>();
   private readonly watchers = new Set<AbortController>();
   /** The ABE public parameters and this account's attribute keys (memory only), for group messages. */
-  private abeParams: { version: string; params: PublicParams } | null = null;
-  private abeKeys: { paramsVersion: string; expires: number; key: UserKey }[] = [];
+  private readonly abeKeys: AttributeKeyring;
   /** Messages that cannot open here for good (a cryptographic refusal), not tried again. */
   private readonly unopenable = new Map<string, string>();
 
@@ -577,7 +576,9 @@ export class Messenger {
     private readonly api: Apis,
     /** Lets go of the device's lock (see holdDevice). */
     private readonly release: () => void = () => undefined,
-  ) {}
+  ) {
+    this.abeKeys = new AttributeKeyring(api.abe, () => userId, async () => state.identity, (message) => new MessagingError(message));
+  }
 
   get deviceId(): string {
     return this.state.deviceId;
@@ -589,8 +590,7 @@ export class Messenger {
     this.release();
     for (const watcher of this.watchers) watcher.abort();
     this.watchers.clear();
-    for (const stored of this.abeKeys) stored.key.wipe();
-    this.abeKeys = [];
+    this.abeKeys.wipe();
   }
 
   /** Runs `task` after every earlier one: the device state changes one operation at a time. */
@@ -966,31 +966,6 @@ export class Messenger {
 
   // ---- group messages (SDK: group.rs) ----
 
-  private async publicParams(): Promise<{ version: string; params: PublicParams }> {
-    if (this.abeParams === null) {
-      const response = await this.api.abe.getPublicParameters({});
-      this.abeParams = { version: response.version, params: PublicParams.fromBytes(response.publicParameters) };
-    }
-    return this.abeParams;
-  }
-
-  /** An attribute key satisfying `policy`: one held, or a fresh one issued for this account's identity. */
-  private async groupKey(policy: Policy, paramsVersion: string): Promise<UserKey> {
-    const find = () =>
-      this.abeKeys.find((k) => k.expires > Date.now() && k.paramsVersion === paramsVersion && policy.isSatisfiedBy(k.key.attributes))?.key;
-    const held = find();
-    if (held) return held;
-    const issued = (await this.api.abe.issueUserKey({ identityKeyId: this.state.identity.keyId })).userKey;
-    if (!issued?.sealedKey) throw new MessagingError("the authority answered without a sealed key");
-    if (issued.userId !== this.userId) throw new MessagingError("the authority issued a key for another user");
-    const key = openSealedUserKey(this.state.identity, issued.userId, issued.keyId, issued.sealedKey);
-    const expires = issued.expireTime ? timestampDate(issued.expireTime).getTime() : 0;
-    this.abeKeys.push({ paramsVersion: issued.paramsVersion, expires, key });
-    const fresh = find();
-    if (!fresh) throw new MessagingError(`your attributes do not satisfy this message's policy ${policy.canonical()}`);
-    return fresh;
-  }
-
   /**
    * Sends `text` to everyone whose attributes satisfy `policy` (doctors and nurses): sealed under
    * the policy (CP-ABE and AES-256-GCM) and signed with this account's identity key.
@@ -999,7 +974,7 @@ export class Messenger {
     return this.exclusive(async () => {
       const policy = Policy.parse(policyText);
       const canonical = policy.canonical();
-      const { version, params } = await this.publicParams();
+      const { version, params } = await this.abeKeys.publicParams();
       const messageId = newId(randomBytes);
       const body = new TextEncoder().encode(text);
       const sealed = sealUnderPolicy(params, policy, groupContentAad(messageId, this.userId, canonical), body);
@@ -1025,7 +1000,7 @@ export class Messenger {
     if (identity.keyId !== envelope.senderIdentityKeyId) identity = (await this.knownDevices(message.senderUserId, true)).identity;
     verifyGroupMessage({ messageId: message.messageId, senderUserId: message.senderUserId, policy: message.policy, envelope }, identity, envelope.signature);
     const policy = Policy.parse(message.policy);
-    const key = await this.groupKey(policy, envelope.paramsVersion);
+    const key = await this.abeKeys.keyFor(policy, envelope.paramsVersion, "message");
     const plaintext = openUnderPolicy(key, envelope, groupContentAad(message.messageId, message.senderUserId, message.policy));
     const opened = { text: new TextDecoder().decode(plaintext) };
     plaintext.fill(0);

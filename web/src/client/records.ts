@@ -21,9 +21,8 @@ import { AuthService } from "../gen/caremesh/auth/v1/auth_pb";
 import { KeyDirectoryService } from "../gen/caremesh/messaging/v1/keys_pb";
 import { RecordsService, RecordView, type Record as PbRecord } from "../gen/caremesh/records/v1/records_pb";
 import { Encoder, newId, toHex, wipe } from "../crypto/bytes";
-import { Policy, PublicParams, UserKey } from "../crypto/fame";
+import { Policy } from "../crypto/fame";
 import {
-  openSealedUserKey,
   openUnderPolicy,
   POLICY_ENVELOPE_VERSION,
   recordContentAad,
@@ -39,6 +38,7 @@ import { randomBytes, x25519Public } from "../crypto/primitives";
 import type { AttachmentRef } from "../crypto/content";
 import { blobState, downloadBlob, prepareBlobUpload, safeFileName, uploadBlob, type BlobService, type Progress } from "./attachments";
 import type { SessionStore } from "./session";
+import { AttributeKeyring } from "./attributeKeys";
 import { createTransport } from "./transport";
 
 /** The FHIR kinds the record form knows. */
@@ -308,8 +308,7 @@ export class RecordsClient {
   private readonly keyDirectory: Client<typeof KeyDirectoryService>;
   private readonly auth: Client<typeof AuthService>;
   private readonly audit: Client<typeof AuditService>;
-  private params: { version: string; params: PublicParams } | null = null;
-  private keys: { keyId: string; paramsVersion: string; expires: number; key: UserKey }[] = [];
+  private readonly keyring: AttributeKeyring;
   private identities = new Map<string, IdentityPublicKey>();
   /** An identity this object created and published (when no device state provides one). */
   private ownIdentity: IdentityKeyPair | null = null;
@@ -327,6 +326,7 @@ export class RecordsClient {
     this.keyDirectory = createClient(KeyDirectoryService, transport);
     this.auth = createClient(AuthService, transport);
     this.audit = createClient(AuditService, transport);
+    this.keyring = new AttributeKeyring(this.abe, () => this.userId(), () => this.identity());
     // Keys belong to the signed-in account: forget them when it changes or signs out.
     session.subscribe((info) => {
       if (info === null || info.userId !== this.userIdSeen) this.forget();
@@ -369,13 +369,9 @@ export class RecordsClient {
       duration: { seconds: BigInt(Math.round(minutes * 60)), nanos: 0 },
       identityKeyId: identity.keyId,
     });
-    const issued = response.userKey;
     const grant = response.grant;
-    if (!issued?.sealedKey || !grant) throw new Error("the authority answered without the grant or its key");
-    if (issued.userId !== this.userId()) throw new Error("the authority issued a key for another user");
-    const key = openSealedUserKey(identity, issued.userId, issued.keyId, issued.sealedKey);
-    const expires = issued.expireTime ? timestampDate(issued.expireTime).getTime() : 0;
-    this.keys.push({ keyId: issued.keyId, paramsVersion: issued.paramsVersion, expires, key });
+    if (!grant) throw new Error("the authority answered without the grant");
+    this.keyring.add(identity, response.userKey);
     const refreshToken = this.session.refreshToken;
     if (refreshToken !== null) {
       const refreshed = await this.auth.refresh({ refreshToken });
@@ -391,8 +387,7 @@ export class RecordsClient {
 
   /** Drops attribute keys and any identity held for records. */
   forget(): void {
-    for (const stored of this.keys) stored.key.wipe();
-    this.keys = [];
+    this.keyring.wipe();
     this.identities.clear();
     for (const ref of this.files.values()) ref.key.fill(0);
     this.files.clear();
@@ -454,46 +449,6 @@ export class RecordsClient {
     return identity;
   }
 
-  private async publicParams(): Promise<{ version: string; params: PublicParams }> {
-    if (this.params !== null) return this.params;
-    const response = await this.abe.getPublicParameters({});
-    this.params = { version: response.version, params: PublicParams.fromBytes(response.publicParameters) };
-    return this.params;
-  }
-
-  /** Asks the authority for a key with the account's current attributes, sealed to its identity. */
-  private async refreshKey(): Promise<void> {
-    const identity = await this.identity();
-    const response = await this.abe.issueUserKey({ identityKeyId: identity.keyId });
-    const issued = response.userKey;
-    if (!issued?.sealedKey) throw new Error("the authority answered without a sealed key");
-    if (issued.userId !== this.userId()) throw new Error("the authority issued a key for another user");
-    const key = openSealedUserKey(identity, issued.userId, issued.keyId, issued.sealedKey);
-    const expires = issued.expireTime ? timestampDate(issued.expireTime).getTime() : 0;
-    // Keys with attributes the account no longer has go (as the SDK's keep()).
-    const kept = this.keys.filter((k) => k.expires > Date.now() && k.key.attributes.every((a) => key.has(a)));
-    for (const dropped of this.keys) if (!kept.includes(dropped)) dropped.key.wipe();
-    this.keys = [...kept, { keyId: issued.keyId, paramsVersion: issued.paramsVersion, expires, key }];
-  }
-
-  private storedKeyFor(policy: Policy, paramsVersion: string): UserKey | null {
-    const now = Date.now();
-    for (let i = this.keys.length - 1; i >= 0; i--) {
-      const k = this.keys[i]!;
-      if (k.expires > now && k.paramsVersion === paramsVersion && policy.isSatisfiedBy(k.key.attributes)) return k.key;
-    }
-    return null;
-  }
-
-  private async keyFor(policy: Policy, paramsVersion: string): Promise<UserKey> {
-    const stored = this.storedKeyFor(policy, paramsVersion);
-    if (stored !== null) return stored;
-    await this.refreshKey();
-    const fresh = this.storedKeyFor(policy, paramsVersion);
-    if (fresh === null) throw new Error(`your attributes do not satisfy this record's policy ${policy.canonical()}`);
-    return fresh;
-  }
-
   /** The author's identity (verified binding signature), by user and key id. */
   private async authorIdentity(userId: string, keyId: string): Promise<IdentityPublicKey> {
     const own = this.ownIdentity ?? (this.identitySource ? await this.identitySource() : null);
@@ -526,7 +481,7 @@ export class RecordsClient {
     await this.verify(record);
     const envelope = record.envelope!;
     const policy = Policy.parse(record.policy);
-    const key = await this.keyFor(policy, envelope.paramsVersion);
+    const key = await this.keyring.keyFor(policy, envelope.paramsVersion, "record");
     const aad = recordContentAad(record.recordId, record.patientId, record.kind, record.version);
     const plaintext = openUnderPolicy(key, envelope, aad);
     try {
@@ -663,7 +618,7 @@ export class RecordsClient {
   private async seal(template: RecordTemplate, content: string) {
     const problem = fhirProblem(template.kind, content);
     if (problem !== null) throw new Error(problem);
-    const { version: paramsVersion, params } = await this.publicParams();
+    const { version: paramsVersion, params } = await this.keyring.publicParams();
     const identity = await this.identity();
     const aad = recordContentAad(template.recordId, template.patientId, template.kind, template.version);
     const sealed = sealUnderPolicy(params, Policy.parse(template.policy), aad, new TextEncoder().encode(content));

@@ -33,11 +33,11 @@ function statusLine(user: AdminUserView): string {
 function UserRow(props: { user: AdminUserView; onOpen: (user: AdminUserView) => void }): JSX.Element {
   const u = props.user;
   return (
-    <li class="ops-item" data-testid="user-row">
+    <li class="list-item" data-testid="user-row">
       <h3>
         {u.displayName || u.username} <span class="mono">({u.username})</span>
       </h3>
-      <p class="ops-meta">
+      <p class="item-meta">
         {statusLine(u)}
         {u.created ? ` · registered ${u.created.toLocaleString()}` : ""}
       </p>
@@ -66,7 +66,7 @@ function Pending(props: { onOpen: (user: AdminUserView) => void; version: number
       <ErrorPanel error={load.error} />
       {users !== null && users.length === 0 ? <p>Nobody is waiting for approval.</p> : null}
       {users !== null && users.length > 0 ? (
-        <ul class="ops-list" data-testid="pending">
+        <ul class="item-list" data-testid="pending">
           {users.map((u) => (
             <UserRow key={u.userId} user={u} onOpen={props.onOpen} />
           ))}
@@ -132,7 +132,7 @@ function Search(props: { onOpen: (user: AdminUserView) => void }): JSX.Element {
           />
           <AnySelect<RoleName> id="adm-role" label="Role" value={role} onChange={setRole} options={["patient", "doctor", "nurse", "admin", "auditor"]} />
         </div>
-        <label class="ops-check">
+        <label class="checkbox">
           <input type="checkbox" checked={lockedOnly} onChange={(e) => setLockedOnly((e.currentTarget as HTMLInputElement).checked)} />
           Only locked accounts
         </label>
@@ -143,7 +143,7 @@ function Search(props: { onOpen: (user: AdminUserView) => void }): JSX.Element {
       <ErrorPanel error={load.error} />
       {users !== null && users.length === 0 ? <p>No account matches.</p> : null}
       {users !== null && users.length > 0 ? (
-        <ul class="ops-list" data-testid="search-results">
+        <ul class="item-list" data-testid="search-results">
           {users.map((u) => (
             <UserRow key={u.userId} user={u} onOpen={props.onOpen} />
           ))}

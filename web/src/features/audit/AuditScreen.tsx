@@ -41,13 +41,13 @@ function when(date: Date | null): string {
 function AlertItem(props: { alert: AlertView; live: boolean }): JSX.Element {
   const a = props.alert;
   return (
-    <li class="ops-item" data-testid={props.live ? "live-alert" : "alert"}>
+    <li class="list-item" data-testid={props.live ? "live-alert" : "alert"}>
       <h3>
         <span class={a.severity === "high" ? "badge alarm" : "badge"}>{a.severity}</span> {a.kind}
         {props.live ? " (new)" : ""}
       </h3>
       <p>{a.summary}</p>
-      <p class="ops-meta">
+      <p class="item-meta">
         {when(a.raised)}
         {a.actorUserId ? ` · actor ${a.actorUserId}` : ""}
         {a.patientId ? ` · patient ${a.patientId}` : ""}
@@ -93,7 +93,7 @@ function Alerts(): JSX.Element {
       ) : null}
       <div aria-live="polite">
         {live.length > 0 ? (
-          <ul class="ops-list" data-testid="live-alerts">
+          <ul class="item-list" data-testid="live-alerts">
             {live.map((a) => (
               <AlertItem key={a.alertId} alert={a} live />
             ))}
@@ -103,7 +103,7 @@ function Alerts(): JSX.Element {
       <ErrorPanel error={backlog.error} />
       {stored !== null && older.length === 0 && live.length === 0 ? <p>No alerts.</p> : null}
       {older.length > 0 ? (
-        <ul class="ops-list" data-testid="stored-alerts" aria-label="Earlier alerts">
+        <ul class="item-list" data-testid="stored-alerts" aria-label="Earlier alerts">
           {older.map((a) => (
             <AlertItem key={a.alertId} alert={a} live={false} />
           ))}
@@ -143,7 +143,7 @@ function EventItem(props: { event: AuditEventView }): JSX.Element {
   const prove = useOperation("session");
   const [result, setResult] = useState<InclusionResult | null>(null);
   return (
-    <li class="ops-item" data-testid="event">
+    <li class="list-item" data-testid="event">
       <h3>
         {e.operation} <span class={e.outcome === "success" ? "badge" : "badge alarm"}>{e.outcome}</span>
         {e.emergency ? (
@@ -153,17 +153,17 @@ function EventItem(props: { event: AuditEventView }): JSX.Element {
           </>
         ) : null}
       </h3>
-      <p class="ops-meta">
+      <p class="item-meta">
         {when(e.recorded)} · {e.action} · leaf {e.leafIndex.toString()}
         {e.outcomeReason ? ` · ${e.outcomeReason}` : ""}
         {e.purposeOfUse ? ` · purpose ${e.purposeOfUse}` : ""}
       </p>
-      <p class="ops-meta">
+      <p class="item-meta">
         actor {e.actorUserId || "unknown"} ({e.actorRole || "?"}){e.sourceAddress ? ` from ${e.sourceAddress}` : ""}
         {e.entityType ? ` · ${e.entityType} ${e.entityId}` : ""}
         {e.patientId ? ` · patient ${e.patientId}` : ""} · {e.service}
       </p>
-      <p class="ops-meta mono">event {e.eventId}</p>
+      <p class="item-meta mono">event {e.eventId}</p>
       {result ? <Proof result={result} /> : null}
       <ErrorPanel error={integrityAdvice(prove.error)} />
       <Button
@@ -256,11 +256,11 @@ function Events(): JSX.Element {
           <Field id="ev-entity-type" label="Entity type" hint="e.g. Record, User, EmergencyGrant" value={entityType} onInput={setEntityType} />
           <Field id="ev-entity-id" label="Entity id" value={entityId} onInput={setEntityId} />
         </div>
-        <label class="ops-check">
+        <label class="checkbox">
           <input type="checkbox" checked={emergencyOnly} onChange={(e) => setEmergencyOnly((e.currentTarget as HTMLInputElement).checked)} />
           Only emergency access
         </label>
-        <label class="ops-check">
+        <label class="checkbox">
           <input type="checkbox" checked={oldestFirst} onChange={(e) => setOldestFirst((e.currentTarget as HTMLInputElement).checked)} />
           Oldest first
         </label>
@@ -271,7 +271,7 @@ function Events(): JSX.Element {
       <ErrorPanel error={load.error} />
       {events !== null && events.length === 0 ? <p>No event matches.</p> : null}
       {events !== null && events.length > 0 ? (
-        <ul class="ops-list" data-testid="events">
+        <ul class="item-list" data-testid="events">
           {events.map((e) => (
             <EventItem key={e.eventId} event={e} />
           ))}

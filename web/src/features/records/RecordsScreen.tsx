@@ -29,7 +29,7 @@ function pretty(content: string): string {
 function Meta(props: { record: RecordSummary }): JSX.Element {
   const r = props.record;
   return (
-    <p class="record-meta">
+    <p class="item-meta">
       Version {r.version}
       {r.updated ? ` · ${r.updated.toLocaleString()}` : ""} · readable by <code>{r.policy}</code>
       {r.enteredInError ? (
@@ -71,11 +71,11 @@ function AccessReport(): JSX.Element {
       <ErrorPanel error={load.error} />
       {entries !== null && entries.length === 0 ? <p>Nobody else has accessed your records.</p> : null}
       {entries !== null && entries.length > 0 ? (
-        <ul class="records-list" data-testid="access-report">
+        <ul class="item-list" data-testid="access-report">
           {entries.map((e, i) => (
-            <li class="record-item" key={i}>
+            <li class="list-item" key={i}>
               <strong>{e.who}</strong> ({e.role}) · {e.action} · {e.operation}
-              <p class="record-meta">
+              <p class="item-meta">
                 {e.at ? e.at.toLocaleString() : ""} · {e.outcome}
                 {e.purpose ? ` · purpose: ${e.purpose}` : ""}
                 {e.emergency ? (
@@ -201,16 +201,16 @@ function MyRecords(): JSX.Element {
       <ErrorPanel error={load.error} />
       {records !== null && records.length === 0 && failures.length === 0 ? <p>You have no records yet.</p> : null}
       {records !== null ? (
-        <ul class="records-list" data-testid="my-records">
+        <ul class="item-list" data-testid="my-records">
           {records.map((r) => (
-            <li class="record-item" key={r.recordId} data-testid="record">
+            <li class="list-item" key={r.recordId} data-testid="record">
               <h2>{r.file ? `File: ${r.file.fileName}` : r.kind}</h2>
               <Meta record={r} />
               <OpenedContent record={r} />
             </li>
           ))}
           {failures.map((f) => (
-            <li class="record-item" key={f.record.recordId}>
+            <li class="list-item" key={f.record.recordId}>
               <h2>{f.record.kind}</h2>
               <Meta record={f.record} />
               <p class="unverified" role="alert">
@@ -251,9 +251,9 @@ function History(props: { recordId: string }): JSX.Element {
       ) : null}
       <ErrorPanel error={load.error} />
       {versions ? (
-        <ol class="records-list">
+        <ol class="item-list">
           {versions.map((v) => (
-            <li class="record-item" key={v.version}>
+            <li class="list-item" key={v.version}>
               <Meta record={v} />
               <p class={v.verification === "verified" ? "verified" : "unverified"} data-testid="verification">
                 {v.verification === "verified" ? "Signature and hash chain verified" : `Not verified: ${v.verification}`}
@@ -290,7 +290,7 @@ function PatientRecord(props: { record: RecordSummary; canWrite: boolean; onChan
   };
 
   return (
-    <li class="record-item" data-testid="record">
+    <li class="list-item" data-testid="record">
       <h3>{r.kind}</h3>
       <Meta record={r} />
       <div class="record-actions">
@@ -393,7 +393,7 @@ function RecordById(): JSX.Element {
       </form>
       <ErrorPanel error={error} />
       {opened ? (
-        <div class="record-item" data-testid="record-by-id">
+        <div class="list-item" data-testid="record-by-id">
           <h3>{opened.file ? `File: ${opened.file.fileName}` : opened.kind}</h3>
           <Meta record={opened} />
           <OpenedContent record={opened} />
@@ -447,7 +447,7 @@ function PatientRecords(props: { canWrite: boolean }): JSX.Element {
             </p>
           ) : null}
           {records.length === 0 ? <p>No records yet.</p> : null}
-          <ul class="records-list" data-testid="patient-records">
+          <ul class="item-list" data-testid="patient-records">
             {records.map((r) => (
               <PatientRecord
                 key={`${r.recordId}-${r.version}-${r.enteredInError ? 1 : 0}`}
