@@ -4,7 +4,9 @@
 // - the first screen interactive on localhost: navigation start to the sign-in form ready, in a
 //   fresh browser context each time (goal: at most 1 s);
 // - the protocol v2 cryptography of a message in Chromium (bench/bench.ts through vite's dev
-//   server) next to the same operations in Rust (crates/crypto/examples/message_timing.rs, release).
+//   server) next to the same operations in Rust (crates/crypto/examples/message_timing.rs, release);
+// - FAME decryption with a 10-attribute key in Chromium next to Rust, of the same ciphertext
+//   (crates/abe/examples/fame_timing.rs, release; goal: at most 150 ms in the browser).
 // Figures only: nothing here passes or fails on a time.
 
 import { execFileSync } from "node:child_process";
@@ -53,7 +55,15 @@ try {
     await page.goto(DEV + "/bench/index.html");
     await page.waitForFunction(() => window.benchResults !== undefined, null, { timeout: 120_000 });
     const results = await page.evaluate(() => window.benchResults);
+    const fame = JSON.parse(
+      execFileSync("cargo", ["run", "--release", "-q", "-p", "caremesh-abe", "--example", "fame_timing"], { cwd: repo, encoding: "utf8" }),
+    );
+    const fameFigure = await page.evaluate((input) => window.benchFame(input), fame);
     await context.close();
+    if ("error" in fameFigure) throw new Error(`the browser FAME benchmark failed: ${fameFigure.error}`);
+    console.log(
+      `bench: ${fameFigure.name}: Chromium ${fameFigure.msPerOp.toFixed(1)} ms, Rust ${fame.decrypt_ms.toFixed(1)} ms (${fame.runs} runs; goal <= 150 ms in the browser)`,
+    );
     if ("error" in results) throw new Error(`the browser benchmark failed: ${results.error}`);
     const rust = JSON.parse(
       execFileSync("cargo", ["run", "--release", "-q", "-p", "caremesh-crypto", "--example", "message_timing"], {
