@@ -260,6 +260,8 @@ describe("the cross-role flow", () => {
       const event = aud.page.getByTestId("event").first();
       await event.waitFor({ timeout: 30_000 });
       assert.match(await event.textContent(), /emergency/);
+      // The log holds ids only; the screen names the person beside each one.
+      await shows(event, `Dr glass (@${doc2})`);
       await event.getByRole("button", { name: "Prove it is in the log" }).click();
       await event.getByTestId("inclusion").waitFor({ timeout: 30_000 });
       // Proven against the latest tree, which may have grown since (the auditor's own queries are logged).

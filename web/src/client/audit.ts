@@ -10,6 +10,7 @@ import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 
 import { AlertKind, AlertSeverity, AuditService, SortOrder, type Alert, type Checkpoint, type LogEntry } from "../gen/caremesh/audit/v1/audit_pb";
 import { AuditAction, AuditOutcome } from "../gen/caremesh/audit/v1/audit_event_pb";
+import { AuthService } from "../gen/caremesh/auth/v1/auth_pb";
 import { toHex } from "../crypto/bytes";
 import { LogIntegrityError, leafHash, parseVerifierKey, verifyConsistency, verifyInclusion, verifyServedCheckpoint, type NoteVerifier } from "./auditLog";
 import type { SessionStore } from "./session";
@@ -177,10 +178,31 @@ export class AuditClient {
   private verifier: NoteVerifier | null = null;
   /** The last checkpoint this page verified (memory only). */
   private trusted: { size: bigint; root: Uint8Array } | null = null;
+  private readonly auth: Client<typeof AuthService>;
+  /** Names of the user ids shown on this page, each looked up once. */
+  private readonly names = new Map<string, Promise<string>>();
 
   /** `transport` replaces the page's gRPC-Web transport (audit.test.ts serves a log in process). */
   constructor(baseUrl: string, session: SessionStore, transport?: Transport) {
-    this.audit = createClient(AuditService, transport ?? createTransport(baseUrl, () => session.accessToken()));
+    const through = transport ?? createTransport(baseUrl, () => session.accessToken());
+    this.audit = createClient(AuditService, through);
+    this.auth = createClient(AuthService, through);
+  }
+
+  /**
+   * "Display name (@username)" of a user id from auth-svc's LookupUser (the log holds ids only),
+   * or "" when it has none to give (an unknown id, a refusal, the network).
+   */
+  nameOf(userId: string): Promise<string> {
+    let name = this.names.get(userId);
+    if (name === undefined) {
+      name = this.auth.lookupUser({ lookup: { case: "userId", value: userId } }).then(
+        ({ profile }) => (profile ? `${profile.displayName} (@${profile.username})` : ""),
+        () => "",
+      );
+      this.names.set(userId, name);
+    }
+    return name;
   }
 
   /** One page of events matching `filter` (all filters AND; `pageToken` from the previous page). */

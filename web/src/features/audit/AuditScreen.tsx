@@ -2,7 +2,8 @@
 // alerts arrive, after the stored backlog from ListAlerts), event queries with every filter
 // QueryEvents offers and paging, and the log's tamper evidence verified here in the browser: the
 // signed checkpoint under the pinned verifier key, a consistency proof from the last checkpoint
-// this page verified, and an inclusion proof for any listed event.
+// this page verified, and an inclusion proof for any listed event. User ids are shown with the
+// person's name (LookupUser).
 
 import type { JSX } from "preact";
 import { useEffect, useState } from "preact/hooks";
@@ -34,6 +35,21 @@ function integrityAdvice(error: ErrorView | null): ErrorView | null {
   return error;
 }
 
+/** A user id from the log, with the person's name once auth-svc has given it. */
+function Person(props: { userId: string }): JSX.Element {
+  const client = useClient();
+  const [name, setName] = useState("");
+  useEffect(() => {
+    let current = true;
+    setName("");
+    void client.audit.nameOf(props.userId).then((found) => current && setName(found));
+    return () => {
+      current = false;
+    };
+  }, [client, props.userId]);
+  return <>{name ? `${name} ${props.userId}` : props.userId}</>;
+}
+
 function when(date: Date | null): string {
   return date ? date.toLocaleString() : "";
 }
@@ -49,8 +65,18 @@ function AlertItem(props: { alert: AlertView; live: boolean }): JSX.Element {
       <p>{a.summary}</p>
       <p class="item-meta">
         {when(a.raised)}
-        {a.actorUserId ? ` · actor ${a.actorUserId}` : ""}
-        {a.patientId ? ` · patient ${a.patientId}` : ""}
+        {a.actorUserId ? (
+          <>
+            {" · actor "}
+            <Person userId={a.actorUserId} />
+          </>
+        ) : null}
+        {a.patientId ? (
+          <>
+            {" · patient "}
+            <Person userId={a.patientId} />
+          </>
+        ) : null}
         {a.sourceAddress ? ` · from ${a.sourceAddress}` : ""} · {a.eventCount} event{a.eventCount === 1 ? "" : "s"}
       </p>
     </li>
@@ -159,9 +185,16 @@ function EventItem(props: { event: AuditEventView }): JSX.Element {
         {e.purposeOfUse ? ` · purpose ${e.purposeOfUse}` : ""}
       </p>
       <p class="item-meta">
-        actor {e.actorUserId || "unknown"} ({e.actorRole || "?"}){e.sourceAddress ? ` from ${e.sourceAddress}` : ""}
+        actor {e.actorUserId ? <Person userId={e.actorUserId} /> : "unknown"} ({e.actorRole || "?"})
+        {e.sourceAddress ? ` from ${e.sourceAddress}` : ""}
         {e.entityType ? ` · ${e.entityType} ${e.entityId}` : ""}
-        {e.patientId ? ` · patient ${e.patientId}` : ""} · {e.service}
+        {e.patientId ? (
+          <>
+            {" · patient "}
+            <Person userId={e.patientId} />
+          </>
+        ) : null}
+        {` · ${e.service}`}
       </p>
       <p class="item-meta mono">event {e.eventId}</p>
       {result ? <Proof result={result} /> : null}
