@@ -1,6 +1,7 @@
 // One account's CP-ABE material in memory, for records and for group messages alike: the
 // authority's public parameters and the attribute keys it issued, sealed to the account's identity.
-// Keys never leave memory; `wipe` zeroes them when the account signs out or changes.
+// Keys never leave memory; `wipe` drops their material (best effort: BigInts cannot be
+// overwritten) when the account signs out or changes.
 
 import type { Client } from "@connectrpc/connect";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
@@ -15,7 +16,6 @@ export interface PublicParamsVersion {
 }
 
 interface HeldKey {
-  keyId: string;
   paramsVersion: string;
   expires: number;
   key: UserKey;
@@ -67,7 +67,7 @@ export class AttributeKeyring {
     this.keys.push(this.open(identity, issued));
   }
 
-  /** Zeroes and drops every key; the public parameters stay (they are public). */
+  /** Drops every key's material; the public parameters stay (they are public). */
   wipe(): void {
     for (const held of this.keys) held.key.wipe();
     this.keys = [];
@@ -78,7 +78,7 @@ export class AttributeKeyring {
     if (issued.userId !== this.userId()) throw this.fail("the authority issued a key for another user");
     const key = openSealedUserKey(identity, issued.userId, issued.keyId, issued.sealedKey);
     const expires = issued.expireTime ? timestampDate(issued.expireTime).getTime() : 0;
-    return { keyId: issued.keyId, paramsVersion: issued.paramsVersion, expires, key };
+    return { paramsVersion: issued.paramsVersion, expires, key };
   }
 
   /** The newest held key that is unexpired, of this parameter version, and satisfies `policy`. */
