@@ -10,13 +10,15 @@ import type { VerificationKey } from "./auth_pb";
 import { file_caremesh_auth_v1_auth } from "./auth_pb";
 import type { Role, User, UserStatus } from "./user_pb";
 import { file_caremesh_auth_v1_user } from "./user_pb";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file caremesh/auth/v1/auth_admin.proto.
  */
 export const file_caremesh_auth_v1_auth_admin: GenFile = /*@__PURE__*/
-  fileDesc("CiFjYXJlbWVzaC9hdXRoL3YxL2F1dGhfYWRtaW4ucHJvdG8SEGNhcmVtZXNoLmF1dGgudjEixgEKEExpc3RVc2Vyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSLAoGc3RhdHVzGAMgASgOMhwuY2FyZW1lc2guYXV0aC52MS5Vc2VyU3RhdHVzEiQKBHJvbGUYBCABKA4yFi5jYXJlbWVzaC5hdXRoLnYxLlJvbGUSEwoGbG9ja2VkGAUgASgISACIAQESFwoPdXNlcm5hbWVfcHJlZml4GAYgASgJQgkKB19sb2NrZWQiUwoRTGlzdFVzZXJzUmVzcG9uc2USJQoFdXNlcnMYASADKAsyFi5jYXJlbWVzaC5hdXRoLnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkEKDkdldFVzZXJSZXF1ZXN0EhEKB3VzZXJfaWQYASABKAlIABISCgh1c2VybmFtZRgCIAEoCUgAQggKBmxvb2t1cCI3Cg9HZXRVc2VyUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmNhcmVtZXNoLmF1dGgudjEuVXNlciKHAQoRQ3JlYXRlVXNlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSJAoEcm9sZRgCIAEoDjIWLmNhcmVtZXNoLmF1dGgudjEuUm9sZRIUCgxkaXNwbGF5X25hbWUYAyABKAkSEAoIcGFzc3dvcmQYBCABKAkSEgoKYXR0cmlidXRlcxgFIAMoCSJUChJDcmVhdGVVc2VyUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmNhcmVtZXNoLmF1dGgudjEuVXNlchIYChBpbml0aWFsX3Bhc3N3b3JkGAIgASgJIkcKEkFwcHJvdmVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhIKCmF0dHJpYnV0ZXMYAiADKAkSDAoEZXRhZxgDIAEoCSI7ChNBcHByb3ZlVXNlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYXJlbWVzaC5hdXRoLnYxLlVzZXIiUAobVXBkYXRlVXNlckF0dHJpYnV0ZXNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKYXR0cmlidXRlcxgCIAMoCRIMCgRldGFnGAMgASgJIkQKHFVwZGF0ZVVzZXJBdHRyaWJ1dGVzUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmNhcmVtZXNoLmF1dGgudjEuVXNlciJDChJEaXNhYmxlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkSDAoEZXRhZxgDIAEoCSI7ChNEaXNhYmxlVXNlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYXJlbWVzaC5hdXRoLnYxLlVzZXIiMgoRRW5hYmxlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIMCgRldGFnGAIgASgJIjoKEkVuYWJsZVVzZXJSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuY2FyZW1lc2guYXV0aC52MS5Vc2VyIjIKEVVubG9ja1VzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDAoEZXRhZxgCIAEoCSI6ChJVbmxvY2tVc2VyUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmNhcmVtZXNoLmF1dGgudjEuVXNlciIsChlSZXZva2VVc2VyU2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiNgoaUmV2b2tlVXNlclNlc3Npb25zUmVzcG9uc2USGAoQcmV2b2tlZF9zZXNzaW9ucxgBIAEoDSI0ChNSZXNldFVzZXJNZmFSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDAoEZXRhZxgCIAEoCSI8ChRSZXNldFVzZXJNZmFSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuY2FyZW1lc2guYXV0aC52MS5Vc2VyIhkKF1JvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0IkoKGFJvdGF0ZVNpZ25pbmdLZXlSZXNwb25zZRIuCgNrZXkYASABKAsyIS5jYXJlbWVzaC5hdXRoLnYxLlZlcmlmaWNhdGlvbktleTKtCAoQQXV0aEFkbWluU2VydmljZRJUCglMaXN0VXNlcnMSIi5jYXJlbWVzaC5hdXRoLnYxLkxpc3RVc2Vyc1JlcXVlc3QaIy5jYXJlbWVzaC5hdXRoLnYxLkxpc3RVc2Vyc1Jlc3BvbnNlEk4KB0dldFVzZXISIC5jYXJlbWVzaC5hdXRoLnYxLkdldFVzZXJSZXF1ZXN0GiEuY2FyZW1lc2guYXV0aC52MS5HZXRVc2VyUmVzcG9uc2USVwoKQ3JlYXRlVXNlchIjLmNhcmVtZXNoLmF1dGgudjEuQ3JlYXRlVXNlclJlcXVlc3QaJC5jYXJlbWVzaC5hdXRoLnYxLkNyZWF0ZVVzZXJSZXNwb25zZRJaCgtBcHByb3ZlVXNlchIkLmNhcmVtZXNoLmF1dGgudjEuQXBwcm92ZVVzZXJSZXF1ZXN0GiUuY2FyZW1lc2guYXV0aC52MS5BcHByb3ZlVXNlclJlc3BvbnNlEnUKFFVwZGF0ZVVzZXJBdHRyaWJ1dGVzEi0uY2FyZW1lc2guYXV0aC52MS5VcGRhdGVVc2VyQXR0cmlidXRlc1JlcXVlc3QaLi5jYXJlbWVzaC5hdXRoLnYxLlVwZGF0ZVVzZXJBdHRyaWJ1dGVzUmVzcG9uc2USWgoLRGlzYWJsZVVzZXISJC5jYXJlbWVzaC5hdXRoLnYxLkRpc2FibGVVc2VyUmVxdWVzdBolLmNhcmVtZXNoLmF1dGgudjEuRGlzYWJsZVVzZXJSZXNwb25zZRJXCgpFbmFibGVVc2VyEiMuY2FyZW1lc2guYXV0aC52MS5FbmFibGVVc2VyUmVxdWVzdBokLmNhcmVtZXNoLmF1dGgudjEuRW5hYmxlVXNlclJlc3BvbnNlElcKClVubG9ja1VzZXISIy5jYXJlbWVzaC5hdXRoLnYxLlVubG9ja1VzZXJSZXF1ZXN0GiQuY2FyZW1lc2guYXV0aC52MS5VbmxvY2tVc2VyUmVzcG9uc2USbwoSUmV2b2tlVXNlclNlc3Npb25zEisuY2FyZW1lc2guYXV0aC52MS5SZXZva2VVc2VyU2Vzc2lvbnNSZXF1ZXN0GiwuY2FyZW1lc2guYXV0aC52MS5SZXZva2VVc2VyU2Vzc2lvbnNSZXNwb25zZRJdCgxSZXNldFVzZXJNZmESJS5jYXJlbWVzaC5hdXRoLnYxLlJlc2V0VXNlck1mYVJlcXVlc3QaJi5jYXJlbWVzaC5hdXRoLnYxLlJlc2V0VXNlck1mYVJlc3BvbnNlEmkKEFJvdGF0ZVNpZ25pbmdLZXkSKS5jYXJlbWVzaC5hdXRoLnYxLlJvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0GiouY2FyZW1lc2guYXV0aC52MS5Sb3RhdGVTaWduaW5nS2V5UmVzcG9uc2ViBnByb3RvMw", [file_caremesh_auth_v1_auth, file_caremesh_auth_v1_user]);
+  fileDesc("CiFjYXJlbWVzaC9hdXRoL3YxL2F1dGhfYWRtaW4ucHJvdG8SEGNhcmVtZXNoLmF1dGgudjEixgEKEExpc3RVc2Vyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSLAoGc3RhdHVzGAMgASgOMhwuY2FyZW1lc2guYXV0aC52MS5Vc2VyU3RhdHVzEiQKBHJvbGUYBCABKA4yFi5jYXJlbWVzaC5hdXRoLnYxLlJvbGUSEwoGbG9ja2VkGAUgASgISACIAQESFwoPdXNlcm5hbWVfcHJlZml4GAYgASgJQgkKB19sb2NrZWQiUwoRTGlzdFVzZXJzUmVzcG9uc2USJQoFdXNlcnMYASADKAsyFi5jYXJlbWVzaC5hdXRoLnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkEKDkdldFVzZXJSZXF1ZXN0EhEKB3VzZXJfaWQYASABKAlIABISCgh1c2VybmFtZRgCIAEoCUgAQggKBmxvb2t1cCI3Cg9HZXRVc2VyUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmNhcmVtZXNoLmF1dGgudjEuVXNlciKHAQoRQ3JlYXRlVXNlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSJAoEcm9sZRgCIAEoDjIWLmNhcmVtZXNoLmF1dGgudjEuUm9sZRIUCgxkaXNwbGF5X25hbWUYAyABKAkSEAoIcGFzc3dvcmQYBCABKAkSEgoKYXR0cmlidXRlcxgFIAMoCSJUChJDcmVhdGVVc2VyUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmNhcmVtZXNoLmF1dGgudjEuVXNlchIYChBpbml0aWFsX3Bhc3N3b3JkGAIgASgJIkcKEkFwcHJvdmVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhIKCmF0dHJpYnV0ZXMYAiADKAkSDAoEZXRhZxgDIAEoCSI7ChNBcHByb3ZlVXNlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYXJlbWVzaC5hdXRoLnYxLlVzZXIiUAobVXBkYXRlVXNlckF0dHJpYnV0ZXNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKYXR0cmlidXRlcxgCIAMoCRIMCgRldGFnGAMgASgJIkQKHFVwZGF0ZVVzZXJBdHRyaWJ1dGVzUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmNhcmVtZXNoLmF1dGgudjEuVXNlciJDChJEaXNhYmxlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkSDAoEZXRhZxgDIAEoCSI7ChNEaXNhYmxlVXNlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYXJlbWVzaC5hdXRoLnYxLlVzZXIiMgoRRW5hYmxlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIMCgRldGFnGAIgASgJIjoKEkVuYWJsZVVzZXJSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuY2FyZW1lc2guYXV0aC52MS5Vc2VyIjIKEVVubG9ja1VzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDAoEZXRhZxgCIAEoCSI6ChJVbmxvY2tVc2VyUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmNhcmVtZXNoLmF1dGgudjEuVXNlciIsChlSZXZva2VVc2VyU2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiNgoaUmV2b2tlVXNlclNlc3Npb25zUmVzcG9uc2USGAoQcmV2b2tlZF9zZXNzaW9ucxgBIAEoDSI0ChNSZXNldFVzZXJNZmFSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDAoEZXRhZxgCIAEoCSI8ChRSZXNldFVzZXJNZmFSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuY2FyZW1lc2guYXV0aC52MS5Vc2VyIhkKF1JvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0IkoKGFJvdGF0ZVNpZ25pbmdLZXlSZXNwb25zZRIuCgNrZXkYASABKAsyIS5jYXJlbWVzaC5hdXRoLnYxLlZlcmlmaWNhdGlvbktleSJ9CgpSb2xlUG9saWN5EiQKBHJvbGUYASABKA4yFi5jYXJlbWVzaC5hdXRoLnYxLlJvbGUSGAoQcGFzc2tleV9yZXF1aXJlZBgCIAEoCBIvCgt1cGRhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVgoUU2V0Um9sZVBvbGljeVJlcXVlc3QSJAoEcm9sZRgBIAEoDjIWLmNhcmVtZXNoLmF1dGgudjEuUm9sZRIYChBwYXNza2V5X3JlcXVpcmVkGAIgASgIIkUKFVNldFJvbGVQb2xpY3lSZXNwb25zZRIsCgZwb2xpY3kYASABKAsyHC5jYXJlbWVzaC5hdXRoLnYxLlJvbGVQb2xpY3kiGQoXTGlzdFJvbGVQb2xpY2llc1JlcXVlc3QiSgoYTGlzdFJvbGVQb2xpY2llc1Jlc3BvbnNlEi4KCHBvbGljaWVzGAEgAygLMhwuY2FyZW1lc2guYXV0aC52MS5Sb2xlUG9saWN5MvoJChBBdXRoQWRtaW5TZXJ2aWNlElQKCUxpc3RVc2VycxIiLmNhcmVtZXNoLmF1dGgudjEuTGlzdFVzZXJzUmVxdWVzdBojLmNhcmVtZXNoLmF1dGgudjEuTGlzdFVzZXJzUmVzcG9uc2USTgoHR2V0VXNlchIgLmNhcmVtZXNoLmF1dGgudjEuR2V0VXNlclJlcXVlc3QaIS5jYXJlbWVzaC5hdXRoLnYxLkdldFVzZXJSZXNwb25zZRJXCgpDcmVhdGVVc2VyEiMuY2FyZW1lc2guYXV0aC52MS5DcmVhdGVVc2VyUmVxdWVzdBokLmNhcmVtZXNoLmF1dGgudjEuQ3JlYXRlVXNlclJlc3BvbnNlEloKC0FwcHJvdmVVc2VyEiQuY2FyZW1lc2guYXV0aC52MS5BcHByb3ZlVXNlclJlcXVlc3QaJS5jYXJlbWVzaC5hdXRoLnYxLkFwcHJvdmVVc2VyUmVzcG9uc2USdQoUVXBkYXRlVXNlckF0dHJpYnV0ZXMSLS5jYXJlbWVzaC5hdXRoLnYxLlVwZGF0ZVVzZXJBdHRyaWJ1dGVzUmVxdWVzdBouLmNhcmVtZXNoLmF1dGgudjEuVXBkYXRlVXNlckF0dHJpYnV0ZXNSZXNwb25zZRJaCgtEaXNhYmxlVXNlchIkLmNhcmVtZXNoLmF1dGgudjEuRGlzYWJsZVVzZXJSZXF1ZXN0GiUuY2FyZW1lc2guYXV0aC52MS5EaXNhYmxlVXNlclJlc3BvbnNlElcKCkVuYWJsZVVzZXISIy5jYXJlbWVzaC5hdXRoLnYxLkVuYWJsZVVzZXJSZXF1ZXN0GiQuY2FyZW1lc2guYXV0aC52MS5FbmFibGVVc2VyUmVzcG9uc2USVwoKVW5sb2NrVXNlchIjLmNhcmVtZXNoLmF1dGgudjEuVW5sb2NrVXNlclJlcXVlc3QaJC5jYXJlbWVzaC5hdXRoLnYxLlVubG9ja1VzZXJSZXNwb25zZRJvChJSZXZva2VVc2VyU2Vzc2lvbnMSKy5jYXJlbWVzaC5hdXRoLnYxLlJldm9rZVVzZXJTZXNzaW9uc1JlcXVlc3QaLC5jYXJlbWVzaC5hdXRoLnYxLlJldm9rZVVzZXJTZXNzaW9uc1Jlc3BvbnNlEl0KDFJlc2V0VXNlck1mYRIlLmNhcmVtZXNoLmF1dGgudjEuUmVzZXRVc2VyTWZhUmVxdWVzdBomLmNhcmVtZXNoLmF1dGgudjEuUmVzZXRVc2VyTWZhUmVzcG9uc2USaQoQUm90YXRlU2lnbmluZ0tleRIpLmNhcmVtZXNoLmF1dGgudjEuUm90YXRlU2lnbmluZ0tleVJlcXVlc3QaKi5jYXJlbWVzaC5hdXRoLnYxLlJvdGF0ZVNpZ25pbmdLZXlSZXNwb25zZRJgCg1TZXRSb2xlUG9saWN5EiYuY2FyZW1lc2guYXV0aC52MS5TZXRSb2xlUG9saWN5UmVxdWVzdBonLmNhcmVtZXNoLmF1dGgudjEuU2V0Um9sZVBvbGljeVJlc3BvbnNlEmkKEExpc3RSb2xlUG9saWNpZXMSKS5jYXJlbWVzaC5hdXRoLnYxLkxpc3RSb2xlUG9saWNpZXNSZXF1ZXN0GiouY2FyZW1lc2guYXV0aC52MS5MaXN0Um9sZVBvbGljaWVzUmVzcG9uc2ViBnByb3RvMw", [file_caremesh_auth_v1_auth, file_caremesh_auth_v1_user, file_google_protobuf_timestamp]);
 
 /**
  * Request for AuthAdminService.ListUsers.
@@ -632,6 +634,126 @@ export const RotateSigningKeyResponseSchema: GenMessage<RotateSigningKeyResponse
   messageDesc(file_caremesh_auth_v1_auth_admin, 21);
 
 /**
+ * The sign-in policy of one role.
+ *
+ * @generated from message caremesh.auth.v1.RolePolicy
+ */
+export type RolePolicy = Message<"caremesh.auth.v1.RolePolicy"> & {
+  /**
+   * The role.
+   *
+   * @generated from field: caremesh.auth.v1.Role role = 1;
+   */
+  role: Role;
+
+  /**
+   * Users of this role must use a passkey as their second factor.
+   *
+   * @generated from field: bool passkey_required = 2;
+   */
+  passkeyRequired: boolean;
+
+  /**
+   * When an admin last changed it (unset while it is the default: no requirement).
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 3;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.RolePolicy.
+ * Use `create(RolePolicySchema)` to create a new message.
+ */
+export const RolePolicySchema: GenMessage<RolePolicy> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth_admin, 22);
+
+/**
+ * Request for AuthAdminService.SetRolePolicy.
+ *
+ * @generated from message caremesh.auth.v1.SetRolePolicyRequest
+ */
+export type SetRolePolicyRequest = Message<"caremesh.auth.v1.SetRolePolicyRequest"> & {
+  /**
+   * The role whose policy to set.
+   *
+   * @generated from field: caremesh.auth.v1.Role role = 1;
+   */
+  role: Role;
+
+  /**
+   * Require passkeys for it.
+   *
+   * @generated from field: bool passkey_required = 2;
+   */
+  passkeyRequired: boolean;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.SetRolePolicyRequest.
+ * Use `create(SetRolePolicyRequestSchema)` to create a new message.
+ */
+export const SetRolePolicyRequestSchema: GenMessage<SetRolePolicyRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth_admin, 23);
+
+/**
+ * Response for AuthAdminService.SetRolePolicy.
+ *
+ * @generated from message caremesh.auth.v1.SetRolePolicyResponse
+ */
+export type SetRolePolicyResponse = Message<"caremesh.auth.v1.SetRolePolicyResponse"> & {
+  /**
+   * The policy as it is now.
+   *
+   * @generated from field: caremesh.auth.v1.RolePolicy policy = 1;
+   */
+  policy?: RolePolicy | undefined;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.SetRolePolicyResponse.
+ * Use `create(SetRolePolicyResponseSchema)` to create a new message.
+ */
+export const SetRolePolicyResponseSchema: GenMessage<SetRolePolicyResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth_admin, 24);
+
+/**
+ * Request for AuthAdminService.ListRolePolicies.
+ *
+ * @generated from message caremesh.auth.v1.ListRolePoliciesRequest
+ */
+export type ListRolePoliciesRequest = Message<"caremesh.auth.v1.ListRolePoliciesRequest"> & {
+};
+
+/**
+ * Describes the message caremesh.auth.v1.ListRolePoliciesRequest.
+ * Use `create(ListRolePoliciesRequestSchema)` to create a new message.
+ */
+export const ListRolePoliciesRequestSchema: GenMessage<ListRolePoliciesRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth_admin, 25);
+
+/**
+ * Response for AuthAdminService.ListRolePolicies.
+ *
+ * @generated from message caremesh.auth.v1.ListRolePoliciesResponse
+ */
+export type ListRolePoliciesResponse = Message<"caremesh.auth.v1.ListRolePoliciesResponse"> & {
+  /**
+   * One policy per role, in the order of the Role enum.
+   *
+   * @generated from field: repeated caremesh.auth.v1.RolePolicy policies = 1;
+   */
+  policies: RolePolicy[];
+};
+
+/**
+ * Describes the message caremesh.auth.v1.ListRolePoliciesResponse.
+ * Use `create(ListRolePoliciesResponseSchema)` to create a new message.
+ */
+export const ListRolePoliciesResponseSchema: GenMessage<ListRolePoliciesResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth_admin, 26);
+
+/**
  * Account administration (port 50051). Every RPC needs an access token of an active admin at AAL2
  * (otherwise PERMISSION_DENIED) and emits an audit event. Mutations take the user's etag
  * (AIP-154): when set and stale the call fails with ABORTED.
@@ -754,6 +876,28 @@ export const AuthAdminService: GenService<{
     methodKind: "unary";
     input: typeof RotateSigningKeyRequestSchema;
     output: typeof RotateSigningKeyResponseSchema;
+  },
+  /**
+   * Sets a role's sign-in policy, such as requiring passkeys for doctors and admins. A user of a
+   * role that requires passkeys signs in with a passkey (or a recovery code) as the second factor;
+   * TOTP still works for them until they have registered one, so they can. Audited.
+   *
+   * @generated from rpc caremesh.auth.v1.AuthAdminService.SetRolePolicy
+   */
+  setRolePolicy: {
+    methodKind: "unary";
+    input: typeof SetRolePolicyRequestSchema;
+    output: typeof SetRolePolicyResponseSchema;
+  },
+  /**
+   * Lists the sign-in policy of every role.
+   *
+   * @generated from rpc caremesh.auth.v1.AuthAdminService.ListRolePolicies
+   */
+  listRolePolicies: {
+    methodKind: "unary";
+    input: typeof ListRolePoliciesRequestSchema;
+    output: typeof ListRolePoliciesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_caremesh_auth_v1_auth_admin, 0);

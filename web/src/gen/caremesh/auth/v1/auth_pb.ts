@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file caremesh/auth/v1/auth.proto.
  */
 export const file_caremesh_auth_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChtjYXJlbWVzaC9hdXRoL3YxL2F1dGgucHJvdG8SEGNhcmVtZXNoLmF1dGgudjEi4wIKDVNlc3Npb25Ub2tlbnMSFAoMYWNjZXNzX3Rva2VuGAEgASgJEjwKGGFjY2Vzc190b2tlbl9leHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNcmVmcmVzaF90b2tlbhgDIAEoCRI0ChBpZGxlX2V4cGlyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI3ChNzZXNzaW9uX2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpzZXNzaW9uX2lkGAYgASgJEi0KA2FhbBgHIAEoDjIgLmNhcmVtZXNoLmF1dGgudjEuQXNzdXJhbmNlTGV2ZWwSDwoHdXNlcl9pZBgIIAEoCRIkCgRyb2xlGAkgASgOMhYuY2FyZW1lc2guYXV0aC52MS5Sb2xlInEKD1JlZ2lzdGVyUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIkCgRyb2xlGAMgASgOMhYuY2FyZW1lc2guYXV0aC52MS5Sb2xlEhQKDGRpc3BsYXlfbmFtZRgEIAEoCSI4ChBSZWdpc3RlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYXJlbWVzaC5hdXRoLnYxLlVzZXIiMgoMTG9naW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJIokBCgxNZmFDaGFsbGVuZ2USFwoPY2hhbGxlbmdlX3Rva2VuGAEgASgJEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgdmYWN0b3JzGAMgAygOMh4uY2FyZW1lc2guYXV0aC52MS5TZWNvbmRGYWN0b3IihgEKDUxvZ2luUmVzcG9uc2USMQoGdG9rZW5zGAEgASgLMh8uY2FyZW1lc2guYXV0aC52MS5TZXNzaW9uVG9rZW5zSAASNwoNbWZhX2NoYWxsZW5nZRgCIAEoCzIeLmNhcmVtZXNoLmF1dGgudjEuTWZhQ2hhbGxlbmdlSABCCQoHb3V0Y29tZSJlChRDb21wbGV0ZUxvZ2luUmVxdWVzdBIXCg9jaGFsbGVuZ2VfdG9rZW4YASABKAkSEwoJdG90cF9jb2RlGAIgASgJSAASFwoNcmVjb3ZlcnlfY29kZRgDIAEoCUgAQgYKBGNvZGUiagoVQ29tcGxldGVMb2dpblJlc3BvbnNlEi8KBnRva2VucxgBIAEoCzIfLmNhcmVtZXNoLmF1dGgudjEuU2Vzc2lvblRva2VucxIgChhyZWNvdmVyeV9jb2Rlc19yZW1haW5pbmcYAiABKA0iJwoOUmVmcmVzaFJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCSJCCg9SZWZyZXNoUmVzcG9uc2USLwoGdG9rZW5zGAEgASgLMh8uY2FyZW1lc2guYXV0aC52MS5TZXNzaW9uVG9rZW5zIiYKDUxvZ291dFJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCSIQCg5Mb2dvdXRSZXNwb25zZSIPCg1XaG9BbUlSZXF1ZXN0Iu4BCg5XaG9BbUlSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuY2FyZW1lc2guYXV0aC52MS5Vc2VyEhIKCnNlc3Npb25faWQYAiABKAkSLQoDYWFsGAMgASgOMiAuY2FyZW1lc2guYXV0aC52MS5Bc3N1cmFuY2VMZXZlbBIYChB0b2tlbl9hdHRyaWJ1dGVzGAQgAygJEjcKE3Nlc3Npb25fZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiAKGHJlY292ZXJ5X2NvZGVzX3JlbWFpbmluZxgGIAEoDSITChFFbnJvbGxUb3RwUmVxdWVzdCLIAQoSRW5yb2xsVG90cFJlc3BvbnNlEhMKC290cGF1dGhfdXJpGAEgASgJEg4KBnNlY3JldBgCIAEoCRIOCgZpc3N1ZXIYAyABKAkSEQoJYWxnb3JpdGhtGAQgASgJEg4KBmRpZ2l0cxgFIAEoDRIpCgZwZXJpb2QYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoLZXhwaXJlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiIKEkNvbmZpcm1Ub3RwUmVxdWVzdBIMCgRjb2RlGAEgASgJIl4KE0NvbmZpcm1Ub3RwUmVzcG9uc2USFgoOcmVjb3ZlcnlfY29kZXMYASADKAkSLwoGdG9rZW5zGAIgASgLMh8uY2FyZW1lc2guYXV0aC52MS5TZXNzaW9uVG9rZW5zIiAKHlJlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzUmVxdWVzdCI5Ch9SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1Jlc3BvbnNlEhYKDnJlY292ZXJ5X2NvZGVzGAEgAygJIkcKFUNoYW5nZVBhc3N3b3JkUmVxdWVzdBIYChBjdXJyZW50X3Bhc3N3b3JkGAEgASgJEhQKDG5ld19wYXNzd29yZBgCIAEoCSIyChZDaGFuZ2VQYXNzd29yZFJlc3BvbnNlEhgKEHJldm9rZWRfc2Vzc2lvbnMYASABKA0iRAoRTG9va3VwVXNlclJlcXVlc3QSEQoHdXNlcl9pZBgBIAEoCUgAEhIKCHVzZXJuYW1lGAIgASgJSABCCAoGbG9va3VwIkQKEkxvb2t1cFVzZXJSZXNwb25zZRIuCgdwcm9maWxlGAEgASgLMh0uY2FyZW1lc2guYXV0aC52MS5Vc2VyUHJvZmlsZSIcChpHZXRWZXJpZmljYXRpb25LZXlzUmVxdWVzdCK7AQoPVmVyaWZpY2F0aW9uS2V5Eg4KBmtleV9pZBgBIAEoCRIRCglhbGdvcml0aG0YAiABKAkSEgoKcHVibGljX2tleRgDIAEoDBIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV0aXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2N1cnJlbnQYBiABKAgifAobR2V0VmVyaWZpY2F0aW9uS2V5c1Jlc3BvbnNlEi8KBGtleXMYASADKAsyIS5jYXJlbWVzaC5hdXRoLnYxLlZlcmlmaWNhdGlvbktleRIsCgljYWNoZV90dGwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24qZgoMU2Vjb25kRmFjdG9yEh0KGVNFQ09ORF9GQUNUT1JfVU5TUEVDSUZJRUQQABIWChJTRUNPTkRfRkFDVE9SX1RPVFAQARIfChtTRUNPTkRfRkFDVE9SX1JFQ09WRVJZX0NPREUQAjLdCAoLQXV0aFNlcnZpY2USUQoIUmVnaXN0ZXISIS5jYXJlbWVzaC5hdXRoLnYxLlJlZ2lzdGVyUmVxdWVzdBoiLmNhcmVtZXNoLmF1dGgudjEuUmVnaXN0ZXJSZXNwb25zZRJICgVMb2dpbhIeLmNhcmVtZXNoLmF1dGgudjEuTG9naW5SZXF1ZXN0Gh8uY2FyZW1lc2guYXV0aC52MS5Mb2dpblJlc3BvbnNlEmAKDUNvbXBsZXRlTG9naW4SJi5jYXJlbWVzaC5hdXRoLnYxLkNvbXBsZXRlTG9naW5SZXF1ZXN0GicuY2FyZW1lc2guYXV0aC52MS5Db21wbGV0ZUxvZ2luUmVzcG9uc2USTgoHUmVmcmVzaBIgLmNhcmVtZXNoLmF1dGgudjEuUmVmcmVzaFJlcXVlc3QaIS5jYXJlbWVzaC5hdXRoLnYxLlJlZnJlc2hSZXNwb25zZRJLCgZMb2dvdXQSHy5jYXJlbWVzaC5hdXRoLnYxLkxvZ291dFJlcXVlc3QaIC5jYXJlbWVzaC5hdXRoLnYxLkxvZ291dFJlc3BvbnNlEksKBldob0FtSRIfLmNhcmVtZXNoLmF1dGgudjEuV2hvQW1JUmVxdWVzdBogLmNhcmVtZXNoLmF1dGgudjEuV2hvQW1JUmVzcG9uc2USVwoKRW5yb2xsVG90cBIjLmNhcmVtZXNoLmF1dGgudjEuRW5yb2xsVG90cFJlcXVlc3QaJC5jYXJlbWVzaC5hdXRoLnYxLkVucm9sbFRvdHBSZXNwb25zZRJaCgtDb25maXJtVG90cBIkLmNhcmVtZXNoLmF1dGgudjEuQ29uZmlybVRvdHBSZXF1ZXN0GiUuY2FyZW1lc2guYXV0aC52MS5Db25maXJtVG90cFJlc3BvbnNlEn4KF1JlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzEjAuY2FyZW1lc2guYXV0aC52MS5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1JlcXVlc3QaMS5jYXJlbWVzaC5hdXRoLnYxLlJlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzUmVzcG9uc2USYwoOQ2hhbmdlUGFzc3dvcmQSJy5jYXJlbWVzaC5hdXRoLnYxLkNoYW5nZVBhc3N3b3JkUmVxdWVzdBooLmNhcmVtZXNoLmF1dGgudjEuQ2hhbmdlUGFzc3dvcmRSZXNwb25zZRJXCgpMb29rdXBVc2VyEiMuY2FyZW1lc2guYXV0aC52MS5Mb29rdXBVc2VyUmVxdWVzdBokLmNhcmVtZXNoLmF1dGgudjEuTG9va3VwVXNlclJlc3BvbnNlEnIKE0dldFZlcmlmaWNhdGlvbktleXMSLC5jYXJlbWVzaC5hdXRoLnYxLkdldFZlcmlmaWNhdGlvbktleXNSZXF1ZXN0Gi0uY2FyZW1lc2guYXV0aC52MS5HZXRWZXJpZmljYXRpb25LZXlzUmVzcG9uc2ViBnByb3RvMw", [file_caremesh_auth_v1_user, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChtjYXJlbWVzaC9hdXRoL3YxL2F1dGgucHJvdG8SEGNhcmVtZXNoLmF1dGgudjEi4wIKDVNlc3Npb25Ub2tlbnMSFAoMYWNjZXNzX3Rva2VuGAEgASgJEjwKGGFjY2Vzc190b2tlbl9leHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNcmVmcmVzaF90b2tlbhgDIAEoCRI0ChBpZGxlX2V4cGlyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI3ChNzZXNzaW9uX2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpzZXNzaW9uX2lkGAYgASgJEi0KA2FhbBgHIAEoDjIgLmNhcmVtZXNoLmF1dGgudjEuQXNzdXJhbmNlTGV2ZWwSDwoHdXNlcl9pZBgIIAEoCRIkCgRyb2xlGAkgASgOMhYuY2FyZW1lc2guYXV0aC52MS5Sb2xlInEKD1JlZ2lzdGVyUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIkCgRyb2xlGAMgASgOMhYuY2FyZW1lc2guYXV0aC52MS5Sb2xlEhQKDGRpc3BsYXlfbmFtZRgEIAEoCSI4ChBSZWdpc3RlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYXJlbWVzaC5hdXRoLnYxLlVzZXIiMgoMTG9naW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJIq8BCgxNZmFDaGFsbGVuZ2USFwoPY2hhbGxlbmdlX3Rva2VuGAEgASgJEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgdmYWN0b3JzGAMgAygOMh4uY2FyZW1lc2guYXV0aC52MS5TZWNvbmRGYWN0b3ISJAoccGFzc2tleV9yZXF1ZXN0X29wdGlvbnNfanNvbhgEIAEoDCKGAQoNTG9naW5SZXNwb25zZRIxCgZ0b2tlbnMYASABKAsyHy5jYXJlbWVzaC5hdXRoLnYxLlNlc3Npb25Ub2tlbnNIABI3Cg1tZmFfY2hhbGxlbmdlGAIgASgLMh4uY2FyZW1lc2guYXV0aC52MS5NZmFDaGFsbGVuZ2VIAEIJCgdvdXRjb21lIocBChRDb21wbGV0ZUxvZ2luUmVxdWVzdBIXCg9jaGFsbGVuZ2VfdG9rZW4YASABKAkSEwoJdG90cF9jb2RlGAIgASgJSAASFwoNcmVjb3ZlcnlfY29kZRgDIAEoCUgAEiAKFnBhc3NrZXlfYXNzZXJ0aW9uX2pzb24YBCABKAxIAEIGCgRjb2RlImoKFUNvbXBsZXRlTG9naW5SZXNwb25zZRIvCgZ0b2tlbnMYASABKAsyHy5jYXJlbWVzaC5hdXRoLnYxLlNlc3Npb25Ub2tlbnMSIAoYcmVjb3ZlcnlfY29kZXNfcmVtYWluaW5nGAIgASgNIicKDlJlZnJlc2hSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiQgoPUmVmcmVzaFJlc3BvbnNlEi8KBnRva2VucxgBIAEoCzIfLmNhcmVtZXNoLmF1dGgudjEuU2Vzc2lvblRva2VucyImCg1Mb2dvdXRSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiEAoOTG9nb3V0UmVzcG9uc2UiDwoNV2hvQW1JUmVxdWVzdCLuAQoOV2hvQW1JUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmNhcmVtZXNoLmF1dGgudjEuVXNlchISCgpzZXNzaW9uX2lkGAIgASgJEi0KA2FhbBgDIAEoDjIgLmNhcmVtZXNoLmF1dGgudjEuQXNzdXJhbmNlTGV2ZWwSGAoQdG9rZW5fYXR0cmlidXRlcxgEIAMoCRI3ChNzZXNzaW9uX2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIgChhyZWNvdmVyeV9jb2Rlc19yZW1haW5pbmcYBiABKA0iEwoRRW5yb2xsVG90cFJlcXVlc3QiyAEKEkVucm9sbFRvdHBSZXNwb25zZRITCgtvdHBhdXRoX3VyaRgBIAEoCRIOCgZzZWNyZXQYAiABKAkSDgoGaXNzdWVyGAMgASgJEhEKCWFsZ29yaXRobRgEIAEoCRIOCgZkaWdpdHMYBSABKA0SKQoGcGVyaW9kGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KC2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIiChJDb25maXJtVG90cFJlcXVlc3QSDAoEY29kZRgBIAEoCSJeChNDb25maXJtVG90cFJlc3BvbnNlEhYKDnJlY292ZXJ5X2NvZGVzGAEgAygJEi8KBnRva2VucxgCIAEoCzIfLmNhcmVtZXNoLmF1dGgudjEuU2Vzc2lvblRva2VucyIgCh5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1JlcXVlc3QiOQofUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXNSZXNwb25zZRIWCg5yZWNvdmVyeV9jb2RlcxgBIAMoCSJHChVDaGFuZ2VQYXNzd29yZFJlcXVlc3QSGAoQY3VycmVudF9wYXNzd29yZBgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkiMgoWQ2hhbmdlUGFzc3dvcmRSZXNwb25zZRIYChByZXZva2VkX3Nlc3Npb25zGAEgASgNIkQKEUxvb2t1cFVzZXJSZXF1ZXN0EhEKB3VzZXJfaWQYASABKAlIABISCgh1c2VybmFtZRgCIAEoCUgAQggKBmxvb2t1cCJEChJMb29rdXBVc2VyUmVzcG9uc2USLgoHcHJvZmlsZRgBIAEoCzIdLmNhcmVtZXNoLmF1dGgudjEuVXNlclByb2ZpbGUiHAoaR2V0VmVyaWZpY2F0aW9uS2V5c1JlcXVlc3QiuwEKD1ZlcmlmaWNhdGlvbktleRIOCgZrZXlfaWQYASABKAkSEQoJYWxnb3JpdGhtGAIgASgJEhIKCnB1YmxpY19rZXkYAyABKAwSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3JldGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdjdXJyZW50GAYgASgIInwKG0dldFZlcmlmaWNhdGlvbktleXNSZXNwb25zZRIvCgRrZXlzGAEgAygLMiEuY2FyZW1lc2guYXV0aC52MS5WZXJpZmljYXRpb25LZXkSLAoJY2FjaGVfdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIukBCgdQYXNza2V5EhIKCnBhc3NrZXlfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIVCg1jcmVkZW50aWFsX2lkGAMgASgJEi8KC2NyZWF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1sYXN0X3VzZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpzaWduX2NvdW50GAYgASgNEhcKD2JhY2t1cF9lbGlnaWJsZRgHIAEoCBIUCgxiYWNrdXBfc3RhdGUYCCABKAgiIQofU3RhcnRQYXNza2V5UmVnaXN0cmF0aW9uUmVxdWVzdCKKAQogU3RhcnRQYXNza2V5UmVnaXN0cmF0aW9uUmVzcG9uc2USFgoOY2VyZW1vbnlfdG9rZW4YASABKAkSHQoVY3JlYXRpb25fb3B0aW9uc19qc29uGAIgASgMEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJhCiBGaW5pc2hQYXNza2V5UmVnaXN0cmF0aW9uUmVxdWVzdBIWCg5jZXJlbW9ueV90b2tlbhgBIAEoCRIXCg9jcmVkZW50aWFsX2pzb24YAiABKAwSDAoEbmFtZRgDIAEoCSKYAQohRmluaXNoUGFzc2tleVJlZ2lzdHJhdGlvblJlc3BvbnNlEioKB3Bhc3NrZXkYASABKAsyGS5jYXJlbWVzaC5hdXRoLnYxLlBhc3NrZXkSFgoOcmVjb3ZlcnlfY29kZXMYAiADKAkSLwoGdG9rZW5zGAMgASgLMh8uY2FyZW1lc2guYXV0aC52MS5TZXNzaW9uVG9rZW5zIhUKE0xpc3RQYXNza2V5c1JlcXVlc3QiXQoUTGlzdFBhc3NrZXlzUmVzcG9uc2USKwoIcGFzc2tleXMYASADKAsyGS5jYXJlbWVzaC5hdXRoLnYxLlBhc3NrZXkSGAoQcGFzc2tleV9yZXF1aXJlZBgCIAEoCCI4ChRSZW5hbWVQYXNza2V5UmVxdWVzdBISCgpwYXNza2V5X2lkGAEgASgJEgwKBG5hbWUYAiABKAkiQwoVUmVuYW1lUGFzc2tleVJlc3BvbnNlEioKB3Bhc3NrZXkYASABKAsyGS5jYXJlbWVzaC5hdXRoLnYxLlBhc3NrZXkiKgoUUmVtb3ZlUGFzc2tleVJlcXVlc3QSEgoKcGFzc2tleV9pZBgBIAEoCSIXChVSZW1vdmVQYXNza2V5UmVzcG9uc2UiGgoYU3RhcnRQYXNza2V5TG9naW5SZXF1ZXN0IoIBChlTdGFydFBhc3NrZXlMb2dpblJlc3BvbnNlEhYKDmNlcmVtb255X3Rva2VuGAEgASgJEhwKFHJlcXVlc3Rfb3B0aW9uc19qc29uGAIgASgMEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJMChlGaW5pc2hQYXNza2V5TG9naW5SZXF1ZXN0EhYKDmNlcmVtb255X3Rva2VuGAEgASgJEhcKD2NyZWRlbnRpYWxfanNvbhgCIAEoDCJvChpGaW5pc2hQYXNza2V5TG9naW5SZXNwb25zZRIvCgZ0b2tlbnMYASABKAsyHy5jYXJlbWVzaC5hdXRoLnYxLlNlc3Npb25Ub2tlbnMSIAoYcmVjb3ZlcnlfY29kZXNfcmVtYWluaW5nGAIgASgNKoEBCgxTZWNvbmRGYWN0b3ISHQoZU0VDT05EX0ZBQ1RPUl9VTlNQRUNJRklFRBAAEhYKElNFQ09ORF9GQUNUT1JfVE9UUBABEh8KG1NFQ09ORF9GQUNUT1JfUkVDT1ZFUllfQ09ERRACEhkKFVNFQ09ORF9GQUNUT1JfUEFTU0tFWRADMuoOCgtBdXRoU2VydmljZRJRCghSZWdpc3RlchIhLmNhcmVtZXNoLmF1dGgudjEuUmVnaXN0ZXJSZXF1ZXN0GiIuY2FyZW1lc2guYXV0aC52MS5SZWdpc3RlclJlc3BvbnNlEkgKBUxvZ2luEh4uY2FyZW1lc2guYXV0aC52MS5Mb2dpblJlcXVlc3QaHy5jYXJlbWVzaC5hdXRoLnYxLkxvZ2luUmVzcG9uc2USYAoNQ29tcGxldGVMb2dpbhImLmNhcmVtZXNoLmF1dGgudjEuQ29tcGxldGVMb2dpblJlcXVlc3QaJy5jYXJlbWVzaC5hdXRoLnYxLkNvbXBsZXRlTG9naW5SZXNwb25zZRJOCgdSZWZyZXNoEiAuY2FyZW1lc2guYXV0aC52MS5SZWZyZXNoUmVxdWVzdBohLmNhcmVtZXNoLmF1dGgudjEuUmVmcmVzaFJlc3BvbnNlEksKBkxvZ291dBIfLmNhcmVtZXNoLmF1dGgudjEuTG9nb3V0UmVxdWVzdBogLmNhcmVtZXNoLmF1dGgudjEuTG9nb3V0UmVzcG9uc2USSwoGV2hvQW1JEh8uY2FyZW1lc2guYXV0aC52MS5XaG9BbUlSZXF1ZXN0GiAuY2FyZW1lc2guYXV0aC52MS5XaG9BbUlSZXNwb25zZRJXCgpFbnJvbGxUb3RwEiMuY2FyZW1lc2guYXV0aC52MS5FbnJvbGxUb3RwUmVxdWVzdBokLmNhcmVtZXNoLmF1dGgudjEuRW5yb2xsVG90cFJlc3BvbnNlEloKC0NvbmZpcm1Ub3RwEiQuY2FyZW1lc2guYXV0aC52MS5Db25maXJtVG90cFJlcXVlc3QaJS5jYXJlbWVzaC5hdXRoLnYxLkNvbmZpcm1Ub3RwUmVzcG9uc2USfgoXUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXMSMC5jYXJlbWVzaC5hdXRoLnYxLlJlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzUmVxdWVzdBoxLmNhcmVtZXNoLmF1dGgudjEuUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXNSZXNwb25zZRJjCg5DaGFuZ2VQYXNzd29yZBInLmNhcmVtZXNoLmF1dGgudjEuQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0GiguY2FyZW1lc2guYXV0aC52MS5DaGFuZ2VQYXNzd29yZFJlc3BvbnNlElcKCkxvb2t1cFVzZXISIy5jYXJlbWVzaC5hdXRoLnYxLkxvb2t1cFVzZXJSZXF1ZXN0GiQuY2FyZW1lc2guYXV0aC52MS5Mb29rdXBVc2VyUmVzcG9uc2UScgoTR2V0VmVyaWZpY2F0aW9uS2V5cxIsLmNhcmVtZXNoLmF1dGgudjEuR2V0VmVyaWZpY2F0aW9uS2V5c1JlcXVlc3QaLS5jYXJlbWVzaC5hdXRoLnYxLkdldFZlcmlmaWNhdGlvbktleXNSZXNwb25zZRKBAQoYU3RhcnRQYXNza2V5UmVnaXN0cmF0aW9uEjEuY2FyZW1lc2guYXV0aC52MS5TdGFydFBhc3NrZXlSZWdpc3RyYXRpb25SZXF1ZXN0GjIuY2FyZW1lc2guYXV0aC52MS5TdGFydFBhc3NrZXlSZWdpc3RyYXRpb25SZXNwb25zZRKEAQoZRmluaXNoUGFzc2tleVJlZ2lzdHJhdGlvbhIyLmNhcmVtZXNoLmF1dGgudjEuRmluaXNoUGFzc2tleVJlZ2lzdHJhdGlvblJlcXVlc3QaMy5jYXJlbWVzaC5hdXRoLnYxLkZpbmlzaFBhc3NrZXlSZWdpc3RyYXRpb25SZXNwb25zZRJdCgxMaXN0UGFzc2tleXMSJS5jYXJlbWVzaC5hdXRoLnYxLkxpc3RQYXNza2V5c1JlcXVlc3QaJi5jYXJlbWVzaC5hdXRoLnYxLkxpc3RQYXNza2V5c1Jlc3BvbnNlEmAKDVJlbmFtZVBhc3NrZXkSJi5jYXJlbWVzaC5hdXRoLnYxLlJlbmFtZVBhc3NrZXlSZXF1ZXN0GicuY2FyZW1lc2guYXV0aC52MS5SZW5hbWVQYXNza2V5UmVzcG9uc2USYAoNUmVtb3ZlUGFzc2tleRImLmNhcmVtZXNoLmF1dGgudjEuUmVtb3ZlUGFzc2tleVJlcXVlc3QaJy5jYXJlbWVzaC5hdXRoLnYxLlJlbW92ZVBhc3NrZXlSZXNwb25zZRJsChFTdGFydFBhc3NrZXlMb2dpbhIqLmNhcmVtZXNoLmF1dGgudjEuU3RhcnRQYXNza2V5TG9naW5SZXF1ZXN0GisuY2FyZW1lc2guYXV0aC52MS5TdGFydFBhc3NrZXlMb2dpblJlc3BvbnNlEm8KEkZpbmlzaFBhc3NrZXlMb2dpbhIrLmNhcmVtZXNoLmF1dGgudjEuRmluaXNoUGFzc2tleUxvZ2luUmVxdWVzdBosLmNhcmVtZXNoLmF1dGgudjEuRmluaXNoUGFzc2tleUxvZ2luUmVzcG9uc2ViBnByb3RvMw", [file_caremesh_auth_v1_user, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * The tokens of a session, returned by login, refresh and MFA confirmation.
@@ -210,11 +210,20 @@ export type MfaChallenge = Message<"caremesh.auth.v1.MfaChallenge"> & {
   expireTime?: Timestamp | undefined;
 
   /**
-   * The second factors this challenge accepts.
+   * The second factors this challenge accepts. A user whose role requires passkeys and who has
+   * one is offered SECOND_FACTOR_PASSKEY and SECOND_FACTOR_RECOVERY_CODE only.
    *
    * @generated from field: repeated caremesh.auth.v1.SecondFactor factors = 3;
    */
   factors: SecondFactor[];
+
+  /**
+   * With SECOND_FACTOR_PASSKEY: the WebAuthn request options (`{"publicKey": {...}}`, JSON) naming
+   * the user's passkeys. Answer with CompleteLoginRequest.passkey_assertion_json.
+   *
+   * @generated from field: bytes passkey_request_options_json = 4;
+   */
+  passkeyRequestOptionsJson: Uint8Array;
 };
 
 /**
@@ -295,6 +304,14 @@ export type CompleteLoginRequest = Message<"caremesh.auth.v1.CompleteLoginReques
      */
     value: string;
     case: "recoveryCode";
+  } | {
+    /**
+     * The JSON of the PublicKeyCredential that answers passkey_request_options_json.
+     *
+     * @generated from field: bytes passkey_assertion_json = 4;
+     */
+    value: Uint8Array;
+    case: "passkeyAssertionJson";
   } | { case: undefined; value?: undefined };
 };
 
@@ -855,6 +872,436 @@ export const GetVerificationKeysResponseSchema: GenMessage<GetVerificationKeysRe
   messageDesc(file_caremesh_auth_v1_auth, 26);
 
 /**
+ * One of a user's passkeys. The public key and the authenticator's state stay in auth-svc.
+ *
+ * @generated from message caremesh.auth.v1.Passkey
+ */
+export type Passkey = Message<"caremesh.auth.v1.Passkey"> & {
+  /**
+   * auth-svc's id of the passkey (UUIDv7).
+   *
+   * @generated from field: string passkey_id = 1;
+   */
+  passkeyId: string;
+
+  /**
+   * The name the user gave it (1 to 64 characters), such as "work laptop".
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The WebAuthn credential id, base64url without padding (what the browser calls `id`).
+   *
+   * @generated from field: string credential_id = 3;
+   */
+  credentialId: string;
+
+  /**
+   * When it was registered.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 4;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When it last signed in (unset if never).
+   *
+   * @generated from field: google.protobuf.Timestamp last_use_time = 5;
+   */
+  lastUseTime?: Timestamp | undefined;
+
+  /**
+   * The authenticator's signature counter at the last use (0 for authenticators that keep none,
+   * such as synced passkeys).
+   *
+   * @generated from field: uint32 sign_count = 6;
+   */
+  signCount: number;
+
+  /**
+   * The backup-eligible flag (BE): the credential may be synced to other devices.
+   *
+   * @generated from field: bool backup_eligible = 7;
+   */
+  backupEligible: boolean;
+
+  /**
+   * The backup-state flag (BS) at the last use: the credential is synced now.
+   *
+   * @generated from field: bool backup_state = 8;
+   */
+  backupState: boolean;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.Passkey.
+ * Use `create(PasskeySchema)` to create a new message.
+ */
+export const PasskeySchema: GenMessage<Passkey> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 27);
+
+/**
+ * Request for AuthService.StartPasskeyRegistration.
+ *
+ * @generated from message caremesh.auth.v1.StartPasskeyRegistrationRequest
+ */
+export type StartPasskeyRegistrationRequest = Message<"caremesh.auth.v1.StartPasskeyRegistrationRequest"> & {
+};
+
+/**
+ * Describes the message caremesh.auth.v1.StartPasskeyRegistrationRequest.
+ * Use `create(StartPasskeyRegistrationRequestSchema)` to create a new message.
+ */
+export const StartPasskeyRegistrationRequestSchema: GenMessage<StartPasskeyRegistrationRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 28);
+
+/**
+ * Response for AuthService.StartPasskeyRegistration.
+ *
+ * @generated from message caremesh.auth.v1.StartPasskeyRegistrationResponse
+ */
+export type StartPasskeyRegistrationResponse = Message<"caremesh.auth.v1.StartPasskeyRegistrationResponse"> & {
+  /**
+   * Opaque, secret, single-use token naming this ceremony: send it back with the answer.
+   *
+   * @generated from field: string ceremony_token = 1;
+   */
+  ceremonyToken: string;
+
+  /**
+   * PublicKeyCredentialCreationOptions as JSON (`{"publicKey": {...}}`): pass `publicKey` to
+   * PublicKeyCredential.parseCreationOptionsFromJSON, then to navigator.credentials.create.
+   * The user's existing passkeys are excluded, so one authenticator registers once.
+   *
+   * @generated from field: bytes creation_options_json = 2;
+   */
+  creationOptionsJson: Uint8Array;
+
+  /**
+   * When the ceremony expires.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 3;
+   */
+  expireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.StartPasskeyRegistrationResponse.
+ * Use `create(StartPasskeyRegistrationResponseSchema)` to create a new message.
+ */
+export const StartPasskeyRegistrationResponseSchema: GenMessage<StartPasskeyRegistrationResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 29);
+
+/**
+ * Request for AuthService.FinishPasskeyRegistration.
+ *
+ * @generated from message caremesh.auth.v1.FinishPasskeyRegistrationRequest
+ */
+export type FinishPasskeyRegistrationRequest = Message<"caremesh.auth.v1.FinishPasskeyRegistrationRequest"> & {
+  /**
+   * The token from StartPasskeyRegistrationResponse.
+   *
+   * @generated from field: string ceremony_token = 1;
+   */
+  ceremonyToken: string;
+
+  /**
+   * The JSON of the new PublicKeyCredential (PublicKeyCredential.toJSON()).
+   *
+   * @generated from field: bytes credential_json = 2;
+   */
+  credentialJson: Uint8Array;
+
+  /**
+   * A name for the passkey (1 to 64 characters).
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.FinishPasskeyRegistrationRequest.
+ * Use `create(FinishPasskeyRegistrationRequestSchema)` to create a new message.
+ */
+export const FinishPasskeyRegistrationRequestSchema: GenMessage<FinishPasskeyRegistrationRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 30);
+
+/**
+ * Response for AuthService.FinishPasskeyRegistration.
+ *
+ * @generated from message caremesh.auth.v1.FinishPasskeyRegistrationResponse
+ */
+export type FinishPasskeyRegistrationResponse = Message<"caremesh.auth.v1.FinishPasskeyRegistrationResponse"> & {
+  /**
+   * The stored passkey.
+   *
+   * @generated from field: caremesh.auth.v1.Passkey passkey = 1;
+   */
+  passkey?: Passkey | undefined;
+
+  /**
+   * When this passkey is the account's first second factor: 10 single-use recovery codes, shown
+   * once. Empty otherwise (the existing codes stay valid).
+   *
+   * @generated from field: repeated string recovery_codes = 2;
+   */
+  recoveryCodes: string[];
+
+  /**
+   * When the session was upgraded to AAL2 by this registration: its fresh tokens.
+   *
+   * @generated from field: caremesh.auth.v1.SessionTokens tokens = 3;
+   */
+  tokens?: SessionTokens | undefined;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.FinishPasskeyRegistrationResponse.
+ * Use `create(FinishPasskeyRegistrationResponseSchema)` to create a new message.
+ */
+export const FinishPasskeyRegistrationResponseSchema: GenMessage<FinishPasskeyRegistrationResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 31);
+
+/**
+ * Request for AuthService.ListPasskeys.
+ *
+ * @generated from message caremesh.auth.v1.ListPasskeysRequest
+ */
+export type ListPasskeysRequest = Message<"caremesh.auth.v1.ListPasskeysRequest"> & {
+};
+
+/**
+ * Describes the message caremesh.auth.v1.ListPasskeysRequest.
+ * Use `create(ListPasskeysRequestSchema)` to create a new message.
+ */
+export const ListPasskeysRequestSchema: GenMessage<ListPasskeysRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 32);
+
+/**
+ * Response for AuthService.ListPasskeys.
+ *
+ * @generated from message caremesh.auth.v1.ListPasskeysResponse
+ */
+export type ListPasskeysResponse = Message<"caremesh.auth.v1.ListPasskeysResponse"> & {
+  /**
+   * The caller's passkeys, oldest first.
+   *
+   * @generated from field: repeated caremesh.auth.v1.Passkey passkeys = 1;
+   */
+  passkeys: Passkey[];
+
+  /**
+   * True when an admin requires passkeys for the caller's role: a user of that role with no
+   * passkey should register one now (TOTP stops working for them once they have).
+   *
+   * @generated from field: bool passkey_required = 2;
+   */
+  passkeyRequired: boolean;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.ListPasskeysResponse.
+ * Use `create(ListPasskeysResponseSchema)` to create a new message.
+ */
+export const ListPasskeysResponseSchema: GenMessage<ListPasskeysResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 33);
+
+/**
+ * Request for AuthService.RenamePasskey.
+ *
+ * @generated from message caremesh.auth.v1.RenamePasskeyRequest
+ */
+export type RenamePasskeyRequest = Message<"caremesh.auth.v1.RenamePasskeyRequest"> & {
+  /**
+   * The passkey to rename.
+   *
+   * @generated from field: string passkey_id = 1;
+   */
+  passkeyId: string;
+
+  /**
+   * The new name (1 to 64 characters).
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.RenamePasskeyRequest.
+ * Use `create(RenamePasskeyRequestSchema)` to create a new message.
+ */
+export const RenamePasskeyRequestSchema: GenMessage<RenamePasskeyRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 34);
+
+/**
+ * Response for AuthService.RenamePasskey.
+ *
+ * @generated from message caremesh.auth.v1.RenamePasskeyResponse
+ */
+export type RenamePasskeyResponse = Message<"caremesh.auth.v1.RenamePasskeyResponse"> & {
+  /**
+   * The passkey as it is now.
+   *
+   * @generated from field: caremesh.auth.v1.Passkey passkey = 1;
+   */
+  passkey?: Passkey | undefined;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.RenamePasskeyResponse.
+ * Use `create(RenamePasskeyResponseSchema)` to create a new message.
+ */
+export const RenamePasskeyResponseSchema: GenMessage<RenamePasskeyResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 35);
+
+/**
+ * Request for AuthService.RemovePasskey.
+ *
+ * @generated from message caremesh.auth.v1.RemovePasskeyRequest
+ */
+export type RemovePasskeyRequest = Message<"caremesh.auth.v1.RemovePasskeyRequest"> & {
+  /**
+   * The passkey to remove.
+   *
+   * @generated from field: string passkey_id = 1;
+   */
+  passkeyId: string;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.RemovePasskeyRequest.
+ * Use `create(RemovePasskeyRequestSchema)` to create a new message.
+ */
+export const RemovePasskeyRequestSchema: GenMessage<RemovePasskeyRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 36);
+
+/**
+ * Response for AuthService.RemovePasskey.
+ *
+ * @generated from message caremesh.auth.v1.RemovePasskeyResponse
+ */
+export type RemovePasskeyResponse = Message<"caremesh.auth.v1.RemovePasskeyResponse"> & {
+};
+
+/**
+ * Describes the message caremesh.auth.v1.RemovePasskeyResponse.
+ * Use `create(RemovePasskeyResponseSchema)` to create a new message.
+ */
+export const RemovePasskeyResponseSchema: GenMessage<RemovePasskeyResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 37);
+
+/**
+ * Request for AuthService.StartPasskeyLogin.
+ *
+ * @generated from message caremesh.auth.v1.StartPasskeyLoginRequest
+ */
+export type StartPasskeyLoginRequest = Message<"caremesh.auth.v1.StartPasskeyLoginRequest"> & {
+};
+
+/**
+ * Describes the message caremesh.auth.v1.StartPasskeyLoginRequest.
+ * Use `create(StartPasskeyLoginRequestSchema)` to create a new message.
+ */
+export const StartPasskeyLoginRequestSchema: GenMessage<StartPasskeyLoginRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 38);
+
+/**
+ * Response for AuthService.StartPasskeyLogin.
+ *
+ * @generated from message caremesh.auth.v1.StartPasskeyLoginResponse
+ */
+export type StartPasskeyLoginResponse = Message<"caremesh.auth.v1.StartPasskeyLoginResponse"> & {
+  /**
+   * Opaque, secret, single-use token naming this ceremony.
+   *
+   * @generated from field: string ceremony_token = 1;
+   */
+  ceremonyToken: string;
+
+  /**
+   * PublicKeyCredentialRequestOptions as JSON (`{"publicKey": {...}}`), with no allowed
+   * credentials (the authenticator offers its discoverable ones) and user verification required.
+   *
+   * @generated from field: bytes request_options_json = 2;
+   */
+  requestOptionsJson: Uint8Array;
+
+  /**
+   * When the ceremony expires.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 3;
+   */
+  expireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.StartPasskeyLoginResponse.
+ * Use `create(StartPasskeyLoginResponseSchema)` to create a new message.
+ */
+export const StartPasskeyLoginResponseSchema: GenMessage<StartPasskeyLoginResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 39);
+
+/**
+ * Request for AuthService.FinishPasskeyLogin.
+ *
+ * @generated from message caremesh.auth.v1.FinishPasskeyLoginRequest
+ */
+export type FinishPasskeyLoginRequest = Message<"caremesh.auth.v1.FinishPasskeyLoginRequest"> & {
+  /**
+   * The token from StartPasskeyLoginResponse.
+   *
+   * @generated from field: string ceremony_token = 1;
+   */
+  ceremonyToken: string;
+
+  /**
+   * The JSON of the PublicKeyCredential the authenticator returned (with its userHandle).
+   *
+   * @generated from field: bytes credential_json = 2;
+   */
+  credentialJson: Uint8Array;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.FinishPasskeyLoginRequest.
+ * Use `create(FinishPasskeyLoginRequestSchema)` to create a new message.
+ */
+export const FinishPasskeyLoginRequestSchema: GenMessage<FinishPasskeyLoginRequest> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 40);
+
+/**
+ * Response for AuthService.FinishPasskeyLogin.
+ *
+ * @generated from message caremesh.auth.v1.FinishPasskeyLoginResponse
+ */
+export type FinishPasskeyLoginResponse = Message<"caremesh.auth.v1.FinishPasskeyLoginResponse"> & {
+  /**
+   * Tokens of the new session (AAL2, or AAL1 for a pending user).
+   *
+   * @generated from field: caremesh.auth.v1.SessionTokens tokens = 1;
+   */
+  tokens?: SessionTokens | undefined;
+
+  /**
+   * Recovery codes left.
+   *
+   * @generated from field: uint32 recovery_codes_remaining = 2;
+   */
+  recoveryCodesRemaining: number;
+};
+
+/**
+ * Describes the message caremesh.auth.v1.FinishPasskeyLoginResponse.
+ * Use `create(FinishPasskeyLoginResponseSchema)` to create a new message.
+ */
+export const FinishPasskeyLoginResponseSchema: GenMessage<FinishPasskeyLoginResponse> = /*@__PURE__*/
+  messageDesc(file_caremesh_auth_v1_auth, 41);
+
+/**
  * The second factors a login challenge accepts.
  *
  * @generated from enum caremesh.auth.v1.SecondFactor
@@ -880,6 +1327,13 @@ export enum SecondFactor {
    * @generated from enum value: SECOND_FACTOR_RECOVERY_CODE = 2;
    */
   RECOVERY_CODE = 2,
+
+  /**
+   * An assertion of one of the user's passkeys, answering MfaChallenge.passkey_request_options_json.
+   *
+   * @generated from enum value: SECOND_FACTOR_PASSKEY = 3;
+   */
+  PASSKEY = 3,
 }
 
 /**
@@ -1034,6 +1488,85 @@ export const AuthService: GenService<{
     methodKind: "unary";
     input: typeof GetVerificationKeysRequestSchema;
     output: typeof GetVerificationKeysResponseSchema;
+  },
+  /**
+   * Starts registering a passkey for the caller. AAL1 is enough while the account has no second
+   * factor yet; with TOTP or a passkey it needs AAL2. The ceremony expires after a few minutes.
+   *
+   * @generated from rpc caremesh.auth.v1.AuthService.StartPasskeyRegistration
+   */
+  startPasskeyRegistration: {
+    methodKind: "unary";
+    input: typeof StartPasskeyRegistrationRequestSchema;
+    output: typeof StartPasskeyRegistrationResponseSchema;
+  },
+  /**
+   * Finishes the registration with the authenticator's answer and stores the passkey under a
+   * name. The account's first second factor also issues recovery codes and upgrades the session
+   * to AAL2, as ConfirmTotp does.
+   *
+   * @generated from rpc caremesh.auth.v1.AuthService.FinishPasskeyRegistration
+   */
+  finishPasskeyRegistration: {
+    methodKind: "unary";
+    input: typeof FinishPasskeyRegistrationRequestSchema;
+    output: typeof FinishPasskeyRegistrationResponseSchema;
+  },
+  /**
+   * Lists the caller's passkeys (AAL1 is enough).
+   *
+   * @generated from rpc caremesh.auth.v1.AuthService.ListPasskeys
+   */
+  listPasskeys: {
+    methodKind: "unary";
+    input: typeof ListPasskeysRequestSchema;
+    output: typeof ListPasskeysResponseSchema;
+  },
+  /**
+   * Renames one of the caller's passkeys (AAL1 is enough).
+   *
+   * @generated from rpc caremesh.auth.v1.AuthService.RenamePasskey
+   */
+  renamePasskey: {
+    methodKind: "unary";
+    input: typeof RenamePasskeyRequestSchema;
+    output: typeof RenamePasskeyResponseSchema;
+  },
+  /**
+   * Removes one of the caller's passkeys; it can no longer sign in. Needs AAL2. The last passkey
+   * of a user whose role requires passkeys cannot be removed (FAILED_PRECONDITION).
+   *
+   * @generated from rpc caremesh.auth.v1.AuthService.RemovePasskey
+   */
+  removePasskey: {
+    methodKind: "unary";
+    input: typeof RemovePasskeyRequestSchema;
+    output: typeof RemovePasskeyResponseSchema;
+  },
+  /**
+   * Starts a passwordless sign-in: options for a discoverable credential, with no user named.
+   * No token needed; rate-limited per source like Login.
+   *
+   * @generated from rpc caremesh.auth.v1.AuthService.StartPasskeyLogin
+   */
+  startPasskeyLogin: {
+    methodKind: "unary";
+    input: typeof StartPasskeyLoginRequestSchema;
+    output: typeof StartPasskeyLoginResponseSchema;
+  },
+  /**
+   * Finishes a passwordless sign-in. A discoverable passkey with user verification is two factors
+   * in one (something you have, unlocked by something you are or know), so the session is AAL2
+   * (AAL1 for a pending user). A counter that went backwards means a cloned authenticator: the
+   * sign-in is refused and audited, and audit-svc raises ALERT_KIND_CLONED_AUTHENTICATOR.
+   * No token needed.
+   *
+   * @generated from rpc caremesh.auth.v1.AuthService.FinishPasskeyLogin
+   */
+  finishPasskeyLogin: {
+    methodKind: "unary";
+    input: typeof FinishPasskeyLoginRequestSchema;
+    output: typeof FinishPasskeyLoginResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_caremesh_auth_v1_auth, 0);
