@@ -3,6 +3,8 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 
+import { PasskeyError } from "./passkeys";
+
 export interface ErrorView {
   /** The server's message (or a description of a network failure). */
   readonly message: string;
@@ -13,7 +15,7 @@ export interface ErrorView {
 }
 
 /** What the caller was doing, for advice that fits. */
-export type Operation = "register" | "signIn" | "secondFactor" | "enrol" | "confirm" | "session" | "signOut";
+export type Operation = "register" | "signIn" | "secondFactor" | "enrol" | "confirm" | "session" | "signOut" | "passkey";
 
 const ADVICE: Partial<Record<Code, string>> = {
   [Code.InvalidArgument]: "Check what you typed and try again.",
@@ -36,9 +38,16 @@ const OPERATION_ADVICE: Partial<Record<Operation, Partial<Record<Code, string>>>
   },
   confirm: { [Code.InvalidArgument]: "Enter the current 6-digit code your authenticator app shows for caremesh." },
   session: { [Code.Unauthenticated]: "Your session has ended. Sign in again." },
+  passkey: {
+    [Code.Unauthenticated]: "This passkey was not accepted. Use another passkey of your account, or sign in with your password.",
+    [Code.PermissionDenied]: "This needs two-step sign-in in this session (AAL2): sign out, then sign in with your password and second factor.",
+    [Code.FailedPrecondition]: "This is not possible right now. Read the message above, then try again.",
+  },
 };
 
 export function describeError(error: unknown, operation: Operation): ErrorView {
+  // The browser ended a passkey ceremony (cancelled, refused): its own words, not a status code.
+  if (error instanceof PasskeyError) return { message: error.message, advice: error.advice, code: error.code };
   const connect = ConnectError.from(error);
   const code = connect.code;
   const message = connect.rawMessage !== "" ? connect.rawMessage : Code[code];

@@ -16,6 +16,7 @@ import { RecordsClient } from "./records";
 import { AdminClient } from "./admin";
 import { AuditClient } from "./audit";
 import { openMessenger, wipeDeviceState } from "./messaging";
+import { PasskeyClient } from "./passkeys";
 
 export { describeError };
 export { openMessenger, startLink, checkPolicy, MessagingError, type GroupConversationView, type PendingLinkView, type Messenger, type MessengerStart, type MessageView, type ConversationView, type ContactView, type UserView, type DeviceView } from "./messaging";
@@ -23,6 +24,7 @@ export type { Aal, ErrorView, Operation, RoleName, SessionInfo };
 export { describeAttachmentError, describeRecordError, type AttachmentView, type Progress } from "./attachments";
 export { DOCUMENT_REFERENCE, RECORD_KINDS, RecordsClient, fhirProblem, type AccessEntry, type EmergencyGrant, type OpenedFile, type OpenedRecord, type RecordFile, type PatientRef, type RecordSummary, type VersionEntry } from "./records";
 export { AdminClient, parseAttributes, type AccountStatus, type AdminUserView, type UserFilter } from "./admin";
+export { PasskeyClient, PasskeyError, type PasskeyAdded, type PasskeyList, type PasskeyView } from "./passkeys";
 export { AUDIT_ACTIONS, AUDIT_OUTCOMES, AuditClient, LogIntegrityError, type AlertView, type AuditActionName, type AuditEventView, type AuditOutcomeName, type EventFilter, type InclusionResult, type VerifiedCheckpoint } from "./audit";
 
 export interface Registered {
@@ -31,11 +33,18 @@ export interface Registered {
   readonly status: "active" | "pending" | "disabled" | "unknown";
 }
 
-export type SignInResult =
-  | { readonly kind: "signedIn" }
-  | { readonly kind: "secondFactor"; readonly expires: Date | null; readonly recoveryAllowed: boolean };
+/** The second factors a half-finished sign-in accepts. */
+export interface SecondFactors {
+  readonly totp: boolean;
+  readonly recoveryCode: boolean;
+  /** A passkey (when the account has one); without `totp`, the role requires passkeys. */
+  readonly passkey: boolean;
+  readonly expires: Date | null;
+}
 
-export type SecondFactor = { readonly totp: string } | { readonly recoveryCode: string };
+export type SignInResult = { readonly kind: "signedIn" } | ({ readonly kind: "secondFactor" } & SecondFactors);
+
+export type SecondFactor = { readonly totp: string } | { readonly recoveryCode: string } | { readonly passkey: true };
 
 export interface Enrolment {
   readonly otpauthUri: string;
@@ -80,8 +89,10 @@ export class CaremeshClient {
   readonly admin: AdminClient;
   /** The audit log: queries, alerts, checkpoint and proof verification (auditors, ./audit.ts). */
   readonly audit: AuditClient;
-  /** The half-finished login's challenge (memory only, single use). */
-  private challenge: string | null = null;
+  /** The user's passkeys (./passkeys.ts); passwordless sign-in is `signInWithPasskey`. */
+  readonly passkeys: PasskeyClient;
+  /** The half-finished login's challenge (memory only, single use), with what it accepts. */
+  private challenge: { readonly token: string; readonly factors: SecondFactors; readonly passkeyOptions: Uint8Array } | null = null;
 
   constructor(baseUrl: string) {
     // The session refreshes through its own unauthenticated client (no bearer interceptor loop).
@@ -95,6 +106,7 @@ export class CaremeshClient {
     this.records = new RecordsClient(baseUrl, this.session);
     this.admin = new AdminClient(baseUrl, this.session);
     this.audit = new AuditClient(baseUrl, this.session);
+    this.passkeys = new PasskeyClient(this.auth, this.session);
     // Records use this browser's device identity (created by the first-device path when the
     // account has none), so that both features share one account identity.
     this.records.useIdentitySource(async () => {
@@ -117,8 +129,7 @@ export class CaremeshClient {
   }
 
   async signIn(username: string, password: string): Promise<SignInResult> {
-    this.session.clear();
-    this.challenge = null;
+    this.startOver();
     const response = await this.auth.login({ username, password });
     switch (response.outcome.case) {
       case "tokens":
@@ -126,12 +137,14 @@ export class CaremeshClient {
         return { kind: "signedIn" };
       case "mfaChallenge": {
         const challenge = response.outcome.value;
-        this.challenge = challenge.challengeToken;
-        return {
-          kind: "secondFactor",
+        const factors: SecondFactors = {
+          totp: challenge.factors.includes(Factor.TOTP),
+          recoveryCode: challenge.factors.includes(Factor.RECOVERY_CODE),
+          passkey: challenge.factors.includes(Factor.PASSKEY) && challenge.passkeyRequestOptionsJson.length > 0,
           expires: challenge.expireTime ? timestampDate(challenge.expireTime) : null,
-          recoveryAllowed: challenge.factors.includes(Factor.RECOVERY_CODE),
         };
+        this.challenge = { token: challenge.challengeToken, factors, passkeyOptions: challenge.passkeyRequestOptionsJson };
+        return { kind: "secondFactor", ...factors };
       }
       default:
         throw new Error("the server answered the sign-in with neither tokens nor a challenge");
@@ -142,17 +155,39 @@ export class CaremeshClient {
     return this.challenge !== null;
   }
 
+  /** What the half-finished sign-in accepts (null when none is waiting). */
+  get secondFactors(): SecondFactors | null {
+    return this.challenge?.factors ?? null;
+  }
+
   async completeSignIn(factor: SecondFactor): Promise<{ recoveryCodesRemaining: number }> {
-    if (this.challenge === null) throw new Error("no sign-in is waiting for a second factor");
+    const challenge = this.challenge;
+    if (challenge === null) throw new Error("no sign-in is waiting for a second factor");
     const code =
       "totp" in factor
         ? { case: "totpCode" as const, value: factor.totp.trim() }
-        : { case: "recoveryCode" as const, value: factor.recoveryCode.trim() };
-    const response = await this.auth.completeLogin({ challengeToken: this.challenge, code });
+        : "recoveryCode" in factor
+          ? { case: "recoveryCode" as const, value: factor.recoveryCode.trim() }
+          : { case: "passkeyAssertionJson" as const, value: await this.passkeys.answerChallenge(challenge.passkeyOptions) };
+    const response = await this.auth.completeLogin({ challengeToken: challenge.token, code });
     if (!response.tokens) throw new Error("the server answered without tokens");
     this.challenge = null;
     this.session.set(response.tokens);
+    // A TOTP sign-in is where adding a passkey is offered (the home screen checks the list).
+    this.passkeys.setOffer("totp" in factor);
     return { recoveryCodesRemaining: response.recoveryCodesRemaining };
+  }
+
+  /** Passwordless sign-in with a discoverable passkey of this browser or a security key (AAL2). */
+  async signInWithPasskey(): Promise<void> {
+    this.startOver();
+    this.session.set(await this.passkeys.signIn());
+  }
+
+  private startOver(): void {
+    this.session.clear();
+    this.challenge = null;
+    this.passkeys.setOffer(false);
   }
 
   /** Forgets a half-finished sign-in. */
@@ -232,6 +267,7 @@ export class CaremeshClient {
     const refreshToken = this.session.refreshToken;
     const userId = this.session.info?.userId ?? null;
     this.challenge = null;
+    this.passkeys.setOffer(false);
     try {
       if (refreshToken !== null) await this.auth.logout({ refreshToken });
     } finally {
