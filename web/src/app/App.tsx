@@ -16,6 +16,7 @@ import { DevicesScreen } from "../features/devices/DevicesScreen";
 import { AdminScreen } from "../features/admin/AdminScreen";
 import { AuditScreen } from "../features/audit/AuditScreen";
 import { AccountScreen } from "../features/account/AccountScreen";
+import { PasskeysScreen } from "../features/passkeys/PasskeysScreen";
 import { Button, ErrorPanel, useOperation } from "./components";
 import { ClientContext } from "./context";
 import { navigate, useRoute, type Route } from "./router";
@@ -98,6 +99,9 @@ export function App(props: { client: CaremeshClient }): JSX.Element {
       break;
     case "account":
       screen = <AccountScreen />;
+      break;
+    case "passkeys":
+      screen = <PasskeysScreen />;
       break;
     default:
       screen = null;

@@ -125,6 +125,19 @@ export function useOperation(operation: Operation): {
   return { busy, error, run, clear: () => setError(null) };
 }
 
+/** Single-use recovery codes, shown once (MFA enrolment, new codes, a first passkey). */
+export function CodeList(props: { label: string; codes: readonly string[] }): JSX.Element {
+  return (
+    <ol class="codes" aria-label={props.label}>
+      {props.codes.map((code) => (
+        <li key={code}>
+          <code>{code}</code>
+        </li>
+      ))}
+    </ol>
+  );
+}
+
 /** A screen's heading, focused when the screen opens (screen readers announce the new screen). */
 export function ScreenTitle(props: { children: ComponentChildren }): JSX.Element {
   const ref = useRef<HTMLHeadingElement>(null);

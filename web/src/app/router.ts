@@ -3,9 +3,9 @@
 
 import { useEffect, useState } from "preact/hooks";
 
-export type Route = "register" | "sign-in" | "second-factor" | "mfa" | "home" | "records" | "messages" | "devices" | "admin" | "audit" | "account";
+export type Route = "register" | "sign-in" | "second-factor" | "mfa" | "home" | "records" | "messages" | "devices" | "admin" | "audit" | "account" | "passkeys";
 
-const ROUTES: readonly Route[] = ["register", "sign-in", "second-factor", "mfa", "home", "records", "messages", "devices", "admin", "audit", "account"];
+const ROUTES: readonly Route[] = ["register", "sign-in", "second-factor", "mfa", "home", "records", "messages", "devices", "admin", "audit", "account", "passkeys"];
 
 export function parseRoute(hash: string): Route | null {
   const name = hash.replace(/^#\/?/, "");

@@ -1,5 +1,6 @@
 // The account screen (`#/account`, every signed-in user): who is signed in (WhoAmI), "stay
-// signed in on this browser" (opt-in: the refresh token sealed in IndexedDB), a password
+// signed in on this browser" (opt-in: the refresh token sealed in IndexedDB), the way to the
+// passkeys (`#/passkeys`), a password
 // change (auth-svc then ends every other session of the account, which the screen says before and
 // after), and new recovery codes (the old ones stop working; shown once).
 
@@ -7,7 +8,7 @@ import type { JSX } from "preact";
 import { useEffect, useState } from "preact/hooks";
 
 import type { Identity } from "../../client";
-import { Button, ErrorPanel, Field, ScreenTitle, useOperation } from "../../app/components";
+import { Button, CodeList, ErrorPanel, Field, ScreenTitle, useOperation } from "../../app/components";
 import { useClient } from "../../app/context";
 import { href } from "../../app/router";
 import { Confirm } from "../admin/Confirm";
@@ -117,13 +118,7 @@ function RecoveryCodes(props: { onChanged: () => void }): JSX.Element {
             <strong>Your new recovery codes.</strong> Save them now: they are not shown again, and the old codes no longer
             work.
           </p>
-          <ol class="codes" aria-label="New recovery codes">
-            {codes.map((c) => (
-              <li key={c}>
-                <code>{c}</code>
-              </li>
-            ))}
-          </ol>
+          <CodeList label="New recovery codes" codes={codes} />
           <Button type="button" variant="secondary" onClick={() => setCodes(null)}>
             I have saved them
           </Button>
@@ -193,6 +188,13 @@ export function AccountScreen(): JSX.Element {
         </Button>
       ) : null}
       <StaySignedIn />
+      <section class="ops-section" aria-labelledby="passkeys">
+        <h2 id="passkeys">Passkeys</h2>
+        <p>A passkey signs you in with this device's screen lock or a security key, without a password or code.</p>
+        <a class="button secondary" href={href("passkeys")}>
+          Manage your passkeys
+        </a>
+      </section>
       <ChangePassword />
       {identity?.mfaEnrolled ? (
         <RecoveryCodes onChanged={refresh} />

@@ -1,4 +1,5 @@
-// The signed-in home: who you are (WhoAmI), the session's assurance level, and the way to MFA.
+// The signed-in home: who you are (WhoAmI), the session's assurance level, the way to MFA, and
+// after a sign-in with a TOTP code the offer to add a passkey.
 
 import type { JSX } from "preact";
 import { useEffect, useState } from "preact/hooks";
@@ -7,6 +8,7 @@ import type { Identity } from "../../client";
 import { Button, ErrorPanel, ScreenTitle, useOperation } from "../../app/components";
 import { useClient } from "../../app/context";
 import { href } from "../../app/router";
+import { PasskeyOffer } from "../passkeys/PasskeyOffer";
 
 export function HomeScreen(): JSX.Element {
   const client = useClient();
@@ -30,6 +32,7 @@ export function HomeScreen(): JSX.Element {
         </p>
       ) : null}
       <ErrorPanel error={load.error} />
+      <PasskeyOffer />
       {load.error ? (
         <Button type="button" variant="secondary" onClick={refresh}>
           Try again
@@ -85,12 +88,17 @@ export function HomeScreen(): JSX.Element {
           {identity.aal !== "AAL2" && !identity.mfaEnrolled ? (
             <div class="notice">
               <p>
-                Health data needs assurance level AAL2: set up two-step sign-in with an authenticator app to read
-                records and messages.
+                Health data needs assurance level AAL2: set up two-step sign-in with an authenticator app, or add a
+                passkey, to read records and messages.
               </p>
-              <a class="button primary" href={href("mfa")}>
-                Set up two-step sign-in
-              </a>
+              <div class="actions">
+                <a class="button primary" href={href("mfa")}>
+                  Set up two-step sign-in
+                </a>
+                <a class="button secondary" href={href("passkeys")}>
+                  Add a passkey instead
+                </a>
+              </div>
             </div>
           ) : null}
         </>

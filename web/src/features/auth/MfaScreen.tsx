@@ -5,7 +5,7 @@ import type { JSX } from "preact";
 import { useEffect, useState } from "preact/hooks";
 
 import type { Enrolment } from "../../client";
-import { Button, ErrorPanel, Field, ScreenTitle, useOperation } from "../../app/components";
+import { Button, CodeList, ErrorPanel, Field, ScreenTitle, useOperation } from "../../app/components";
 import { useClient } from "../../app/context";
 import { navigate } from "../../app/router";
 import { QrCode } from "./QrCode";
@@ -51,13 +51,7 @@ export function MfaScreen(): JSX.Element {
           If you lose your phone, each of these codes signs you in once instead of the app's code. They are shown only
           now: write them down or store them in a password manager.
         </p>
-        <ol class="codes" aria-label="Recovery codes">
-          {recoveryCodes.map((recovery) => (
-            <li key={recovery}>
-              <code>{recovery}</code>
-            </li>
-          ))}
-        </ol>
+        <CodeList label="Recovery codes" codes={recoveryCodes} />
         <Button type="button" onClick={() => navigate("home")}>
           I have saved them
         </Button>

@@ -1,5 +1,6 @@
 // Sign-in, step one: username and password. An account with MFA continues to the second-factor
-// screen; one without is signed in at AAL1.
+// screen; one without is signed in at AAL1. Or "Use a passkey": a discoverable passkey signs in
+// alone, without a username or password (AAL2).
 
 import type { JSX } from "preact";
 import { useState } from "preact/hooks";
@@ -12,10 +13,12 @@ export function SignInScreen(props: { registeredAs: string | null }): JSX.Elemen
   const client = useClient();
   const [username, setUsername] = useState(props.registeredAs ?? "");
   const [password, setPassword] = useState("");
-  const { busy, error, run } = useOperation("signIn");
+  const { busy, error, run, clear } = useOperation("signIn");
+  const passkey = useOperation("passkey");
 
   const submit = (event: Event) => {
     event.preventDefault();
+    passkey.clear();
     void run(async () => {
       const result = await client.signIn(username.trim(), password);
       setPassword("");
@@ -49,6 +52,26 @@ export function SignInScreen(props: { registeredAs: string | null }): JSX.Elemen
           Sign in
         </Button>
       </form>
+      <div class="alt">
+        <p>Or sign in without a password, with the passkey on this device or a security key:</p>
+        <ErrorPanel error={passkey.error} />
+        <Button
+          type="button"
+          variant="secondary"
+          busy={passkey.busy}
+          busyLabel="Waiting for your passkey…"
+          onClick={() => {
+            clear();
+            void passkey.run(async () => {
+              await client.signInWithPasskey();
+              setPassword("");
+              navigate("home");
+            });
+          }}
+        >
+          Use a passkey
+        </Button>
+      </div>
       <p class="alt">
         New here? <a href={href("register")}>Create a patient account</a>
       </p>
