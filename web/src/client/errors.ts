@@ -41,7 +41,8 @@ const OPERATION_ADVICE: Partial<Record<Operation, Partial<Record<Code, string>>>
   passkey: {
     [Code.Unauthenticated]: "This passkey was not accepted. Use another passkey of your account, or sign in with your password.",
     [Code.PermissionDenied]: "This needs two-step sign-in in this session (AAL2): sign out, then sign in with your password and second factor.",
-    [Code.FailedPrecondition]: "This is not possible right now. Read the message above, then try again.",
+    [Code.FailedPrecondition]: "Do what the message says, then try again.",
+    [Code.AlreadyExists]: "This authenticator already holds a passkey of your account: use another one, or keep the one you have.",
   },
 };
 
