@@ -90,9 +90,11 @@ struct Slot {
 pub mod echo;
 mod second_instance;
 mod users;
+pub mod webauthn;
 
 pub use second_instance::SecondInstance;
 pub use users::{TestUser, totp_code};
+pub use webauthn::SoftAuthenticator;
 
 /// Service settings the test kit starts every mesh with: throttles high enough that a test
 /// suite from one address is not mistaken for an attack (tests of the throttles lower them).
