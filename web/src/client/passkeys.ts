@@ -204,43 +204,30 @@ function extensionsJson(value: unknown): Json {
   return (value ?? null) as Json;
 }
 
-function extensionsOf(credential: CredentialLike): Json {
-  const results = extensionsJson(credential.getClientExtensionResults());
-  return isObject(results) ? results : {};
+/** The L3 JSON around a ceremony's `response`, with webauthn-rs's name for the extension results. */
+function credentialJson(credential: CredentialLike, response: JsonObject): JsonObject {
+  const extensions = extensionsJson(credential.getClientExtensionResults());
+  return { id: credential.id, rawId: base64urlEncode(credential.rawId), type: credential.type, response, extensions: isObject(extensions) ? extensions : {} };
 }
 
 export function registrationJson(credential: RegistrationCredentialLike): JsonObject {
   const response = credential.response;
-  return {
-    id: credential.id,
-    rawId: base64urlEncode(credential.rawId),
-    type: credential.type,
-    response: {
-      attestationObject: base64urlEncode(response.attestationObject),
-      clientDataJSON: base64urlEncode(response.clientDataJSON),
-      transports: typeof response.getTransports === "function" ? [...response.getTransports()] : [],
-    },
-    extensions: extensionsOf(credential),
-  };
+  return credentialJson(credential, {
+    attestationObject: base64urlEncode(response.attestationObject),
+    clientDataJSON: base64urlEncode(response.clientDataJSON),
+    transports: typeof response.getTransports === "function" ? [...response.getTransports()] : [],
+  });
 }
 
 export function assertionJson(credential: AssertionCredentialLike): JsonObject {
   const response = credential.response;
-  return {
-    id: credential.id,
-    rawId: base64urlEncode(credential.rawId),
-    type: credential.type,
-    response: {
-      authenticatorData: base64urlEncode(response.authenticatorData),
-      clientDataJSON: base64urlEncode(response.clientDataJSON),
-      signature: base64urlEncode(response.signature),
-      userHandle: response.userHandle === null ? null : base64urlEncode(response.userHandle),
-    },
-    extensions: extensionsOf(credential),
-  };
+  return credentialJson(credential, {
+    authenticatorData: base64urlEncode(response.authenticatorData),
+    clientDataJSON: base64urlEncode(response.clientDataJSON),
+    signature: base64urlEncode(response.signature),
+    userHandle: response.userHandle === null ? null : base64urlEncode(response.userHandle),
+  });
 }
-
-const encoder = new TextEncoder();
 
 /** The browser side of the ceremonies (navigator.credentials; a test can pass another). */
 export interface Authenticators {
@@ -255,24 +242,25 @@ function browserAuthenticators(): Authenticators {
   return navigator.credentials;
 }
 
-/** Runs navigator.credentials.create for auth-svc's options; the answer as JSON bytes. */
-export async function createCredentialJson(optionsJson: Uint8Array, authenticators?: Authenticators): Promise<Uint8Array> {
-  const options = creationOptionsFromJson(optionsJson);
-  const credential = await (authenticators ?? browserAuthenticators()).create(options).catch((error: unknown) => {
+/** One ceremony: the browser's prompt, its refusals as PasskeyErrors, the credential as JSON bytes. */
+async function ceremony<T>(prompt: Promise<Credential | null>, toJson: (credential: T) => JsonObject): Promise<Uint8Array> {
+  const credential = await prompt.catch((error: unknown) => {
     throw passkeyFailure(error);
   });
   if (credential === null) throw new PasskeyError("PasskeyCancelled", "The browser returned no passkey.");
-  return encoder.encode(JSON.stringify(registrationJson(credential as unknown as RegistrationCredentialLike)));
+  return new TextEncoder().encode(JSON.stringify(toJson(credential as unknown as T)));
+}
+
+/** Runs navigator.credentials.create for auth-svc's options; the answer as JSON bytes. */
+export async function createCredentialJson(optionsJson: Uint8Array, authenticators?: Authenticators): Promise<Uint8Array> {
+  const options = creationOptionsFromJson(optionsJson);
+  return ceremony((authenticators ?? browserAuthenticators()).create(options), registrationJson);
 }
 
 /** Runs navigator.credentials.get for auth-svc's options (a sign-in or a second factor); the answer as JSON bytes. */
 export async function assertionJsonFor(optionsJson: Uint8Array, authenticators?: Authenticators): Promise<Uint8Array> {
   const options = requestOptionsFromJson(optionsJson);
-  const credential = await (authenticators ?? browserAuthenticators()).get(options).catch((error: unknown) => {
-    throw passkeyFailure(error);
-  });
-  if (credential === null) throw new PasskeyError("PasskeyCancelled", "The browser returned no passkey.");
-  return encoder.encode(JSON.stringify(assertionJson(credential as unknown as AssertionCredentialLike)));
+  return ceremony((authenticators ?? browserAuthenticators()).get(options), assertionJson);
 }
 
 // ---- the calls ----
