@@ -55,6 +55,11 @@ export function Field(props: {
   );
 }
 
+/** A field for the authenticator app's 6-digit code (the browser's one-time-code autofill). */
+export function TotpField(props: { id: string; label: string; value: string; onInput: (value: string) => void; hint?: string; autoFocus?: boolean }): JSX.Element {
+  return <Field {...props} autoComplete="one-time-code" inputMode="numeric" pattern="[0-9]*" maxLength={6} required />;
+}
+
 export function Button(props: {
   busy?: boolean;
   busyLabel?: string;

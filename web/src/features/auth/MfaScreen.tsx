@@ -5,7 +5,7 @@ import type { JSX } from "preact";
 import { useEffect, useState } from "preact/hooks";
 
 import type { Enrolment } from "../../client";
-import { Button, CodeList, ErrorPanel, Field, ScreenTitle, useOperation } from "../../app/components";
+import { Button, CodeList, ErrorPanel, ScreenTitle, TotpField, useOperation } from "../../app/components";
 import { useClient } from "../../app/context";
 import { navigate } from "../../app/router";
 import { QrCode } from "./QrCode";
@@ -96,17 +96,7 @@ export function MfaScreen(): JSX.Element {
             <code class="wrap">{enrolment.otpauthUri}</code>
           </details>
           <form onSubmit={submit} noValidate>
-            <Field
-              id="confirm-code"
-              label="6-digit code from the app"
-              value={code}
-              onInput={setCode}
-              autoComplete="one-time-code"
-              inputMode="numeric"
-              pattern="[0-9]*"
-              maxLength={6}
-              required
-            />
+            <TotpField id="confirm-code" label="6-digit code from the app" value={code} onInput={setCode} />
             <ErrorPanel error={confirm.error} />
             <Button busy={confirm.busy} busyLabel="Confirming…">
               Turn on two-step sign-in

@@ -5,7 +5,7 @@
 import type { JSX } from "preact";
 import { useState } from "preact/hooks";
 
-import { Button, ErrorPanel, Field, ScreenTitle, useOperation } from "../../app/components";
+import { Button, ErrorPanel, Field, ScreenTitle, TotpField, useOperation } from "../../app/components";
 import { useClient } from "../../app/context";
 import { navigate } from "../../app/router";
 
@@ -76,20 +76,7 @@ export function SecondFactorScreen(): JSX.Element {
               autoFocus
             />
           ) : (
-            <Field
-              key="totp"
-              id="totp-code"
-              label="6-digit code"
-              value={code}
-              onInput={setCode}
-              autoComplete="one-time-code"
-              inputMode="numeric"
-              pattern="[0-9]*"
-              maxLength={6}
-              hint="The code your authenticator app shows for caremesh."
-              required
-              autoFocus
-            />
+            <TotpField key="totp" id="totp-code" label="6-digit code" value={code} onInput={setCode} hint="The code your authenticator app shows for caremesh." autoFocus />
           )}
           <ErrorPanel error={error} />
           <div class="actions">
