@@ -84,9 +84,6 @@ env_vars=(
   # Several registrations and sign-ins from one address (the web origin's) per run.
   "CAREMESH_AUTH_REGISTER_RATE_PER_MINUTE=1000"
   "CAREMESH_AUTH_LOGIN_RATE_PER_MINUTE=1000"
-  # Passkeys are bound to the web origin: auth-svc accepts the ceremonies of this one (a free port).
-  "CAREMESH_AUTH_WEBAUTHN_RP_ID=localhost"
-  "CAREMESH_AUTH_WEBAUTHN_ORIGIN=https://localhost:${ports[0]}"
 )
 i=1
 for svc in AUTH MESSAGING ABE RECORDS AUDIT; do
