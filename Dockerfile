@@ -17,9 +17,10 @@ WORKDIR /src
 # Symbols stripped from the release binaries (about 40 MB of the image); logs and traces are
 # unaffected, panics (which library crates deny) print unnamed frames.
 ENV CARGO_TERM_COLOR=never CARGO_INCREMENTAL=0 CARGO_PROFILE_RELEASE_STRIP=symbols
-# blst (the ABE pairing library) needs a C compiler; protobuf is compiled by protox (no protoc).
+# blst (the ABE pairing library) needs a C compiler, webauthn-rs (passkeys) the OpenSSL headers
+# (distroless/cc carries libssl3 at run time); protobuf is compiled by protox (no protoc).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 
 # 1. Dependencies, cargo-chef style without the tool: a planner stage reduces the workspace to
@@ -60,7 +61,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       cp "target/release/$bin" /out/bin/; \
     done
 
-# 3. Runtime: glibc and CA roots only, no shell, non-root (uid 65532). The web app is the
+# 3. Runtime: glibc, libssl and CA roots only, no shell, non-root (uid 65532). The web app is the
 #    committed build in web/dist (CI checks that it matches its source), served by `caremesh web`
 #    from /srv/web (CAREMESH_WEB_ROOT).
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime

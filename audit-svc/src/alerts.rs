@@ -27,6 +27,8 @@ use crate::storage::{alert, checkpoint, event};
 const SCAN_LIMIT: u64 = 5000;
 /// Event ids an alert lists at most.
 const MAX_EVENT_IDS: usize = 100;
+/// auth-svc's audit reason for a passkey answer whose signature counter went backwards.
+const PASSKEY_COUNTER_REGRESSION: &str = "PASSKEY_COUNTER_REGRESSION";
 
 fn is_failed_login(event: &AuditEvent) -> bool {
     event.outcome == AuditOutcome::Denied as i32 && event.operation.contains("login")
@@ -117,6 +119,7 @@ pub(crate) async fn evaluate<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<u32, Error> {
     let mut raised = 0u32;
+    let auth_svc_id = caremesh_runtime::ServiceName::Auth.spiffe_id().to_string();
     // The latest time each subject was seen in this batch.
     let mut subjects: BTreeMap<Subject, DateTime<Utc>> = BTreeMap::new();
     for event in fresh {
@@ -145,23 +148,49 @@ pub(crate) async fn evaluate<C: ConnectionTrait>(
         {
             touch(Subject::Patients(actor.to_owned()));
         }
-        if event.emergency {
+        let single = if event.emergency {
+            Some((
+                AlertKind::EmergencyAccess,
+                "emergency",
+                format!(
+                    "emergency access ({}) by user {} to patient {}",
+                    event.operation,
+                    if actor.is_empty() { "unknown" } else { actor },
+                    if event.patient_id.is_empty() {
+                        "-"
+                    } else {
+                        &event.patient_id
+                    },
+                ),
+            ))
+        } else if event.outcome_reason == PASSKEY_COUNTER_REGRESSION && event.service == auth_svc_id {
+            Some((
+                AlertKind::ClonedAuthenticator,
+                "cloned-authenticator",
+                format!(
+                    "passkey {} of user {} answered with a signature counter that went backwards ({}): \
+                     a cloned authenticator? The sign-in was refused",
+                    if event.entity_id.is_empty() {
+                        "-"
+                    } else {
+                        &event.entity_id
+                    },
+                    if actor.is_empty() { "unknown" } else { actor },
+                    event.operation,
+                ),
+            ))
+        } else {
+            None
+        };
+        // Some events alert each time they happen.
+        if let Some((kind, dedupe, summary)) = single {
             let at_ts = at;
             store(
                 txn,
                 NewAlert {
-                    kind: AlertKind::EmergencyAccess,
+                    kind,
                     severity: AlertSeverity::High,
-                    summary: format!(
-                        "emergency access ({}) by user {} to patient {}",
-                        event.operation,
-                        if actor.is_empty() { "unknown" } else { actor },
-                        if event.patient_id.is_empty() {
-                            "-"
-                        } else {
-                            &event.patient_id
-                        },
-                    ),
+                    summary,
                     actor_user_id: actor.to_owned(),
                     source_address: event
                         .actor
@@ -172,7 +201,7 @@ pub(crate) async fn evaluate<C: ConnectionTrait>(
                     window: (at_ts, at_ts),
                     event_ids: vec![event.event_id.clone()],
                     event_count: 1,
-                    dedupe_key: format!("emergency:{}", event.event_id),
+                    dedupe_key: format!("{dedupe}:{}", event.event_id),
                 },
                 now,
             )

@@ -379,6 +379,11 @@ impl AuthDomain {
                 ])
             })
             .await?;
+        // Passkeys are second factors too; a lost device is the usual reason for a reset.
+        crate::storage::passkey::Entity::delete_many()
+            .filter(crate::storage::passkey::Column::UserId.eq(user_id))
+            .exec(&self.db)
+            .await?;
         self.revoke_sessions_of(user_id, "MFA reset").await?;
         Ok(view)
     }

@@ -75,6 +75,8 @@ pub struct AuthDomain {
     pub(crate) login_limiter: Arc<SourceLimiter>,
     pub(crate) register_limiter: Arc<SourceLimiter>,
     pub(crate) backoff: Arc<UsernameBackoff>,
+    /// The WebAuthn relying party (the web app's origin and RP id).
+    pub(crate) webauthn: Arc<webauthn_rs::Webauthn>,
     /// Every Argon2id hash and check, in one fair, bounded queue: at most
     /// `settings.argon2_concurrency` at once (so a login flood can take neither every core nor
     /// unbounded memory), at most `settings.argon2_queue` waiting.
@@ -89,7 +91,10 @@ impl AuthDomain {
         keys.ensure(&runtime.writer, &runtime.kek, runtime.clock.now()).await?;
         let hashing = Arc::new(Hashing::new(settings.argon2_concurrency, settings.argon2_queue));
         let decoy_hash = hashing.decoy(settings.password_cost).await?;
+        let webauthn = crate::passkeys::relying_party(&settings)
+            .map_err(|expected| Error::internal("the WebAuthn relying party", format!("expected {expected}")))?;
         Ok(Self {
+            webauthn: Arc::new(webauthn),
             db: runtime.db.clone(),
             writer: runtime.writer.clone(),
             clock: Arc::clone(&runtime.clock),

@@ -19,8 +19,10 @@ use crate::accounts::{NewUser, UserFilter, UserView};
 use crate::domain::{AuthDomain, Caller, etag};
 use crate::emergency::NewGrant;
 use crate::keys::PublishedKey;
+use crate::passkeys::{Ceremony, PasskeyView};
 use crate::revocations;
-use crate::sessions::{IssuedSession, LoginOutcome, SecondFactor};
+use crate::sessions::{FactorKind, IssuedSession, LoginOutcome, SecondFactor};
+use crate::storage::role_policy;
 
 pub fn router(runtime: &ServiceRuntime, domain: AuthDomain) -> MeshRouter {
     let api = Api {
@@ -158,6 +160,36 @@ fn tokens_message(session: IssuedSession) -> pb::SessionTokens {
     }
 }
 
+fn passkey_message(passkey: PasskeyView) -> pb::Passkey {
+    pb::Passkey {
+        passkey_id: passkey.id,
+        name: passkey.name,
+        credential_id: passkey.credential_id,
+        create_time: Some(to_timestamp(passkey.created_at)),
+        last_use_time: passkey.last_used_at.map(to_timestamp),
+        sign_count: passkey.sign_count,
+        backup_eligible: passkey.backup_eligible,
+        backup_state: passkey.backup_state,
+    }
+}
+
+fn factor_value(factor: FactorKind) -> i32 {
+    match factor {
+        FactorKind::Totp => pb::SecondFactor::Totp,
+        FactorKind::RecoveryCode => pb::SecondFactor::RecoveryCode,
+        FactorKind::Passkey => pb::SecondFactor::Passkey,
+    }
+    .into()
+}
+
+fn role_policy_message(role: pb::Role, policy: Option<&role_policy::Model>) -> pb::RolePolicy {
+    pb::RolePolicy {
+        role: role.into(),
+        passkey_required: policy.is_some_and(|policy| policy.passkey_required),
+        update_time: policy.map(|policy| to_timestamp(policy.updated_at)),
+    }
+}
+
 fn key_message(key: PublishedKey) -> pb::VerificationKey {
     pb::VerificationKey {
         key_id: key.kid,
@@ -205,13 +237,17 @@ impl AuthService for Api {
         let body = request.into_inner();
         let outcome = match self.domain.login(&caller, &body.username, &body.password).await? {
             LoginOutcome::Tokens(session) => pb::login_response::Outcome::Tokens(tokens_message(session)),
-            LoginOutcome::MfaRequired { challenge, expires_at } => {
-                pb::login_response::Outcome::MfaChallenge(pb::MfaChallenge {
-                    challenge_token: challenge,
-                    expire_time: Some(to_timestamp(expires_at)),
-                    factors: vec![pb::SecondFactor::Totp.into(), pb::SecondFactor::RecoveryCode.into()],
-                })
-            }
+            LoginOutcome::MfaRequired {
+                challenge,
+                expires_at,
+                factors,
+                passkey_options,
+            } => pb::login_response::Outcome::MfaChallenge(pb::MfaChallenge {
+                challenge_token: challenge,
+                expire_time: Some(to_timestamp(expires_at)),
+                factors: factors.into_iter().map(factor_value).collect(),
+                passkey_request_options_json: passkey_options.unwrap_or_default(),
+            }),
         };
         Ok(Response::new(pb::LoginResponse { outcome: Some(outcome) }))
     }
@@ -225,8 +261,13 @@ impl AuthService for Api {
         let factor = match body.code {
             Some(pb::complete_login_request::Code::TotpCode(code)) => SecondFactor::Totp(code),
             Some(pb::complete_login_request::Code::RecoveryCode(code)) => SecondFactor::RecoveryCode(code),
+            Some(pb::complete_login_request::Code::PasskeyAssertionJson(json)) => SecondFactor::Passkey(json),
             None => {
-                return Err(Error::invalid_argument("MISSING_CODE", "send a totp_code or a recovery_code").into());
+                return Err(Error::invalid_argument(
+                    "MISSING_CODE",
+                    "send a totp_code, a recovery_code or a passkey_assertion_json",
+                )
+                .into());
             }
         };
         let (session, remaining) = self
@@ -362,6 +403,127 @@ impl AuthService for Api {
         Ok(Response::new(pb::GetVerificationKeysResponse {
             keys: keys.into_iter().map(key_message).collect(),
             cache_ttl: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+        }))
+    }
+
+    async fn start_passkey_registration(
+        &self,
+        request: Request<pb::StartPasskeyRegistrationRequest>,
+    ) -> Result<Response<pb::StartPasskeyRegistrationResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let Ceremony {
+            token,
+            options_json,
+            expires_at,
+        } = self.domain.start_passkey_registration(&principal).await?;
+        Ok(Response::new(pb::StartPasskeyRegistrationResponse {
+            ceremony_token: token,
+            creation_options_json: options_json,
+            expire_time: Some(to_timestamp(expires_at)),
+        }))
+    }
+
+    async fn finish_passkey_registration(
+        &self,
+        request: Request<pb::FinishPasskeyRegistrationRequest>,
+    ) -> Result<Response<pb::FinishPasskeyRegistrationResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let registered = self
+            .domain
+            .finish_passkey_registration(
+                &principal,
+                &caller,
+                required(&body.ceremony_token, "ceremony_token")?,
+                &body.credential_json,
+                &body.name,
+            )
+            .await?;
+        Ok(Response::new(pb::FinishPasskeyRegistrationResponse {
+            passkey: Some(passkey_message(registered.passkey)),
+            recovery_codes: registered.recovery_codes,
+            tokens: registered.upgraded.map(tokens_message),
+        }))
+    }
+
+    async fn list_passkeys(
+        &self,
+        request: Request<pb::ListPasskeysRequest>,
+    ) -> Result<Response<pb::ListPasskeysResponse>, Status> {
+        let (principal, _) = self.signed_in(&request).await?;
+        let (passkeys, passkey_required) = self.domain.list_passkeys(&principal).await?;
+        Ok(Response::new(pb::ListPasskeysResponse {
+            passkeys: passkeys.into_iter().map(passkey_message).collect(),
+            passkey_required,
+        }))
+    }
+
+    async fn rename_passkey(
+        &self,
+        request: Request<pb::RenamePasskeyRequest>,
+    ) -> Result<Response<pb::RenamePasskeyResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        let passkey = self
+            .domain
+            .rename_passkey(
+                &principal,
+                &caller,
+                required(&body.passkey_id, "passkey_id")?,
+                &body.name,
+            )
+            .await?;
+        Ok(Response::new(pb::RenamePasskeyResponse {
+            passkey: Some(passkey_message(passkey)),
+        }))
+    }
+
+    async fn remove_passkey(
+        &self,
+        request: Request<pb::RemovePasskeyRequest>,
+    ) -> Result<Response<pb::RemovePasskeyResponse>, Status> {
+        let (principal, caller) = self.signed_in(&request).await?;
+        let body = request.into_inner();
+        self.domain
+            .remove_passkey(&principal, &caller, required(&body.passkey_id, "passkey_id")?)
+            .await?;
+        Ok(Response::new(pb::RemovePasskeyResponse {}))
+    }
+
+    async fn start_passkey_login(
+        &self,
+        request: Request<pb::StartPasskeyLoginRequest>,
+    ) -> Result<Response<pb::StartPasskeyLoginResponse>, Status> {
+        let caller = Caller::anonymous(remote_addr(&request));
+        let Ceremony {
+            token,
+            options_json,
+            expires_at,
+        } = self.domain.start_passkey_login(&caller).await?;
+        Ok(Response::new(pb::StartPasskeyLoginResponse {
+            ceremony_token: token,
+            request_options_json: options_json,
+            expire_time: Some(to_timestamp(expires_at)),
+        }))
+    }
+
+    async fn finish_passkey_login(
+        &self,
+        request: Request<pb::FinishPasskeyLoginRequest>,
+    ) -> Result<Response<pb::FinishPasskeyLoginResponse>, Status> {
+        let caller = Caller::anonymous(remote_addr(&request));
+        let body = request.into_inner();
+        let (session, remaining) = self
+            .domain
+            .finish_passkey_login(
+                &caller,
+                required(&body.ceremony_token, "ceremony_token")?,
+                &body.credential_json,
+            )
+            .await?;
+        Ok(Response::new(pb::FinishPasskeyLoginResponse {
+            tokens: Some(tokens_message(session)),
+            recovery_codes_remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
         }))
     }
 }
@@ -583,6 +745,44 @@ impl AuthAdminService for Api {
         Ok(Response::new(pb::RotateSigningKeyResponse {
             key: Some(key_message(key)),
         }))
+    }
+
+    async fn set_role_policy(
+        &self,
+        request: Request<pb::SetRolePolicyRequest>,
+    ) -> Result<Response<pb::SetRolePolicyResponse>, Status> {
+        let (principal, caller) = self.administrator(&request, "SetRolePolicy").await?;
+        let body = request.into_inner();
+        let role = pb::Role::try_from(body.role).unwrap_or(pb::Role::Unspecified);
+        let policy = self
+            .domain
+            .set_role_policy(&principal, &caller, role_name(body.role)?, body.passkey_required)
+            .await?;
+        Ok(Response::new(pb::SetRolePolicyResponse {
+            policy: Some(role_policy_message(role, Some(&policy))),
+        }))
+    }
+
+    async fn list_role_policies(
+        &self,
+        request: Request<pb::ListRolePoliciesRequest>,
+    ) -> Result<Response<pb::ListRolePoliciesResponse>, Status> {
+        let (principal, _) = self.administrator(&request, "ListRolePolicies").await?;
+        let stored = self.domain.role_policies(&principal).await?;
+        let policies = [
+            pb::Role::Patient,
+            pb::Role::Doctor,
+            pb::Role::Nurse,
+            pb::Role::Admin,
+            pb::Role::Auditor,
+        ]
+        .into_iter()
+        .map(|role| {
+            let name = role_name(role.into()).unwrap_or_default();
+            role_policy_message(role, stored.iter().find(|policy| policy.role == name))
+        })
+        .collect();
+        Ok(Response::new(pb::ListRolePoliciesResponse { policies }))
     }
 }
 

@@ -5,7 +5,7 @@
 //! `auth-svc` binary and the integration tests all start it that way.
 //!
 //! Code map: `grpc` (the adapter) calls the domain: `domain` (shared state and helpers),
-//! `accounts`, `sessions`, `mfa`, `bootstrap`. Below the domain: `password` (Argon2id, strength),
+//! `accounts`, `sessions`, `mfa`, `passkeys` (WebAuthn), `bootstrap`. Below the domain: `password` (Argon2id, strength),
 //! `totp` (RFC 6238), `attributes`, `keys` (signing keys), `secrets`, `throttle`, `storage`.
 
 mod accounts;
@@ -16,6 +16,7 @@ mod emergency;
 mod grpc;
 mod keys;
 mod mfa;
+mod passkeys;
 pub mod password;
 mod revocations;
 mod secrets;

@@ -1,7 +1,7 @@
 //! Login, sessions and tokens.
 //!
-//! Login is two steps when MFA is enrolled: the password, then a TOTP or recovery code against a
-//! short-lived challenge. Unknown usernames and wrong passwords get the same answer after the same
+//! Login is two steps when MFA is enrolled: the password, then a TOTP code, a passkey or a
+//! recovery code against a short-lived challenge (passwordless passkey sign-in is in `passkeys`). Unknown usernames and wrong passwords get the same answer after the same
 //! work (a decoy Argon2id check). A session ends on logout, after the idle timeout, after its
 //! absolute lifetime, or when its refresh token is presented twice (the whole session is revoked:
 //! someone else has a copy). Access tokens carry AAL2 only for active accounts that used a
@@ -54,16 +54,30 @@ pub enum LoginOutcome {
     MfaRequired {
         challenge: String,
         expires_at: DateTime<Utc>,
+        factors: Vec<FactorKind>,
+        /// With [`FactorKind::Passkey`]: the WebAuthn request options.
+        passkey_options: Option<Vec<u8>>,
     },
+}
+
+/// The kinds of second factor a challenge accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FactorKind {
+    Totp,
+    RecoveryCode,
+    Passkey,
 }
 
 impl std::fmt::Debug for LoginOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LoginOutcome::Tokens(session) => f.debug_tuple("Tokens").field(session).finish(),
-            LoginOutcome::MfaRequired { expires_at, .. } => f
+            LoginOutcome::MfaRequired {
+                expires_at, factors, ..
+            } => f
                 .debug_struct("MfaRequired")
                 .field("expires_at", expires_at)
+                .field("factors", factors)
                 .finish_non_exhaustive(),
         }
     }
@@ -74,6 +88,8 @@ impl std::fmt::Debug for LoginOutcome {
 pub enum SecondFactor {
     Totp(String),
     RecoveryCode(String),
+    /// The JSON of the passkey's assertion.
+    Passkey(Vec<u8>),
 }
 
 impl std::fmt::Debug for SecondFactor {
@@ -81,6 +97,7 @@ impl std::fmt::Debug for SecondFactor {
         f.write_str(match self {
             SecondFactor::Totp(_) => "Totp(..)",
             SecondFactor::RecoveryCode(_) => "RecoveryCode(..)",
+            SecondFactor::Passkey(_) => "Passkey(..)",
         })
     }
 }
@@ -94,8 +111,8 @@ fn invalid_credentials() -> Error {
 }
 
 impl AuthDomain {
-    pub async fn login(&self, caller: &Caller, username: &str, password: &str) -> Result<LoginOutcome, Error> {
-        let now = self.now();
+    /// Sign-ins from one source address are rate-limited, whatever they present.
+    pub(crate) fn check_login_rate(&self, caller: &Caller, now: DateTime<Utc>) -> Result<(), Error> {
         if let Some(source) = caller.source {
             self.login_limiter.check(source, now).map_err(|wait| {
                 Error::resource_exhausted(
@@ -105,6 +122,12 @@ impl AuthDomain {
                 )
             })?;
         }
+        Ok(())
+    }
+
+    pub async fn login(&self, caller: &Caller, username: &str, password: &str) -> Result<LoginOutcome, Error> {
+        let now = self.now();
+        self.check_login_rate(caller, now)?;
         if password.len() > MAX_PASSWORD_BYTES {
             return Err(Error::invalid_argument(
                 "PASSWORD_TOO_LONG",
@@ -145,6 +168,7 @@ impl AuthDomain {
         } else {
             None
         };
+        let passkeys = crate::passkeys::user_passkeys(&self.db, &row.id).await?;
         let (_turn, txn) = self.writer.begin().await?;
         if row.failed_attempts != 0 || rehashed.is_some() {
             let mut changes = user::Entity::update_many().col_expr(user::Column::FailedAttempts, Expr::value(0));
@@ -153,7 +177,7 @@ impl AuthDomain {
             }
             changes.filter(user::Column::Id.eq(row.id.as_str())).exec(&txn).await?;
         }
-        let outcome = if row.totp_secret.is_some() {
+        let outcome = if row.totp_secret.is_some() || !passkeys.is_empty() {
             let challenge = secrets::random_token("cmc1_")?;
             let expires_at = now + delta(self.settings.challenge_ttl);
             login_challenge::ActiveModel {
@@ -165,7 +189,27 @@ impl AuthDomain {
             }
             .insert(&txn)
             .await?;
-            LoginOutcome::MfaRequired { challenge, expires_at }
+            let totp_allowed = row.totp_secret.is_some()
+                && (passkeys.is_empty() || !crate::passkeys::passkey_required(&txn, &row.role).await?);
+            let mut factors = Vec::with_capacity(3);
+            let mut passkey_options = None;
+            if totp_allowed {
+                factors.push(FactorKind::Totp);
+            }
+            if !passkeys.is_empty() {
+                let offered = self
+                    .passkey_challenge(&txn, &passkeys, &row.id, secrets::digest(&challenge), now)
+                    .await?;
+                passkey_options = Some(offered.options_json);
+                factors.push(FactorKind::Passkey);
+            }
+            factors.push(FactorKind::RecoveryCode);
+            LoginOutcome::MfaRequired {
+                challenge,
+                expires_at,
+                factors,
+                passkey_options,
+            }
         } else {
             LoginOutcome::Tokens(self.create_session(&txn, &UserView::new(row.clone()), 1, now).await?)
         };
@@ -227,7 +271,12 @@ impl AuthDomain {
 
     /// Locked and disabled accounts are refused (only after the password proved right, so this
     /// reveals nothing to someone guessing).
-    async fn refuse_unusable_account(&self, caller: &Caller, row: &user::Model, operation: &str) -> Result<(), Error> {
+    pub(crate) async fn refuse_unusable_account(
+        &self,
+        caller: &Caller,
+        row: &user::Model,
+        operation: &str,
+    ) -> Result<(), Error> {
         let refusal = if row.locked {
             Some((
                 "ACCOUNT_LOCKED",
@@ -281,9 +330,39 @@ impl AuthDomain {
         self.refuse_unusable_account(&caller, &row, "login_second_factor")
             .await?;
 
+        if matches!(factor, SecondFactor::Totp(_))
+            && crate::passkeys::passkey_required(&self.db, &row.role).await?
+            && !crate::passkeys::user_passkeys(&self.db, &row.id).await?.is_empty()
+        {
+            let (_turn, txn) = self.writer.begin().await?;
+            self.audit(
+                &txn,
+                &caller,
+                login_audit("login_second_factor", &row.id, AuditOutcome::Denied, "PASSKEY_REQUIRED"),
+            )
+            .await?;
+            txn.commit().await?;
+            return Err(Error::permission_denied(
+                "PASSKEY_REQUIRED",
+                "your role requires a passkey: sign in with your passkey (or a recovery code)",
+            ));
+        }
         let (_turn, txn) = self.writer.begin().await?;
+        let mut refusal = None;
         let accepted = match &factor {
             SecondFactor::Totp(code) => self.accept_totp(&txn, &row, code, now).await?,
+            SecondFactor::Passkey(answer) => {
+                match self
+                    .accept_passkey_factor(&txn, &row, &challenge_hash, answer, now)
+                    .await?
+                {
+                    Ok(()) => true,
+                    Err(refused) => {
+                        refusal = Some(refused);
+                        false
+                    }
+                }
+            }
             SecondFactor::RecoveryCode(code) => {
                 recovery_code::Entity::update_many()
                     .col_expr(recovery_code::Column::UsedAt, Expr::value(Some(now)))
@@ -299,6 +378,7 @@ impl AuthDomain {
         let factor_name = match factor {
             SecondFactor::Totp(_) => "TOTP",
             SecondFactor::RecoveryCode(_) => "RECOVERY_CODE",
+            SecondFactor::Passkey(_) => "PASSKEY",
         };
         if !accepted {
             login_challenge::Entity::update_many()
@@ -309,7 +389,9 @@ impl AuthDomain {
                 .filter(login_challenge::Column::ChallengeHash.eq(challenge_hash))
                 .exec(&txn)
                 .await?;
-            let reason = format!("WRONG_{factor_name}");
+            let reason = refusal
+                .as_ref()
+                .map_or_else(|| format!("WRONG_{factor_name}"), |(reason, _)| (*reason).to_owned());
             self.audit(
                 &txn,
                 &caller,
@@ -318,9 +400,9 @@ impl AuthDomain {
             .await?;
             txn.commit().await?;
             self.backoff.failed(&row.username, now);
-            return Err(Error::unauthenticated(
-                "INVALID_CODE",
-                "the code is wrong or was already used",
+            return Err(refusal.map_or_else(
+                || Error::unauthenticated("INVALID_CODE", "the code is wrong or was already used"),
+                |(_, error)| error,
             ));
         }
         let used = login_challenge::Entity::update_many()

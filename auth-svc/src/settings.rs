@@ -39,6 +39,12 @@ pub struct AuthSettings {
     pub enrollment_ttl: Duration,
     /// The issuer shown in authenticator apps.
     pub totp_issuer: String,
+    /// The WebAuthn relying party id: the web app's host name (passkeys are bound to it).
+    pub webauthn_rp_id: String,
+    /// The one origin whose passkey ceremonies are accepted: the web app's.
+    pub webauthn_origin: String,
+    /// How long a passkey ceremony waits for the authenticator's answer.
+    pub ceremony_ttl: Duration,
 }
 
 impl Default for AuthSettings {
@@ -63,6 +69,9 @@ impl Default for AuthSettings {
             challenge_ttl: Duration::from_secs(5 * 60),
             enrollment_ttl: Duration::from_secs(10 * 60),
             totp_issuer: "caremesh".to_owned(),
+            webauthn_rp_id: DEFAULT_RP_ID.to_owned(),
+            webauthn_origin: DEFAULT_ORIGIN.to_owned(),
+            ceremony_ttl: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -78,6 +87,14 @@ pub const ARGON2_MEMORY_KIB: &str = "CAREMESH_AUTH_ARGON2_MEMORY_KIB";
 pub const ARGON2_ITERATIONS: &str = "CAREMESH_AUTH_ARGON2_ITERATIONS";
 pub const ARGON2_CONCURRENCY: &str = "CAREMESH_AUTH_ARGON2_CONCURRENCY";
 pub const ARGON2_QUEUE: &str = "CAREMESH_AUTH_ARGON2_QUEUE";
+/// The relying party id of passkeys: the web app's host name, without scheme or port.
+pub const WEBAUTHN_RP_ID: &str = "CAREMESH_AUTH_WEBAUTHN_RP_ID";
+/// The web app's origin (`https://host[:port]`), the only one whose passkey ceremonies count.
+pub const WEBAUTHN_ORIGIN: &str = "CAREMESH_AUTH_WEBAUTHN_ORIGIN";
+
+const DEFAULT_RP_ID: &str = "localhost";
+/// `caremesh up`'s web origin on its default port.
+const DEFAULT_ORIGIN: &str = "https://localhost:8443";
 
 /// Every service refuses a token that claims to live longer.
 const MAX_ACCESS_TOKEN_TTL: u32 = caremesh_token::MAX_LIFETIME_SECONDS as u32;
@@ -143,6 +160,17 @@ impl AuthSettings {
         if let Some(queue) = bounded_u32(env, ARGON2_QUEUE, 0, 100_000, "0 to 100000")? {
             settings.argon2_queue = queue as usize;
         }
+        if let Some(rp_id) = env.get(WEBAUTHN_RP_ID) {
+            settings.webauthn_rp_id = rp_id;
+        }
+        if let Some(origin) = env.get(WEBAUTHN_ORIGIN) {
+            settings.webauthn_origin = origin;
+        }
+        crate::passkeys::relying_party(&settings).map_err(|expected| ConfigError::Invalid {
+            key: format!("{WEBAUTHN_RP_ID}/{WEBAUTHN_ORIGIN}"),
+            value: format!("{} / {}", settings.webauthn_rp_id, settings.webauthn_origin),
+            expected,
+        })?;
         Ok(settings)
     }
 }
@@ -175,5 +203,17 @@ mod tests {
         assert!(AuthSettings::default().argon2_concurrency >= 1, "the number of cores");
         let none = MapEnv::default().set(ARGON2_CONCURRENCY, "0");
         assert!(AuthSettings::from_env(&none).is_err(), "at least one hash at a time");
+        let web = MapEnv::default()
+            .set(WEBAUTHN_RP_ID, "care.example.org")
+            .set(WEBAUTHN_ORIGIN, "https://care.example.org");
+        let settings = AuthSettings::from_env(&web).unwrap();
+        assert_eq!(settings.webauthn_origin, "https://care.example.org");
+        let elsewhere = MapEnv::default()
+            .set(WEBAUTHN_RP_ID, "care.example.org")
+            .set(WEBAUTHN_ORIGIN, "https://evil.example.net");
+        let refusal = AuthSettings::from_env(&elsewhere).unwrap_err().to_string();
+        assert!(refusal.contains("origin"), "{refusal}");
+        let not_a_url = MapEnv::default().set(WEBAUTHN_ORIGIN, "localhost:8443");
+        assert!(AuthSettings::from_env(&not_a_url).is_err());
     }
 }

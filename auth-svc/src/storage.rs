@@ -1,5 +1,6 @@
-//! auth-svc's database: accounts, recovery codes, sessions and their refresh tokens, login
-//! challenges, token-signing keys, and (as in every service) the audit outbox.
+//! auth-svc's database: accounts, recovery codes, passkeys and their ceremonies, role policies,
+//! sessions and their refresh tokens, login challenges, token-signing keys, and (as in every
+//! service) the audit outbox.
 //! Secrets at rest are sealed under the key-encryption key (TOTP secrets, signing keys) or stored
 //! as hashes (passwords, recovery codes, refresh tokens, challenges).
 
@@ -205,6 +206,82 @@ pub mod attribute_removal {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod passkey {
+    use sea_orm::entity::prelude::*;
+
+    /// A registered passkey. `credential` is webauthn-rs's record of it (public key, counter,
+    /// flags) as JSON; the columns beside it are what listing and the counter check read.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "passkeys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub user_id: String,
+        /// base64url without padding; unique across all users.
+        #[sea_orm(unique)]
+        pub credential_id: String,
+        pub name: String,
+        pub credential: String,
+        /// The highest signature counter seen; it only goes up.
+        pub sign_count: i64,
+        pub backup_eligible: bool,
+        pub backup_state: bool,
+        pub created_at: DateTimeUtc,
+        pub last_used_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod passkey_ceremony {
+    use sea_orm::entity::prelude::*;
+
+    /// A passkey ceremony between its start and its finish: webauthn-rs's state (the challenge
+    /// and what the answer is checked against). Taken once; a second finish finds nothing.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "passkey_ceremonies")]
+    pub struct Model {
+        /// SHA-256 of the ceremony token (for a second factor: of the login challenge).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub token_hash: String,
+        /// `register`, `login` (passwordless) or `second_factor`.
+        pub kind: String,
+        /// The user it is for (empty for a passwordless sign-in, which names nobody).
+        pub user_id: String,
+        /// The session that started a registration (empty otherwise).
+        pub session_id: String,
+        pub state: String,
+        pub expires_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod role_policy {
+    use sea_orm::entity::prelude::*;
+
+    /// An admin's sign-in policy for a role. No row: the default (no requirement).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "role_policies")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub role: String,
+        pub passkey_required: bool,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
@@ -214,6 +291,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateAuthTables),
             Box::new(CreateEmergencyGrants),
             Box::new(CreateRevocationFeed),
+            Box::new(CreatePasskeys),
         ]
     }
 }
@@ -461,5 +539,92 @@ impl MigrationTrait for CreateRevocationFeed {
             )
             .await?;
         drop_tables(manager, [attribute_removal::Entity.into_table_ref()]).await
+    }
+}
+
+/// Passkeys, their ceremonies in flight, and the per-role policy that can require them.
+struct CreatePasskeys;
+
+impl MigrationName for CreatePasskeys {
+    fn name(&self) -> &str {
+        "m20261204_000005_create_passkeys"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for CreatePasskeys {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use {passkey as p, passkey_ceremony as c, role_policy as r};
+        manager
+            .create_table(
+                Table::create()
+                    .table(p::Entity)
+                    .if_not_exists()
+                    .col(string(p::Column::Id).primary_key())
+                    .col(string(p::Column::UserId))
+                    .col(string_uniq(p::Column::CredentialId))
+                    .col(string(p::Column::Name))
+                    .col(text(p::Column::Credential))
+                    .col(big_integer(p::Column::SignCount))
+                    .col(boolean(p::Column::BackupEligible))
+                    .col(boolean(p::Column::BackupState))
+                    .col(timestamp_with_time_zone(p::Column::CreatedAt))
+                    .col(timestamp_with_time_zone_null(p::Column::LastUsedAt))
+                    .to_owned(),
+            )
+            .await?;
+        create_index(
+            manager,
+            "idx_passkeys_user",
+            p::Entity.into_table_ref(),
+            vec![p::Column::UserId.into_iden()],
+            false,
+        )
+        .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(c::Entity)
+                    .if_not_exists()
+                    .col(string(c::Column::TokenHash).primary_key())
+                    .col(string(c::Column::Kind))
+                    .col(string(c::Column::UserId))
+                    .col(string(c::Column::SessionId))
+                    .col(text(c::Column::State))
+                    .col(timestamp_with_time_zone(c::Column::ExpiresAt))
+                    .to_owned(),
+            )
+            .await?;
+        create_index(
+            manager,
+            "idx_passkey_ceremonies_expiry",
+            c::Entity.into_table_ref(),
+            vec![c::Column::ExpiresAt.into_iden()],
+            false,
+        )
+        .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(r::Entity)
+                    .if_not_exists()
+                    .col(string(r::Column::Role).primary_key())
+                    .col(boolean(r::Column::PasskeyRequired))
+                    .col(timestamp_with_time_zone(r::Column::UpdatedAt))
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        drop_tables(
+            manager,
+            [
+                role_policy::Entity.into_table_ref(),
+                passkey_ceremony::Entity.into_table_ref(),
+                passkey::Entity.into_table_ref(),
+            ],
+        )
+        .await
     }
 }

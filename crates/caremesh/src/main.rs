@@ -454,12 +454,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             )
         })?;
     let web_addr = web_listener.local_addr()?;
+    let host = match args.bind {
+        IpAddr::V4(ip) if ip.is_loopback() || ip.is_unspecified() => "localhost".to_owned(),
+        ip => ip.to_string(),
+    };
     let database = configs.first().map(|config| config.database.clone());
     let shutdown = CancellationToken::new();
     let services: Vec<_> = configs.into_iter().zip(listeners).collect();
     let mesh = tokio::spawn({
         let shutdown = shutdown.clone();
-        let env = database_env(&args.database);
+        // Passkeys are bound to the web app's origin, unless the environment names another.
+        let env = Layered(
+            database_env(&args.database),
+            caremesh_serve::webauthn_env(&host, web_addr.port()),
+        );
         async move { caremesh_serve::run_mesh(services, &env, shutdown).await }
     });
     let web = tokio::spawn({
@@ -494,10 +502,6 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let pki = &layout.pki;
-    let host = match args.bind {
-        IpAddr::V4(ip) if ip.is_loopback() || ip.is_unspecified() => "localhost".to_owned(),
-        ip => ip.to_string(),
-    };
     println!();
     match database {
         Some(database) if database.is_postgres() => println!("caremesh is up on PostgreSQL (one schema per service)"),

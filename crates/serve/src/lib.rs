@@ -59,6 +59,18 @@ pub async fn serve_service(
     }
 }
 
+/// auth-svc's passkey settings for the web app served at `https://{host}:{port}`, where
+/// passkeys are bound. An IP address cannot be a WebAuthn relying party: a mesh served on one
+/// gets none, and passkeys then need `CAREMESH_AUTH_WEBAUTHN_RP_ID` and `..._ORIGIN` naming a host.
+pub fn webauthn_env(host: &str, port: u16) -> caremesh_runtime::config::MapEnv {
+    let env = caremesh_runtime::config::MapEnv::default();
+    if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
+        return env;
+    }
+    env.set(auth_svc::settings::WEBAUTHN_RP_ID, host.to_owned())
+        .set(auth_svc::settings::WEBAUTHN_ORIGIN, format!("https://{host}:{port}"))
+}
+
 /// Brings `config.service`'s database schema up to date without serving.
 pub async fn migrate_service(config: &ServiceConfig) -> Result<(), sea_orm::DbErr> {
     let database = &config.database;

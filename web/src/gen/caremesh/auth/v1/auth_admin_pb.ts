@@ -856,7 +856,7 @@ export const AuthAdminService: GenService<{
     output: typeof RevokeUserSessionsResponseSchema;
   },
   /**
-   * Removes a user's TOTP authenticator and recovery codes (lost device); the user must enroll
+   * Removes a user's TOTP authenticator, passkeys and recovery codes (lost device); the user must enroll
    * again and is at AAL1 until then. Revokes the user's sessions.
    *
    * @generated from rpc caremesh.auth.v1.AuthAdminService.ResetUserMfa
