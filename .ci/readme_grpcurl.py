@@ -33,8 +33,8 @@ OPS_PORTS = set(range(50151, 50156))
 
 TOOL_LINE = re.compile(r"^\s*(grpcurl|buf curl)\s")
 ASSIGNMENT = re.compile(r"^[A-Z][A-Z0-9_]*=")
-SECRET_FIELDS = re.compile(r'("(?:accessToken|refreshToken|challengeToken|password|totpCode|access_token|refresh_token)"\s*:\s*")[^"]*')
-SECRET_TOKENS = re.compile(r"\b(cmt1\.|cmr1_|cmc1_)[A-Za-z0-9._~+/=-]+")
+SECRET_FIELDS = re.compile(r'("(?:accessToken|refreshToken|challengeToken|ceremonyToken|password|totpCode|access_token|refresh_token)"\s*:\s*")[^"]*')
+SECRET_TOKENS = re.compile(r"\b(cmt1\.|cmr1_|cmc1_|cmk1_)[A-Za-z0-9._~+/=-]+")
 
 
 def mask(text):
@@ -260,6 +260,14 @@ def method_check(method, answer, request):
         need(users, "no users (the script registered a pending doctor)")
         need(all(user.get("status") == wanted for user in users if wanted), f"a user not {wanted}")
         return f"{len(users)} user(s): " + ", ".join(user.get("username", "?") for user in users)
+    if method == "caremesh.auth.v1.AuthService/StartPasskeyLogin":
+        # bytes fields are base64 in grpcurl's JSON; inside, WebAuthn's own JSON (base64url binaries).
+        need(answer.get("ceremonyToken", "").startswith("cmk1_"), "no ceremonyToken")
+        options = json.loads(base64.b64decode(answer.get("requestOptionsJson", "")))
+        public_key = options.get("publicKey", {})
+        need(public_key.get("challenge") and public_key.get("rpId") == "localhost", "no challenge for rpId localhost")
+        need(public_key.get("userVerification") == "required", "user verification is not required")
+        return f"a passkey sign-in for {public_key['rpId']}"
     raise Unknown(f"no check for {method}: add a '# -> ...' line after it in README.md")
 
 
