@@ -1,13 +1,13 @@
 // The admin client (AuthAdminService, as `carectl admin` and crates/sdk/src/auth.rs use it):
 // pending approvals, one account's state and attributes, disable / enable, unlock, ending
-// sessions and resetting MFA. Plain values out; every mutation sends the etag of the account as
+// sessions and resetting MFA, and the roles' sign-in policies (passkeys required). Plain values out; every mutation sends the etag of the account as
 // the screen last saw it, so a change made meanwhile by someone else fails (ABORTED) instead of
 // being overwritten.
 
 import { createClient, type Client } from "@connectrpc/connect";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 
-import { AuthAdminService } from "../gen/caremesh/auth/v1/auth_admin_pb";
+import { AuthAdminService, type RolePolicy } from "../gen/caremesh/auth/v1/auth_admin_pb";
 import { Role, UserStatus, type User } from "../gen/caremesh/auth/v1/user_pb";
 import { roleName, type RoleName, type SessionStore } from "./session";
 import { createTransport } from "./transport";
@@ -85,6 +85,24 @@ function view(user: User | undefined): AdminUserView {
   };
 }
 
+/** A role's sign-in policy. */
+export interface RolePolicyView {
+  readonly role: RoleName;
+  /** Users of the role sign in with a passkey (or a recovery code) as their second factor. */
+  readonly passkeyRequired: boolean;
+  /** When an admin last changed it (null: never, the default applies). */
+  readonly updated: Date | null;
+}
+
+function policyView(policy: RolePolicy | undefined): RolePolicyView {
+  if (!policy) throw new Error("auth-svc answered without the policy");
+  return {
+    role: roleName(policy.role),
+    passkeyRequired: policy.passkeyRequired,
+    updated: policy.updateTime ? timestampDate(policy.updateTime) : null,
+  };
+}
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** Splits what an admin typed (commas, spaces or new lines) into attributes, without repeats. */
@@ -154,7 +172,17 @@ export class AdminClient {
     return (await this.admin.revokeUserSessions({ userId: user.userId })).revokedSessions;
   }
 
-  /** Removes the user's authenticator and recovery codes (and ends their sessions). */
+  /** Every role's sign-in policy, in the order of the Role enum. */
+  async rolePolicies(): Promise<RolePolicyView[]> {
+    return (await this.admin.listRolePolicies({})).policies.map(policyView);
+  }
+
+  /** Requires passkeys of a role, or stops requiring them. */
+  async setRolePolicy(role: RoleName, passkeyRequired: boolean): Promise<RolePolicyView> {
+    return policyView((await this.admin.setRolePolicy({ role: ROLE[role], passkeyRequired })).policy);
+  }
+
+  /** Removes the user's authenticator, passkeys and recovery codes (and ends their sessions). */
   async resetMfa(user: AdminUserView): Promise<AdminUserView> {
     return view((await this.admin.resetUserMfa({ userId: user.userId, etag: user.etag })).user);
   }

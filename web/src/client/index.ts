@@ -23,7 +23,7 @@ export { openMessenger, startLink, checkPolicy, MessagingError, type GroupConver
 export type { Aal, ErrorView, Operation, RoleName, SessionInfo };
 export { describeAttachmentError, describeRecordError, type AttachmentView, type Progress } from "./attachments";
 export { DOCUMENT_REFERENCE, RECORD_KINDS, RecordsClient, fhirProblem, type AccessEntry, type EmergencyGrant, type OpenedFile, type OpenedRecord, type RecordFile, type PatientRef, type RecordSummary, type VersionEntry } from "./records";
-export { AdminClient, parseAttributes, type AccountStatus, type AdminUserView, type UserFilter } from "./admin";
+export { AdminClient, parseAttributes, type AccountStatus, type AdminUserView, type RolePolicyView, type UserFilter } from "./admin";
 export { PasskeyClient, PasskeyError, type PasskeyAdded, type PasskeyList, type PasskeyView } from "./passkeys";
 export { AUDIT_ACTIONS, AUDIT_OUTCOMES, AuditClient, LogIntegrityError, type AlertView, type AuditActionName, type AuditEventView, type AuditOutcomeName, type EventFilter, type InclusionResult, type VerifiedCheckpoint } from "./audit";
 

@@ -1,14 +1,22 @@
 // The admin screen (`#/admin`, admins at AAL2): the doctors and nurses waiting for approval, a
 // search over all accounts (status, role, locked, username prefix, paged), and one account:
 // its state and attributes, approve with attributes, change attributes, disable (with a reason
-// code) / enable, unlock, end all sessions, reset two-step sign-in. Destructive actions ask first.
+// code) / enable, unlock, end all sessions, reset two-step sign-in; and which roles must sign in
+// with a passkey. Destructive actions ask first.
 // Each change sends the account's etag: if someone changed it meanwhile, the server refuses
 // (ABORTED) and the screen says to reload it.
 
 import type { JSX } from "preact";
 import { useEffect, useState } from "preact/hooks";
 
-import { parseAttributes, type AccountStatus, type AdminUserView, type ErrorView, type RoleName } from "../../client";
+import {
+  parseAttributes,
+  type AccountStatus,
+  type AdminUserView,
+  type ErrorView,
+  type RoleName,
+  type RolePolicyView,
+} from "../../client";
 import { Button, ErrorPanel, Field, ScreenTitle, useOperation } from "../../app/components";
 import { useClient } from "../../app/context";
 import { Confirm } from "./Confirm";
@@ -302,6 +310,41 @@ function Account(props: { user: AdminUserView; onChanged: (user: AdminUserView) 
   );
 }
 
+/** Which roles must use a passkey as their second factor. */
+function RolePolicies(): JSX.Element {
+  const client = useClient();
+  const op = useOperation("session");
+  const [policies, setPolicies] = useState<RolePolicyView[] | null>(null);
+  useEffect(() => void op.run(async () => setPolicies(await client.admin.rolePolicies())), []);
+  const set = (role: RoleName, required: boolean) =>
+    void op.run(async () => {
+      const changed = await client.admin.setRolePolicy(role, required);
+      setPolicies((old) => (old ?? []).map((policy) => (policy.role === role ? changed : policy)));
+    });
+  return (
+    <section class="ops-section" aria-labelledby="policies">
+      <h2 id="policies">Passkeys required</h2>
+      <p class="item-meta">
+        People of a checked role sign in with a passkey (or a recovery code) as their second factor. Until they have
+        registered one, their authenticator app still works, so that they can.
+      </p>
+      <ErrorPanel error={op.error} />
+      {policies?.map((policy) => (
+        <label class="checkbox" key={policy.role}>
+          <input
+            type="checkbox"
+            checked={policy.passkeyRequired}
+            disabled={op.busy}
+            data-testid={`passkeys-required-${policy.role}`}
+            onChange={(event) => set(policy.role, event.currentTarget.checked)}
+          />
+          {policy.role}s must use a passkey
+        </label>
+      ))}
+    </section>
+  );
+}
+
 export function AdminScreen(): JSX.Element {
   const client = useClient();
   const find = useOperation("session");
@@ -352,6 +395,7 @@ export function AdminScreen(): JSX.Element {
       ) : null}
       <Pending onOpen={open} version={version} />
       <Search onOpen={open} />
+      <RolePolicies />
     </section>
   );
 }
