@@ -163,6 +163,7 @@ impl AuthDomain {
             totp_pending_expires_at: Set(None),
             totp_last_step: Set(None),
             failed_attempts: Set(0),
+            passkey_count: Set(0),
             locked: Set(false),
             created_at: Set(now),
             updated_at: Set(now),
@@ -380,10 +381,17 @@ impl AuthDomain {
             })
             .await?;
         // Passkeys are second factors too; a lost device is the usual reason for a reset.
+        let (_turn, txn) = self.writer.begin().await?;
         crate::storage::passkey::Entity::delete_many()
             .filter(crate::storage::passkey::Column::UserId.eq(user_id))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        user::Entity::update_many()
+            .col_expr(user::Column::PasskeyCount, Expr::value(0))
+            .filter(user::Column::Id.eq(user_id))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
         self.revoke_sessions_of(user_id, "MFA reset").await?;
         Ok(view)
     }

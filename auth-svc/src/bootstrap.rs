@@ -55,6 +55,7 @@ impl AuthDomain {
             totp_pending_expires_at: Set(None),
             totp_last_step: Set(None),
             failed_attempts: Set(0),
+            passkey_count: Set(0),
             locked: Set(false),
             created_at: Set(now),
             updated_at: Set(now),

@@ -126,7 +126,7 @@ fn user_message(view: &UserView) -> pb::User {
         status: status_value(&row.status).into(),
         attributes: view.assigned.clone(),
         derived_attributes: view.derived.clone(),
-        mfa_enrolled: row.totp_secret.is_some(),
+        mfa_enrolled: row.totp_secret.is_some() || row.passkey_count > 0,
         locked: row.locked,
         failed_login_attempts: u32::try_from(row.failed_attempts).unwrap_or(0),
         create_time: Some(to_timestamp(row.created_at)),

@@ -280,6 +280,19 @@ pub(crate) async fn user_passkeys<C: ConnectionTrait>(conn: &C, user_id: &str) -
         .await?)
 }
 
+/// Keeps `users.passkey_count` in step with the rows (in the transaction that adds or removes).
+async fn count_passkeys<C: ConnectionTrait>(conn: &C, user_id: &str, change: i32) -> Result<(), Error> {
+    user::Entity::update_many()
+        .col_expr(
+            user::Column::PasskeyCount,
+            sea_orm::sea_query::ExprTrait::add(Expr::col(user::Column::PasskeyCount), change),
+        )
+        .filter(user::Column::Id.eq(user_id))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
 /// Whether an admin requires passkeys of `role`.
 pub(crate) async fn passkey_required<C: ConnectionTrait>(conn: &C, role: &str) -> Result<bool, Error> {
     Ok(role_policy::Entity::find_by_id(role.to_owned())
@@ -514,6 +527,7 @@ impl AuthDomain {
         }
         .insert(&txn)
         .await?;
+        count_passkeys(&txn, &row.id, 1).await?;
         let (recovery_codes, upgraded) = if first_factor {
             let codes = crate::mfa::replace_recovery_codes(&txn, &row.id, now).await?;
             let upgraded = if row.status == "active" {
@@ -622,6 +636,7 @@ impl AuthDomain {
             .filter(passkey::Column::Id.eq(row.id.as_str()))
             .exec(&txn)
             .await?;
+        count_passkeys(&txn, &row.user_id, -1).await?;
         self.audit(
             &txn,
             caller,

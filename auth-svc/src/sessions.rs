@@ -168,7 +168,11 @@ impl AuthDomain {
         } else {
             None
         };
-        let passkeys = crate::passkeys::user_passkeys(&self.db, &row.id).await?;
+        let passkeys = if row.passkey_count > 0 {
+            crate::passkeys::user_passkeys(&self.db, &row.id).await?
+        } else {
+            Vec::new()
+        };
         let (_turn, txn) = self.writer.begin().await?;
         if row.failed_attempts != 0 || rehashed.is_some() {
             let mut changes = user::Entity::update_many().col_expr(user::Column::FailedAttempts, Expr::value(0));

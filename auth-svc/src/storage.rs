@@ -39,6 +39,8 @@ pub mod user {
         /// The last TOTP time step accepted (codes are single-use).
         pub totp_last_step: Option<i64>,
         pub failed_attempts: i32,
+        /// How many passkeys the user has (kept in the transactions that add and remove them).
+        pub passkey_count: i32,
         pub locked: bool,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
@@ -573,6 +575,14 @@ impl MigrationTrait for CreatePasskeys {
                     .to_owned(),
             )
             .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(user::Entity)
+                    .add_column(integer(user::Column::PasskeyCount).default(0))
+                    .to_owned(),
+            )
+            .await?;
         create_index(
             manager,
             "idx_passkeys_user",
@@ -625,6 +635,14 @@ impl MigrationTrait for CreatePasskeys {
                 passkey::Entity.into_table_ref(),
             ],
         )
-        .await
+        .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(user::Entity)
+                    .drop_column(user::Column::PasskeyCount)
+                    .to_owned(),
+            )
+            .await
     }
 }
