@@ -75,7 +75,7 @@ export type User = Message<"caremesh.auth.v1.User"> & {
   derivedAttributes: string[];
 
   /**
-   * True once a TOTP authenticator has been enrolled and confirmed.
+   * True once a second factor is set up: a confirmed TOTP authenticator or a passkey.
    *
    * @generated from field: bool mfa_enrolled = 8;
    */
