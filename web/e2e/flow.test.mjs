@@ -28,28 +28,12 @@ import {
   open,
   register,
   shows,
+  signInAal2,
   signInWithPassword,
   unique,
   usedStep,
   waitForStep,
 } from "./support.mjs";
-
-/** Password, then TOTP; a code another test file just used is refused: then the next step. */
-async function signInAal2(page, username, password, secret) {
-  await signInWithPassword(page, username, password);
-  for (let attempt = 1; ; attempt++) {
-    await heading(page, "Two-step sign-in");
-    await waitForStep(secret);
-    await page.getByLabel("6-digit code").fill(nextCode(secret));
-    await page.getByRole("button", { name: "Continue" }).click();
-    const outcome = await Promise.race([
-      page.getByRole("heading", { level: 1, name: /^Welcome/ }).waitFor({ timeout: 20_000 }).then(() => "in"),
-      page.getByRole("alert").waitFor({ timeout: 20_000 }).then(() => "refused"),
-    ]);
-    if (outcome === "in") return;
-    assert.ok(attempt < 3, `the second factor was refused ${attempt} times`);
-  }
-}
 
 /** A doctor registered with carectl: pending until an admin approves. */
 async function pendingDoctor(name) {

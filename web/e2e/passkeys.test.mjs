@@ -3,12 +3,15 @@
 // TOTP sign-in ("Not now" lasts the session), adds one on the passkeys screen, renames it, signs
 // in with it alone (passwordless, AAL2), then as the second factor after the password, removes
 // it, and is refused by auth-svc when the authenticator, which still holds it, offers it again.
-// A prompt that fails user verification shows what to do, not a crash.
+// A prompt that fails user verification shows what to do, not a crash. When an admin requires
+// passkeys for nurses, a nurse with TOTP is told to add one, cannot remove her last, and then
+// signs in with the passkey as the second factor, the app's code no longer offered.
 
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 
-import { DESKTOP, checkScreen, enrolMfa, heading, open, register, secondFactor, shows, signInWithPassword, unique, usedStep } from "./support.mjs";
+import { carectlUser } from "./carectl.mjs";
+import { DESKTOP, PASSWORD, bootstrapAdmin, checkScreen, enrolMfa, heading, open, register, secondFactor, shows, signInAal2, signInWithPassword, unique, usedStep } from "./support.mjs";
 
 /** A virtual platform authenticator on this page's DevTools target (it lives as long as the CDP session). */
 async function virtualAuthenticator(context, page) {
@@ -45,7 +48,9 @@ async function openPasskeys(page) {
 /** The error panel's server message (or the browser's, for a refused prompt) and its code. */
 async function shownError(page) {
   const alert = page.getByRole("alert");
-  await alert.waitFor();
+  await alert.waitFor({ timeout: 20_000 }).catch(async (error) => {
+    throw new Error(`no error shown; the page shows:\n${await page.locator("main").innerText().catch(() => "?")}`, { cause: error });
+  });
   return { code: await alert.getAttribute("data-code"), message: (await page.getByTestId("server-message").textContent()) ?? "" };
 }
 
@@ -164,6 +169,75 @@ describe("passkeys", () => {
       assert.deepEqual(violations, []);
     } finally {
       await context.close();
+    }
+  });
+
+  it("tells a nurse whose role requires passkeys to add one, keeps her last, and drops the TOTP field", async () => {
+    const admin = bootstrapAdmin();
+    const adm = await open(DESKTOP);
+    const nurse = await carectlUser("nora", { role: "nurse", publish: false });
+    usedStep(nurse.secret, nurse.step);
+    const { context, page, violations } = await open(DESKTOP);
+    /** Sets the nurses' policy in the admin screen and waits for auth-svc's answer. */
+    const policy = async (required) => {
+      const box = adm.page.getByTestId("passkeys-required-nurse");
+      await box.waitFor();
+      if ((await box.isChecked()) === required) return;
+      const saved = adm.page.waitForResponse((response) => response.url().endsWith("/SetRolePolicy"));
+      await box.click();
+      assert.equal((await saved).headers()["grpc-status"] ?? "0", "0");
+      await adm.page.waitForFunction((want) => {
+        const input = document.querySelector('[data-testid="passkeys-required-nurse"]');
+        return input?.checked === want && !input.disabled;
+      }, required);
+    };
+    try {
+      await signInAal2(adm.page, admin.username, admin.password, admin.totpSecret);
+      await adm.page.getByRole("link", { name: "Administration" }).click();
+      await heading(adm.page, "Administration");
+      await policy(true);
+
+      const authenticator = await virtualAuthenticator(context, page);
+      // TOTP still signs her in while she has no passkey, and home says one is required.
+      await signInAal2(page, nurse.username, PASSWORD, nurse.secret);
+      await page.getByRole("heading", { name: "Add the passkey your role requires" }).waitFor();
+      await page.getByTestId("passkey-required").waitFor();
+      await checkScreen(page, "passkey-offer-required", violations);
+      await page.getByLabel("Name for the new passkey").fill("Ward tablet");
+      await page.getByRole("button", { name: "Add a passkey" }).click();
+      await shows(page, "Passkey “Ward tablet” added.");
+      assert.equal((await authenticator.credentials()).length, 1);
+
+      // With a passkey, her second factor is the passkey or a recovery code: no TOTP field.
+      await signOut(page);
+      await signInWithPassword(page, nurse.username);
+      await heading(page, "Two-step sign-in");
+      await page.getByRole("button", { name: "Use a passkey" }).waitFor();
+      assert.equal(await page.getByLabel("6-digit code").count(), 0, "the role requires passkeys: no TOTP field");
+      assert.equal(await page.getByRole("button", { name: "Use a recovery code instead" }).count(), 1);
+      await checkScreen(page, "second-factor-passkey-only", violations);
+      await page.getByRole("button", { name: "Use a passkey" }).click();
+      await heading(page, `Welcome, ${nurse.displayName}`);
+      assert.equal(await page.getByTestId("aal").textContent(), "AAL2");
+
+      // Her only passkey cannot be removed: auth-svc's refusal is on screen.
+      await openPasskeys(page);
+      await shows(page, "Your role requires a passkey: you sign in with one");
+      const item = page.getByTestId("passkey").first();
+      await item.getByRole("button", { name: "Remove" }).click();
+      await page.getByRole("button", { name: "Yes, remove it" }).click();
+      const refused = await shownError(page);
+      assert.equal(refused.code, "FailedPrecondition", `shown: ${JSON.stringify(refused)}`);
+      assert.match(refused.message, /requires a passkey/, `shown: ${refused.message}`);
+      await checkScreen(page, "passkeys-last-required", violations);
+      assert.equal(await page.getByTestId("passkey").count(), 1);
+      assert.deepEqual(violations, []);
+      assert.deepEqual(adm.violations, []);
+    } finally {
+      await context.close();
+      // The mesh is shared with the test files that run later: nurses go back to the default.
+      await policy(false);
+      await adm.context.close();
     }
   });
 });

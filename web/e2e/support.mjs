@@ -243,6 +243,23 @@ export async function carectlLogin(profile, username, secret, password = PASSWOR
   }
 }
 
+/** Password, then TOTP; a code another test file just used is refused: then the next step. */
+export async function signInAal2(page, username, password, secret) {
+  await signInWithPassword(page, username, password);
+  for (let attempt = 1; ; attempt++) {
+    await heading(page, "Two-step sign-in");
+    await waitForStep(secret);
+    await page.getByLabel("6-digit code").fill(nextCode(secret));
+    await page.getByRole("button", { name: "Continue" }).click();
+    const outcome = await Promise.race([
+      page.getByRole("heading", { level: 1, name: /^Welcome/ }).waitFor({ timeout: 20_000 }).then(() => "in"),
+      page.getByRole("alert").waitFor({ timeout: 20_000 }).then(() => "refused"),
+    ]);
+    if (outcome === "in") return;
+    assert.ok(attempt < 3, `the second factor was refused ${attempt} times`);
+  }
+}
+
 /** The bootstrap admin signed in with carectl as profile "admin". */
 export async function carectlAdmin() {
   const admin = bootstrapAdmin();
