@@ -11,7 +11,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 
 import { carectlUser } from "./carectl.mjs";
-import { DESKTOP, PASSWORD, bootstrapAdmin, checkScreen, enrolMfa, heading, open, register, secondFactor, shows, signInAal2, signInWithPassword, unique, usedStep } from "./support.mjs";
+import { DESKTOP, PASSWORD, PHONE, bootstrapAdmin, checkScreen, enrolMfa, heading, open, register, secondFactor, shows, signInAal2, signInWithPassword, unique, usedStep } from "./support.mjs";
 
 /** A virtual platform authenticator on this page's DevTools target (it lives as long as the CDP session). */
 async function virtualAuthenticator(context, page) {
@@ -107,6 +107,9 @@ describe("passkeys", () => {
       assert.equal(held[0].isResidentCredential, true, "a discoverable credential");
       assert.equal(held[0].rpId, "localhost");
       await checkScreen(page, "passkeys-one", violations);
+      await page.setViewportSize(PHONE);
+      await checkScreen(page, "passkeys-one", violations);
+      await page.setViewportSize(DESKTOP);
 
       // Rename it.
       await items.first().getByRole("button", { name: "Rename" }).click();

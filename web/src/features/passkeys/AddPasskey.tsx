@@ -2,14 +2,15 @@
 // first second factor, auth-svc issues the recovery codes (shown here once) and the session
 // becomes AAL2. Used by the passkeys screen and by the offer after a TOTP sign-in.
 
-import type { JSX } from "preact";
+import type { ComponentChildren, JSX } from "preact";
 import { useState } from "preact/hooks";
 
 import type { PasskeyAdded } from "../../client";
 import { Button, CodeList, ErrorPanel, Field, useOperation } from "../../app/components";
 import { useClient } from "../../app/context";
 
-export function AddPasskey(props: { id: string; onAdded: (added: PasskeyAdded) => void }): JSX.Element {
+/** `children`: more buttons beside "Add a passkey" (the offer's "Not now"). */
+export function AddPasskey(props: { id: string; onAdded: (added: PasskeyAdded) => void; children?: ComponentChildren }): JSX.Element {
   const client = useClient();
   const op = useOperation("passkey");
   const [name, setName] = useState("");
@@ -65,9 +66,12 @@ export function AddPasskey(props: { id: string; onAdded: (added: PasskeyAdded) =
           ) : null}
         </div>
       ) : null}
-      <Button busy={op.busy} busyLabel="Waiting for your passkey…">
-        Add a passkey
-      </Button>
+      <div class="actions">
+        <Button busy={op.busy} busyLabel="Waiting for your passkey…">
+          Add a passkey
+        </Button>
+        {props.children}
+      </div>
     </form>
   );
 }

@@ -45,9 +45,8 @@ export function PasskeyOffer(): JSX.Element | null {
           manage your passkeys on <a href={href("passkeys")}>your passkeys</a> page.
         </p>
       )}
-      <AddPasskey id="offer" onAdded={() => setState("added")} />
-      {state === "offer" ? (
-        <p class="alt">
+      <AddPasskey id="offer" onAdded={() => setState("added")}>
+        {state === "offer" ? (
           <Button
             type="button"
             variant="secondary"
@@ -58,8 +57,8 @@ export function PasskeyOffer(): JSX.Element | null {
           >
             Not now
           </Button>
-        </p>
-      ) : null}
+        ) : null}
+      </AddPasskey>
     </section>
   );
 }

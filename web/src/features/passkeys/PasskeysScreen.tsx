@@ -93,17 +93,15 @@ function PasskeyItem(props: { passkey: PasskeyView; last: boolean; required: boo
   );
 }
 
-/** The notice for a role that requires passkeys (here and in the offer after sign-in). */
+/** What a role that requires passkeys means for you (here and in the offer after sign-in). */
 export function PasskeyRequired(props: { count: number }): JSX.Element {
   return props.count === 0 ? (
-    <div class="notice" role="status" data-testid="passkey-required">
-      <p>
-        <strong>Your role requires a passkey.</strong> Add one now: once you have it, you sign in with it (or a recovery
-        code) instead of the authenticator app's code.
-      </p>
-    </div>
+    <p data-testid="passkey-required">
+      <strong>Your role requires a passkey.</strong> Add one now: once you have it, you sign in with it (or a recovery
+      code) instead of the authenticator app's code.
+    </p>
   ) : (
-    <p class="notice" data-testid="passkey-required">
+    <p data-testid="passkey-required">
       Your role requires a passkey: you sign in with one (or a recovery code). Add another one before you remove your
       last.
     </p>
@@ -140,7 +138,11 @@ export function PasskeysScreen(): JSX.Element {
       ) : null}
       {list ? (
         <>
-          {list.required ? <PasskeyRequired count={list.passkeys.length} /> : null}
+          {list.required ? (
+            <div class="notice" role="status">
+              <PasskeyRequired count={list.passkeys.length} />
+            </div>
+          ) : null}
           {list.passkeys.length === 0 ? (
             <p data-testid="no-passkeys">You have no passkey yet.</p>
           ) : (
