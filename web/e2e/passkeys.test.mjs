@@ -5,7 +5,9 @@
 // it, and is refused by auth-svc when the authenticator, which still holds it, offers it again.
 // A prompt that fails user verification shows what to do, not a crash. When an admin requires
 // passkeys for nurses, a nurse with TOTP is told to add one, cannot remove her last, and then
-// signs in with the passkey as the second factor, the app's code no longer offered.
+// signs in with the passkey as the second factor, the app's code no longer offered. A patient
+// whose first second factor is a passkey gets recovery codes and AAL2 at once; a copy of her
+// authenticator whose counter went back is refused.
 
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -30,6 +32,12 @@ async function virtualAuthenticator(context, page) {
   return {
     credentials: async () => (await cdp.send("WebAuthn.getCredentials", { authenticatorId })).credentials,
     setUserVerified: (isUserVerified) => cdp.send("WebAuthn.setUserVerified", { authenticatorId, isUserVerified }),
+    /** Puts `credential` back with another signature counter (a clone of the authenticator). */
+    replace: async (credential, signCount) => {
+      await cdp.send("WebAuthn.removeCredential", { authenticatorId, credentialId: credential.credentialId });
+      const { credentialId, isResidentCredential, rpId, privateKey, userHandle } = credential;
+      await cdp.send("WebAuthn.addCredential", { authenticatorId, credential: { credentialId, isResidentCredential, rpId, privateKey, userHandle, signCount } });
+    },
   };
 }
 
@@ -241,6 +249,53 @@ describe("passkeys", () => {
       // The mesh is shared with the test files that run later: nurses go back to the default.
       await policy(false);
       await adm.context.close();
+    }
+  });
+
+  it("makes a first passkey the second factor (recovery codes, AAL2) and refuses a cloned authenticator", async () => {
+    const { context, page, violations } = await open(DESKTOP);
+    try {
+      const authenticator = await virtualAuthenticator(context, page);
+      const username = unique("cleo");
+      const welcome = "Welcome, Cleo Clone";
+      await register(page, username, "Cleo Clone");
+      await signInWithPassword(page, username);
+      await heading(page, welcome);
+      assert.equal(await page.getByTestId("aal").textContent(), "AAL1");
+      // No TOTP: the passkey becomes the account's first second factor.
+      await page.getByRole("link", { name: "Add a passkey instead" }).click();
+      await heading(page, "Your passkeys");
+      await page.getByLabel("Name for the new passkey").fill("Phone");
+      await page.getByRole("button", { name: "Add a passkey" }).click();
+      await shows(page, "Passkey “Phone” added.");
+      const codes = await page.getByRole("list", { name: "Recovery codes" }).getByRole("listitem").allTextContents();
+      assert.equal(codes.length, 10, "the first second factor brings recovery codes");
+      await checkScreen(page, "passkeys-first-factor", violations);
+      // The session's new tokens replaced the old ones: AAL2 without signing in again.
+      await shows(page.locator("header"), "patient · AAL2");
+      await page.goto(page.url().replace(/#.*$/, "#/home"));
+      await heading(page, welcome);
+      assert.equal(await page.getByTestId("aal").textContent(), "AAL2");
+
+      // Two passwordless sign-ins raise the stored counter; a copy of the authenticator whose
+      // counter is behind is then refused.
+      for (let i = 0; i < 2; i++) {
+        await signOut(page);
+        await page.getByRole("button", { name: "Use a passkey" }).click();
+        await heading(page, welcome);
+      }
+      const [credential] = await authenticator.credentials();
+      assert.ok(credential.signCount >= 2, `counter ${credential.signCount}`);
+      await authenticator.replace(credential, 0);
+      await signOut(page);
+      await page.getByRole("button", { name: "Use a passkey" }).click();
+      const refused = await shownError(page);
+      assert.equal(refused.code, "Unauthenticated", `shown: ${JSON.stringify(refused)}`);
+      assert.match(refused.message, /counter went backwards/, `shown: ${refused.message}`);
+      assert.equal(await page.getByRole("button", { name: "Sign out" }).count(), 0, "not signed in");
+      assert.deepEqual(violations, []);
+    } finally {
+      await context.close();
     }
   });
 });
