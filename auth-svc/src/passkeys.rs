@@ -623,14 +623,20 @@ impl AuthDomain {
         let (_turn, txn) = self.writer.begin().await?;
         let others = user_passkeys(&txn, &row.user_id).await?.len().saturating_sub(1);
         if others == 0 && passkey_required(&txn, &principal.role).await? {
-            drop(txn);
-            let refusal = Error::failed_precondition(
+            // Audited in this transaction: the writer's turn is held until it ends.
+            let denied = passkey_audit(
+                AuditAction::Delete,
+                "passkey_remove",
+                &row.id,
+                AuditOutcome::Denied,
+                "PASSKEY_REQUIRED",
+            );
+            self.audit(&txn, caller, denied).await?;
+            txn.commit().await?;
+            return Err(Error::failed_precondition(
                 "PASSKEY_REQUIRED",
                 "your role requires a passkey: register another one before removing this one",
-            );
-            return Err(self
-                .refuse(caller, "passkey_remove", &row.id, "PASSKEY_REQUIRED", refusal)
-                .await);
+            ));
         }
         passkey::Entity::delete_many()
             .filter(passkey::Column::Id.eq(row.id.as_str()))
@@ -815,10 +821,17 @@ impl AuthDomain {
         };
         let (_turn, txn) = self.writer.begin().await?;
         if !self.record_use(&txn, &stored, &result, now).await? {
-            drop(txn);
-            return Err(self
-                .refuse(&caller, OPERATION, &stored.id, COUNTER_REGRESSION, counter_regression())
-                .await);
+            // Audited in this transaction (which changed nothing): the writer's turn is held.
+            let denied = passkey_audit(
+                AuditAction::Execute,
+                OPERATION,
+                &stored.id,
+                AuditOutcome::Denied,
+                COUNTER_REGRESSION,
+            );
+            self.audit(&txn, &caller, denied).await?;
+            txn.commit().await?;
+            return Err(counter_regression());
         }
         // Pending doctors and nurses prove both factors but stay at AAL1 until approved.
         let aal = if row.status == "active" { 2 } else { 1 };
