@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
+use crate::audit::time_of;
 use crate::{Client, SdkError, ServiceName};
 
 pub use pb::Role;
@@ -120,6 +121,9 @@ impl std::fmt::Debug for LoginStep {
 pub enum Code {
     Totp(String),
     Recovery(String),
+    /// The JSON of a WebAuthn assertion (`PublicKeyCredential.toJSON()`) answering the challenge's
+    /// passkey request options.
+    Passkey(Vec<u8>),
 }
 
 impl std::fmt::Debug for Code {
@@ -127,8 +131,35 @@ impl std::fmt::Debug for Code {
         f.write_str(match self {
             Code::Totp(_) => "Totp(..)",
             Code::Recovery(_) => "Recovery(..)",
+            Code::Passkey(_) => "Passkey(..)",
         })
     }
+}
+
+/// A started passkey ceremony: the WebAuthn options (`{"publicKey": {...}}` JSON) for the
+/// authenticator, and the single-use token to finish it with. `Debug` leaves the token out.
+#[derive(Clone)]
+pub struct PasskeyCeremony {
+    pub token: String,
+    pub options_json: Vec<u8>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for PasskeyCeremony {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasskeyCeremony")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registered passkey. When it is the account's first second factor: the recovery codes (shown
+/// once) and, for an active account, the AAL2 session that replaces the one it was registered in.
+#[derive(Clone, Debug)]
+pub struct PasskeyRegistered {
+    pub passkey: pb::Passkey,
+    pub recovery_codes: Vec<String>,
+    pub upgraded: Option<Session>,
 }
 
 /// What TOTP enrollment hands the user. `Debug` leaves the secret out.
@@ -202,6 +233,7 @@ impl Client {
         let code = match code {
             Code::Totp(code) => pb::complete_login_request::Code::TotpCode(code),
             Code::Recovery(code) => pb::complete_login_request::Code::RecoveryCode(code),
+            Code::Passkey(json) => pb::complete_login_request::Code::PasskeyAssertionJson(json),
         };
         let response = self
             .auth()?
@@ -250,9 +282,7 @@ impl Client {
         Ok(TotpEnrollment {
             otpauth_uri: response.otpauth_uri,
             secret: response.secret,
-            expires_at: response
-                .expire_time
-                .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))),
+            expires_at: time_of(response.expire_time.as_ref()),
         })
     }
 
@@ -308,6 +338,121 @@ impl Client {
             .into_inner()
             .profile
             .ok_or(SdkError::Protocol("no profile in the answer"))
+    }
+
+    // Passkeys. The ceremonies pass WebAuthn JSON through: a browser (or another WebAuthn client)
+    // answers the options.
+
+    /// Starts registering a passkey for the signed-in user: options for
+    /// `navigator.credentials.create`.
+    pub async fn start_passkey_registration(&self, session: &Session) -> Result<PasskeyCeremony, SdkError> {
+        let response = self
+            .auth()?
+            .start_passkey_registration(session.request(pb::StartPasskeyRegistrationRequest {})?)
+            .await?
+            .into_inner();
+        Ok(PasskeyCeremony {
+            token: response.ceremony_token,
+            options_json: response.creation_options_json,
+            expires_at: time_of(response.expire_time.as_ref()),
+        })
+    }
+
+    /// Finishes a registration with the authenticator's answer (the new credential's JSON).
+    pub async fn finish_passkey_registration(
+        &self,
+        session: &Session,
+        ceremony: &PasskeyCeremony,
+        credential_json: Vec<u8>,
+        name: &str,
+    ) -> Result<PasskeyRegistered, SdkError> {
+        let response = self
+            .auth()?
+            .finish_passkey_registration(session.request(pb::FinishPasskeyRegistrationRequest {
+                ceremony_token: ceremony.token.clone(),
+                credential_json,
+                name: name.to_owned(),
+            })?)
+            .await?
+            .into_inner();
+        let upgraded = match response.tokens {
+            Some(tokens) => Some(Session::from_tokens(Some(tokens))?),
+            None => None,
+        };
+        Ok(PasskeyRegistered {
+            passkey: response.passkey.ok_or(SdkError::Protocol("no passkey in the answer"))?,
+            recovery_codes: response.recovery_codes,
+            upgraded,
+        })
+    }
+
+    /// Starts a passwordless sign-in: options for `navigator.credentials.get` naming no user.
+    pub async fn start_passkey_login(&self) -> Result<PasskeyCeremony, SdkError> {
+        let response = self
+            .auth()?
+            .start_passkey_login(pb::StartPasskeyLoginRequest {})
+            .await?
+            .into_inner();
+        Ok(PasskeyCeremony {
+            token: response.ceremony_token,
+            options_json: response.request_options_json,
+            expires_at: time_of(response.expire_time.as_ref()),
+        })
+    }
+
+    /// Finishes a passwordless sign-in with the authenticator's assertion JSON.
+    pub async fn finish_passkey_login(
+        &self,
+        ceremony: &PasskeyCeremony,
+        credential_json: Vec<u8>,
+    ) -> Result<Session, SdkError> {
+        let response = self
+            .auth()?
+            .finish_passkey_login(pb::FinishPasskeyLoginRequest {
+                ceremony_token: ceremony.token.clone(),
+                credential_json,
+            })
+            .await?;
+        Session::from_tokens(response.into_inner().tokens)
+    }
+
+    /// The caller's passkeys, oldest first, and whether their role requires one.
+    pub async fn list_passkeys(&self, session: &Session) -> Result<pb::ListPasskeysResponse, SdkError> {
+        Ok(self
+            .auth()?
+            .list_passkeys(session.request(pb::ListPasskeysRequest {})?)
+            .await?
+            .into_inner())
+    }
+
+    /// Gives one of the caller's passkeys a new name (1 to 64 characters).
+    pub async fn rename_passkey(
+        &self,
+        session: &Session,
+        passkey_id: &str,
+        name: &str,
+    ) -> Result<pb::Passkey, SdkError> {
+        let response = self
+            .auth()?
+            .rename_passkey(session.request(pb::RenamePasskeyRequest {
+                passkey_id: passkey_id.to_owned(),
+                name: name.to_owned(),
+            })?)
+            .await?;
+        response
+            .into_inner()
+            .passkey
+            .ok_or(SdkError::Protocol("no passkey in the answer"))
+    }
+
+    /// Removes one of the caller's passkeys (needs AAL2); it can no longer sign in.
+    pub async fn remove_passkey(&self, session: &Session, passkey_id: &str) -> Result<(), SdkError> {
+        self.auth()?
+            .remove_passkey(session.request(pb::RemovePasskeyRequest {
+                passkey_id: passkey_id.to_owned(),
+            })?)
+            .await?;
+        Ok(())
     }
 
     // Administration (admin role, AAL2).
@@ -461,6 +606,35 @@ impl Client {
         Ok(response.into_inner().revoked_sessions)
     }
 
+    /// Sets whether users of `role` must sign in with a passkey as their second factor.
+    pub async fn admin_set_role_policy(
+        &self,
+        session: &Session,
+        role: Role,
+        passkey_required: bool,
+    ) -> Result<pb::RolePolicy, SdkError> {
+        let response = self
+            .admin()?
+            .set_role_policy(session.request(pb::SetRolePolicyRequest {
+                role: role.into(),
+                passkey_required,
+            })?)
+            .await?;
+        response
+            .into_inner()
+            .policy
+            .ok_or(SdkError::Protocol("no policy in the answer"))
+    }
+
+    /// The sign-in policy of every role.
+    pub async fn admin_role_policies(&self, session: &Session) -> Result<Vec<pb::RolePolicy>, SdkError> {
+        let response = self
+            .admin()?
+            .list_role_policies(session.request(pb::ListRolePoliciesRequest {})?)
+            .await?;
+        Ok(response.into_inner().policies)
+    }
+
     pub async fn admin_rotate_signing_key(&self, session: &Session) -> Result<pb::VerificationKey, SdkError> {
         let response = self
             .admin()?
@@ -494,13 +668,19 @@ mod tests {
             secret: "SECRETBASE32".to_owned(),
             expires_at: None,
         };
+        let ceremony = PasskeyCeremony {
+            token: "cmk1_SECRET-CEREMONY".to_owned(),
+            options_json: b"{}".to_vec(),
+            expires_at: None,
+        };
         let printed = format!(
-            "{session:?} {:?} {:?} {:?} {enrollment:?}",
+            "{session:?} {:?} {:?} {:?} {:?} {enrollment:?} {ceremony:?}",
             LoginStep::SecondFactor {
                 challenge: "cmc1_SECRET-CHALLENGE".to_owned()
             },
             Code::Totp("123456".to_owned()),
             Code::Recovery("abcd-efgh-ijkm".to_owned()),
+            Code::Passkey(br#"{"SECRET":1}"#.to_vec()),
         );
         for secret in ["SECRET", "123456", "abcd-efgh"] {
             assert!(!printed.contains(secret), "{secret} in {printed}");
