@@ -7,6 +7,7 @@ mod admin;
 mod audit;
 mod devices;
 mod messaging;
+mod passkeys;
 mod records;
 
 use std::path::PathBuf;
@@ -67,6 +68,12 @@ enum Command {
     },
     /// Replace your recovery codes (the old ones stop working).
     RecoveryCodes,
+    /// Your passkeys: list, rename, remove. Adding a passkey, and signing in with one, need a
+    /// browser (WebAuthn): use the web app's Passkeys page.
+    Passkey {
+        #[command(subcommand)]
+        command: passkeys::PasskeyCommand,
+    },
     /// Administration (admins, with MFA).
     Admin {
         #[command(subcommand)]
@@ -200,6 +207,7 @@ async fn run(cli: Cli) -> Result<ExitCode, SdkError> {
         Command::Whoami => account::whoami(&ctx).await?,
         Command::Mfa { command } => account::mfa(&ctx, command).await?,
         Command::RecoveryCodes => account::recovery_codes(&ctx).await?,
+        Command::Passkey { command } => passkeys::run(&ctx, command).await?,
         Command::Admin { command } => admin::run(&ctx, command).await?,
         Command::Msg { command } => messaging::msg(&ctx, command).await?,
         Command::Contacts { command } => messaging::contacts(&ctx, command).await?,
