@@ -1,8 +1,9 @@
-//! Admin commands: pending approvals, attributes, disabling, unlocking, ending sessions.
+//! Admin commands: pending approvals, attributes, disabling, unlocking, ending sessions, and which
+//! roles must use passkeys.
 
 use caremesh_sdk::SdkError;
 use caremesh_sdk::auth::{self};
-use caremesh_sdk::proto::auth::v1::User;
+use caremesh_sdk::proto::auth::v1::{Role, RolePolicy, User};
 use clap::Subcommand;
 use serde_json::json;
 
@@ -42,6 +43,42 @@ pub enum AdminCommand {
         #[arg(long = "attr")]
         attributes: Vec<String>,
     },
+    /// Show which roles must use a passkey as their second factor.
+    Policies,
+    /// Require passkeys of a role (its users then sign in with a passkey or a recovery code), or
+    /// stop requiring them.
+    Policy {
+        role: String,
+        #[arg(long, value_parser = ["required", "optional"])]
+        passkeys: String,
+    },
+}
+
+fn role_arg(role: &str) -> Result<Role, SdkError> {
+    auth::parse_role(role).ok_or_else(|| {
+        SdkError::Local(format!(
+            "unknown role {role:?}: use patient, doctor, nurse, admin or auditor"
+        ))
+    })
+}
+
+fn policy_json(policy: &RolePolicy) -> serde_json::Value {
+    json!({
+        "role": policy.role().as_str_name(),
+        "passkey_required": policy.passkey_required,
+    })
+}
+
+fn policy_line(policy: &RolePolicy) -> String {
+    format!(
+        "{:<10} passkeys {}",
+        policy.role().as_str_name().trim_start_matches("ROLE_").to_lowercase(),
+        if policy.passkey_required {
+            "required"
+        } else {
+            "optional"
+        }
+    )
 }
 
 fn user_json(user: &User) -> serde_json::Value {
@@ -92,11 +129,7 @@ pub async fn run(ctx: &Ctx, command: AdminCommand) -> Result<(), SdkError> {
             display_name,
             attributes,
         } => {
-            let role = auth::parse_role(&role).ok_or_else(|| {
-                SdkError::Local(format!(
-                    "unknown role {role:?}: use patient, doctor, nurse, admin or auditor"
-                ))
-            })?;
+            let role = role_arg(&role)?;
             let (user, password) = client
                 .admin_create_user(&session, &username, role, &display_name, &attributes)
                 .await?;
@@ -110,6 +143,21 @@ pub async fn run(ctx: &Ctx, command: AdminCommand) -> Result<(), SdkError> {
                     user_line(&user)
                 )
             });
+            return Ok(());
+        }
+        AdminCommand::Policies => {
+            let policies = client.admin_role_policies(&session).await?;
+            ctx.print(json!(policies.iter().map(policy_json).collect::<Vec<_>>()), || {
+                policies.iter().map(policy_line).collect::<Vec<_>>().join("\n")
+            });
+            return Ok(());
+        }
+        AdminCommand::Policy { role, passkeys } => {
+            let role = role_arg(&role)?;
+            let policy = client
+                .admin_set_role_policy(&session, role, passkeys == "required")
+                .await?;
+            ctx.print(policy_json(&policy), || policy_line(&policy));
             return Ok(());
         }
         AdminCommand::Revoke { username } => {

@@ -1,6 +1,7 @@
 //! `carectl passkey` against the real services: passkeys registered with the test kit's software
 //! authenticator (registration needs a browser, which carectl is not) are listed, renamed and
-//! removed from the command line, and the help says where to add one.
+//! removed from the command line, and the help says where to add one; an admin requires them for
+//! a role.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
@@ -76,4 +77,56 @@ async fn passkeys_are_listed_renamed_and_removed_with_carectl() {
         "registration needs a browser: {}",
         run.stdout
     );
+}
+
+#[tokio::test]
+async fn an_admin_requires_passkeys_for_a_role_with_carectl() {
+    let mesh = TestMesh::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let admin = mesh.admin().await;
+    ProfileStore::new(home.path()).save("admin", &admin.session).unwrap();
+
+    let run = carectl(&mesh, home.path(), "admin", &["--json", "admin", "policies"], "").await;
+    assert!(run.ok, "{}", run.stderr);
+    let before = run.json();
+    assert_eq!(before.as_array().unwrap().len(), 5, "one policy per role: {before}");
+    assert!(
+        before
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|policy| policy["passkey_required"] == false)
+    );
+
+    let run = carectl(
+        &mesh,
+        home.path(),
+        "admin",
+        &["admin", "policy", "doctor", "--passkeys", "required"],
+        "",
+    )
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("doctor") && run.stdout.contains("required"),
+        "{}",
+        run.stdout
+    );
+    let run = carectl(&mesh, home.path(), "admin", &["admin", "policies"], "").await;
+    assert!(run.ok, "{}", run.stderr);
+    let doctor = run.stdout.lines().find(|line| line.starts_with("doctor")).unwrap();
+    assert!(doctor.ends_with("passkeys required"), "{}", run.stdout);
+    let nurse = run.stdout.lines().find(|line| line.starts_with("nurse")).unwrap();
+    assert!(nurse.ends_with("passkeys optional"), "{}", run.stdout);
+
+    let run = carectl(
+        &mesh,
+        home.path(),
+        "admin",
+        &["admin", "policy", "surgeon", "--passkeys", "required"],
+        "",
+    )
+    .await;
+    assert!(!run.ok, "an unknown role is refused");
+    assert!(run.stderr.contains("unknown role"), "{}", run.stderr);
 }
