@@ -445,26 +445,39 @@ impl AuthDomain {
             .webauthn
             .start_passkey_registration(handle, &row.username, display_name, Some(exclude))
             .map_err(|error| Error::internal("starting a passkey registration", error))?;
+        self.begin_ceremony(
+            REGISTER,
+            &row.id,
+            &principal.session_id,
+            to_json(&state, "storing a passkey registration")?,
+            options_json(&options, true)?,
+        )
+        .await
+    }
+
+    /// A ceremony with a fresh token, its state stored under the token's hash.
+    async fn begin_ceremony(
+        &self,
+        kind: &str,
+        user_id: &str,
+        session_id: &str,
+        state: String,
+        options_json: Vec<u8>,
+    ) -> Result<Ceremony, Error> {
         let token = secrets::random_token("cmk1_")?;
-        let now = self.now();
         let (_turn, txn) = self.writer.begin().await?;
-        let expires_at = self
-            .store_ceremony(
-                &txn,
-                NewCeremony {
-                    token_hash: secrets::digest(&token),
-                    kind: REGISTER,
-                    user_id: &row.id,
-                    session_id: &principal.session_id,
-                    state: to_json(&state, "storing a passkey registration")?,
-                },
-                now,
-            )
-            .await?;
+        let ceremony = NewCeremony {
+            token_hash: secrets::digest(&token),
+            kind,
+            user_id,
+            session_id,
+            state,
+        };
+        let expires_at = self.store_ceremony(&txn, ceremony, self.now()).await?;
         txn.commit().await?;
         Ok(Ceremony {
             token,
-            options_json: options_json(&options, true)?,
+            options_json,
             expires_at,
         })
     }
@@ -749,27 +762,14 @@ impl AuthDomain {
             .webauthn
             .start_discoverable_authentication()
             .map_err(|error| Error::internal("starting a passkey sign-in", error))?;
-        let token = secrets::random_token("cmk1_")?;
-        let (_turn, txn) = self.writer.begin().await?;
-        let expires_at = self
-            .store_ceremony(
-                &txn,
-                NewCeremony {
-                    token_hash: secrets::digest(&token),
-                    kind: LOGIN,
-                    user_id: "",
-                    session_id: "",
-                    state: to_json(&state, "storing a passkey sign-in")?,
-                },
-                now,
-            )
-            .await?;
-        txn.commit().await?;
-        Ok(Ceremony {
-            token,
-            options_json: options_json(&options, false)?,
-            expires_at,
-        })
+        self.begin_ceremony(
+            LOGIN,
+            "",
+            "",
+            to_json(&state, "storing a passkey sign-in")?,
+            options_json(&options, false)?,
+        )
+        .await
     }
 
     /// Finishes a passwordless sign-in: the discoverable passkey names its user.
