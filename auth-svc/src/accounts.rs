@@ -17,8 +17,6 @@ use crate::storage::{session, user};
 
 pub const ROLES: &[&str] = &["patient", "doctor", "nurse", "admin", "auditor"];
 pub const SELF_REGISTERING_ROLES: &[&str] = &["patient", "doctor", "nurse"];
-const MAX_PAGE_SIZE: u64 = 500;
-const DEFAULT_PAGE_SIZE: u64 = 50;
 
 /// A user with the attributes tokens carry.
 #[derive(Clone, Debug)]
@@ -223,19 +221,10 @@ impl AuthDomain {
         page_token: &str,
     ) -> Result<(Vec<UserView>, String), Error> {
         admin.require_role(&["admin"])?;
-        let size = match u64::try_from(page_size) {
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(size) => size.min(MAX_PAGE_SIZE),
-            Err(_) => {
-                return Err(Error::invalid_argument(
-                    "INVALID_PAGE_SIZE",
-                    "page_size must not be negative",
-                ));
-            }
-        };
+        let size = crate::domain::page_size(page_size)?;
         let mut query = user::Entity::find().order_by_asc(user::Column::Username);
         if !page_token.is_empty() {
-            let after = decode_page_token(page_token)?;
+            let after = crate::domain::decode_page_token(USER_PAGE, page_token)?;
             query = query.filter(user::Column::Username.gt(after));
         }
         if let Some(status) = &filter.status {
@@ -254,7 +243,7 @@ impl AuthDomain {
         let next = if rows.len() as u64 > size {
             rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
             rows.last()
-                .map(|row| encode_page_token(&row.username))
+                .map(|row| crate::domain::encode_page_token(USER_PAGE, &row.username))
                 .unwrap_or_default()
         } else {
             String::new()
@@ -548,17 +537,5 @@ pub async fn revoke_sessions<C: sea_orm::ConnectionTrait>(
     Ok(update.exec(conn).await?.rows_affected)
 }
 
-fn encode_page_token(username: &str) -> String {
-    base64::Engine::encode(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        format!("u1:{username}"),
-    )
-}
-
-fn decode_page_token(token: &str) -> Result<String, Error> {
-    let invalid = || Error::invalid_argument("INVALID_PAGE_TOKEN", "the page_token is not one this service issued");
-    let bytes =
-        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token).map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    text.strip_prefix("u1:").map(str::to_owned).ok_or_else(invalid)
-}
+/// Users' pages continue after a username.
+const USER_PAGE: &str = "u1:";

@@ -192,6 +192,37 @@ pub fn validate_username(username: &str) -> Result<(), Error> {
     }
 }
 
+const MAX_PAGE_SIZE: u64 = 500;
+const DEFAULT_PAGE_SIZE: u64 = 50;
+
+/// A request's page size: 0 is the default, larger ones are capped, negative ones refused.
+pub fn page_size(requested: i32) -> Result<u64, Error> {
+    match u64::try_from(requested) {
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(size) => Ok(size.min(MAX_PAGE_SIZE)),
+        Err(_) => Err(Error::invalid_argument(
+            "INVALID_PAGE_SIZE",
+            "page_size must not be negative",
+        )),
+    }
+}
+
+/// A page token: the key the next page starts after, tagged with what is being listed.
+pub fn encode_page_token(kind: &str, after: &str) -> String {
+    base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        format!("{kind}{after}"),
+    )
+}
+
+pub fn decode_page_token(kind: &str, token: &str) -> Result<String, Error> {
+    let invalid = || Error::invalid_argument("INVALID_PAGE_TOKEN", "the page_token is not one this service issued");
+    let bytes =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    text.strip_prefix(kind).map(str::to_owned).ok_or_else(invalid)
+}
+
 /// The etag of a user row.
 pub fn etag(version: i64) -> String {
     format!("\"{version}\"")

@@ -451,10 +451,15 @@ impl AuthService for Api {
         request: Request<pb::ListPasskeysRequest>,
     ) -> Result<Response<pb::ListPasskeysResponse>, Status> {
         let (principal, _) = self.signed_in(&request).await?;
-        let (passkeys, passkey_required) = self.domain.list_passkeys(&principal).await?;
+        let body = request.get_ref();
+        let (passkeys, passkey_required, next_page_token) = self
+            .domain
+            .list_passkeys(&principal, body.page_size, &body.page_token)
+            .await?;
         Ok(Response::new(pb::ListPasskeysResponse {
             passkeys: passkeys.into_iter().map(passkey_message).collect(),
             passkey_required,
+            next_page_token,
         }))
     }
 
@@ -763,11 +768,11 @@ impl AuthAdminService for Api {
         }))
     }
 
-    async fn list_role_policies(
+    async fn get_role_policies(
         &self,
-        request: Request<pb::ListRolePoliciesRequest>,
-    ) -> Result<Response<pb::ListRolePoliciesResponse>, Status> {
-        let (principal, _) = self.administrator(&request, "ListRolePolicies").await?;
+        request: Request<pb::GetRolePoliciesRequest>,
+    ) -> Result<Response<pb::GetRolePoliciesResponse>, Status> {
+        let (principal, _) = self.administrator(&request, "GetRolePolicies").await?;
         let stored = self.domain.role_policies(&principal).await?;
         let policies = [
             pb::Role::Patient,
@@ -782,7 +787,7 @@ impl AuthAdminService for Api {
             role_policy_message(role, stored.iter().find(|policy| policy.role == name))
         })
         .collect();
-        Ok(Response::new(pb::ListRolePoliciesResponse { policies }))
+        Ok(Response::new(pb::GetRolePoliciesResponse { policies }))
     }
 }
 

@@ -20,7 +20,7 @@ use caremesh_runtime::Error;
 use caremesh_runtime::auth::Principal;
 use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use webauthn_rs::prelude::{
@@ -573,12 +573,35 @@ impl AuthDomain {
         })
     }
 
-    /// The caller's passkeys, and whether their role requires one.
-    pub async fn list_passkeys(&self, principal: &Principal) -> Result<(Vec<PasskeyView>, bool), Error> {
+    /// A page of the caller's passkeys (oldest first: ids are UUIDv7), whether their role
+    /// requires one, and the next page's token.
+    pub async fn list_passkeys(
+        &self,
+        principal: &Principal,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<PasskeyView>, bool, String), Error> {
+        const PAGE: &str = "p1:";
         self.live_session(principal).await?;
-        let rows = user_passkeys(&self.db, &principal.user_id).await?;
+        let size = crate::domain::page_size(page_size)?;
+        let mut query = passkey::Entity::find()
+            .filter(passkey::Column::UserId.eq(principal.user_id.as_str()))
+            .order_by_asc(passkey::Column::Id);
+        if !page_token.is_empty() {
+            let after = crate::domain::decode_page_token(PAGE, page_token)?;
+            query = query.filter(passkey::Column::Id.gt(after));
+        }
+        let mut rows = query.limit(size + 1).all(&self.db).await?;
+        let next = if rows.len() as u64 > size {
+            rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+            rows.last()
+                .map(|row| crate::domain::encode_page_token(PAGE, &row.id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         let required = passkey_required(&self.db, &principal.role).await?;
-        Ok((rows.into_iter().map(PasskeyView::from).collect(), required))
+        Ok((rows.into_iter().map(PasskeyView::from).collect(), required, next))
     }
 
     async fn own_passkey(&self, principal: &Principal, passkey_id: &str) -> Result<passkey::Model, Error> {

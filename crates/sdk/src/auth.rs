@@ -418,11 +418,23 @@ impl Client {
 
     /// The caller's passkeys, oldest first, and whether their role requires one.
     pub async fn list_passkeys(&self, session: &Session) -> Result<pb::ListPasskeysResponse, SdkError> {
-        Ok(self
-            .auth()?
-            .list_passkeys(session.request(pb::ListPasskeysRequest {})?)
-            .await?
-            .into_inner())
+        let mut all = pb::ListPasskeysResponse::default();
+        loop {
+            let page = self
+                .auth()?
+                .list_passkeys(session.request(pb::ListPasskeysRequest {
+                    page_size: 0,
+                    page_token: std::mem::take(&mut all.next_page_token),
+                })?)
+                .await?
+                .into_inner();
+            all.passkeys.extend(page.passkeys);
+            all.passkey_required = page.passkey_required;
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            all.next_page_token = page.next_page_token;
+        }
     }
 
     /// Gives one of the caller's passkeys a new name (1 to 64 characters).
@@ -630,7 +642,7 @@ impl Client {
     pub async fn admin_role_policies(&self, session: &Session) -> Result<Vec<pb::RolePolicy>, SdkError> {
         let response = self
             .admin()?
-            .list_role_policies(session.request(pb::ListRolePoliciesRequest {})?)
+            .get_role_policies(session.request(pb::GetRolePoliciesRequest {})?)
             .await?;
         Ok(response.into_inner().policies)
     }

@@ -255,6 +255,26 @@ async fn registration_and_management(mesh: &TestMesh) {
     assert!(!listed.passkey_required);
     let names: Vec<&str> = listed.passkeys.iter().map(|passkey| passkey.name.as_str()).collect();
     assert_eq!(names, ["work laptop", "phone"], "{backend}: oldest first");
+    // A page at a time (AIP-158): one, then the other, then no next page.
+    let mut auth = AuthServiceClient::new(mesh.channel(Service::Auth, Caller::Anonymous));
+    let page = |page_token: String| pb::ListPasskeysRequest {
+        page_size: 1,
+        page_token,
+    };
+    let first_page = auth
+        .list_passkeys(aal2.request(page(String::new())).unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first_page.passkeys.len(), 1, "{backend}");
+    assert!(!first_page.next_page_token.is_empty(), "{backend}: a second page");
+    let last = auth
+        .list_passkeys(aal2.request(page(first_page.next_page_token)).unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(last.passkeys[0].name, "phone", "{backend}");
+    assert!(last.next_page_token.is_empty(), "{backend}: the last page");
 
     // Rename: a name of 1 to 64 characters, only one's own passkeys.
     let phone_id = second.passkey.passkey_id.clone();

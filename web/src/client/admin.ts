@@ -174,7 +174,7 @@ export class AdminClient {
 
   /** Every role's sign-in policy, in the order of the Role enum. */
   async rolePolicies(): Promise<RolePolicyView[]> {
-    return (await this.admin.listRolePolicies({})).policies.map(policyView);
+    return (await this.admin.getRolePolicies({})).policies.map(policyView);
   }
 
   /** Requires passkeys of a role, or stops requiring them. */

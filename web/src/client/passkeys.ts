@@ -314,9 +314,16 @@ export class PasskeyClient {
     private readonly authenticators?: Authenticators,
   ) {}
 
+  /** Every page of the caller's passkeys, oldest first. */
   async list(): Promise<PasskeyList> {
-    const response = await this.auth.listPasskeys({});
-    return { passkeys: response.passkeys.map(passkeyView), required: response.passkeyRequired };
+    const passkeys: PasskeyView[] = [];
+    let pageToken = "";
+    for (;;) {
+      const page = await this.auth.listPasskeys({ pageToken });
+      passkeys.push(...page.passkeys.map(passkeyView));
+      if (page.nextPageToken === "") return { passkeys, required: page.passkeyRequired };
+      pageToken = page.nextPageToken;
+    }
   }
 
   /**
