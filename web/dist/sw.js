@@ -4,8 +4,8 @@
 // are POSTs, which it does not touch, and any GET that is not a shell file goes to the network
 // as if there were no service worker.
 
-const CACHE_NAME = "caremesh-shell-bc0640adbc353829";
-const SHELL = ["/","/assets/index-Bi7eRqC2.css","/assets/index-C4puSRd-.js","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
+const CACHE_NAME = "caremesh-shell-cf361ea2701ce01d";
+const SHELL = ["/","/assets/index-Bi7eRqC2.css","/assets/index-Ct85Bl8_.js","/icon-192.png","/icon-512.png","/icon.svg","/index.html","/manifest.webmanifest"];
 const SHELL_SET = new Set(SHELL);
 
 self.addEventListener("install", (event) => {

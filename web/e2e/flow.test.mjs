@@ -7,7 +7,7 @@
 // the auditor (created with `carectl admin create --role auditor`) sees the alert arrive on the
 // auditor screen's live stream, verifies the signed checkpoint, a consistency proof and an
 // event's inclusion proof in the browser; the patient's report lists both doctors' accesses.
-// Then the admin screen's other actions (disable / enable, end sessions, reset MFA, a stale
+// Then the admin screen's other actions (disable / enable, unlock, end sessions, reset MFA, a stale
 // etag) and the account screen (password change ending the other sessions, new recovery codes).
 
 import { describe, it } from "node:test";
@@ -384,8 +384,21 @@ describe("the cross-role flow", () => {
       await assert.rejects(carectlLogin(username, username, mfa.secret, newPassword));
       await account.getByRole("button", { name: "Enable the account" }).click();
       await shows(account, /Saved\..*active/);
-      // Enabled again: the same sign-in works; the admin then ends that session.
+      // Enabled again: the same sign-in works.
       await carectlLogin(username, username, mfa.secret, newPassword);
+      // Three wrong passwords lock the account (run.sh sets the threshold); then even the right
+      // one is refused until the admin unlocks it.
+      const passwordStep = (password) => carectl(username, ["login", username, "--password-stdin"], `${password}\n`);
+      for (let attempt = 0; attempt < 3; attempt++) {
+        await assert.rejects(passwordStep("not the password at all"), /wrong username or password/);
+      }
+      await assert.rejects(passwordStep(newPassword), /locked/);
+      await account.getByRole("button", { name: "Reload", exact: true }).click();
+      await shows(account, "yes (3 failed sign-ins)");
+      await account.getByRole("button", { name: "Unlock" }).click();
+      await shows(account, /Saved\./);
+      await carectlLogin(username, username, mfa.secret, newPassword);
+      // The admin then ends that session.
       await account.getByRole("button", { name: "End all sessions" }).click();
       await account.getByRole("button", { name: "Yes, end them" }).click();
       await shows(account, /Ended [1-9]\d* sessions? of /);

@@ -84,6 +84,9 @@ env_vars=(
   # Several registrations and sign-ins from one address (the web origin's) per run.
   "CAREMESH_AUTH_REGISTER_RATE_PER_MINUTE=1000"
   "CAREMESH_AUTH_LOGIN_RATE_PER_MINUTE=1000"
+  # Three wrong passwords in a row lock an account (before the backoff, which starts after five),
+  # so the flow test can lock one and unlock it in the admin screen.
+  "CAREMESH_AUTH_LOCKOUT_THRESHOLD=3"
 )
 i=1
 for svc in AUTH MESSAGING ABE RECORDS AUDIT; do

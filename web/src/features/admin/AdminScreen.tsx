@@ -7,7 +7,7 @@
 // (ABORTED) and the screen says to reload it.
 
 import type { JSX } from "preact";
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 
 import {
   parseAttributes,
@@ -174,7 +174,14 @@ function Account(props: { user: AdminUserView; onChanged: (user: AdminUserView) 
   const [done, setDone] = useState("");
   const [attributes, setAttributes] = useState(u.attributes.join("\n"));
   const [reason, setReason] = useState("");
-  useEffect(() => setAttributes(u.attributes.join("\n")), [u.etag]);
+  // A changed account (a new etag) shows its attributes. Not on mount: the state starts with them,
+  // and an effect run after the first paint would wipe what the admin typed meanwhile.
+  const shownEtag = useRef(u.etag);
+  useEffect(() => {
+    if (shownEtag.current === u.etag) return;
+    shownEtag.current = u.etag;
+    setAttributes(u.attributes.join("\n"));
+  }, [u.etag]);
 
   const act = (what: () => Promise<AdminUserView | string>) =>
     void op.run(async () => {
