@@ -46,7 +46,7 @@ impl AuthDomain {
     pub async fn enroll_totp(&self, principal: &Principal, caller: &Caller) -> Result<Enrollment, Error> {
         self.live_session(principal).await?;
         let row = self.find_user(&self.db, &principal.user_id).await?;
-        if row.totp_secret.is_some() || !crate::passkeys::user_passkeys(&self.db, &row.id).await?.is_empty() {
+        if row.totp_secret.is_some() || row.passkey_count > 0 {
             principal.require_aal2()?;
         }
         let mut secret = zeroize::Zeroizing::new([0u8; totp::SECRET_LEN]);

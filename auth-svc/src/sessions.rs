@@ -335,8 +335,8 @@ impl AuthDomain {
             .await?;
 
         if matches!(factor, SecondFactor::Totp(_))
+            && row.passkey_count > 0
             && crate::passkeys::passkey_required(&self.db, &row.role).await?
-            && !crate::passkeys::user_passkeys(&self.db, &row.id).await?.is_empty()
         {
             let (_turn, txn) = self.writer.begin().await?;
             self.audit(
